@@ -1,0 +1,222 @@
+"""Job kinds: what each job needs as parameters, how those are checked, and which function runs it.
+
+A kind is data, not code: the app builds its forms from ``JobKind.params`` and the worker imports
+``JobKind.entry`` (``"module:function"``) in its own process, so the Dash process never runs the work. A kind
+whose library call has not landed yet has ``entry=None`` and says why it is unavailable; it is listed so the
+UI can show it disabled, never run with placeholder results.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LorashearError
+
+
+class JobParamError(LorashearError):
+    """Invalid job parameters; ``errors`` maps each bad field to its message (shown next to the field)."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One form field. ``type``: text | path | file | dir | int | float | bool | choice."""
+
+    name: str
+    label: str
+    type: str = "text"
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of job the registry can run."""
+
+    name: str
+    label: str
+    description: str
+    params: tuple[Param, ...] = ()
+    entry: str | None = None  # "module:function"; None while the library call does not exist
+    requires: tuple[str, ...] = ()  # "module" or "module:attr" that must import for the kind to run
+    unavailable_reason: str = ""
+    resumable: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def availability(self) -> tuple[bool, str]:
+        """(True, "") when the kind can run now; otherwise (False, why)."""
+        if self.entry is None:
+            return False, self.unavailable_reason or "not available yet"
+        for req in self.requires:
+            module, _, attr = req.partition(":")
+            try:
+                if importlib.util.find_spec(module) is None:
+                    return False, f"not available yet: {module} does not exist"
+                mod = importlib.import_module(module)
+            except Exception as exc:  # a half-landed module must not break the app
+                return False, f"not available: importing {module} failed ({exc.__class__.__name__}: {exc})"
+            if attr and not hasattr(mod, attr):
+                return False, f"not available yet: {module}.{attr} does not exist"
+        return True, ""
+
+
+def _check_one(p: Param, raw: Any) -> Any:
+    """Convert and check one value; raise ValueError with a user-facing message."""
+    if p.type == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, (list, tuple)):  # a Dash checklist gives a list
+            return bool(raw)
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off", ""):
+            return False
+        if raw in (0, 1):
+            return bool(raw)
+        raise ValueError("must be true or false")
+    text = raw.strip() if isinstance(raw, str) else raw
+    if p.type in ("int", "float"):
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if p.type == "int":
+            if value != int(value):
+                raise ValueError("must be a whole number")
+            value = int(value)
+        if p.min is not None and value < p.min:
+            raise ValueError(f"must be ≥ {p.min:g}")
+        if p.max is not None and value > p.max:
+            raise ValueError(f"must be ≤ {p.max:g}")
+        return value
+    if not isinstance(text, str):
+        raise ValueError("must be text")
+    if p.type == "choice":
+        if text not in p.choices:
+            raise ValueError(f"must be one of {', '.join(p.choices)}")
+        return text
+    if p.type in ("path", "file", "dir"):
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ValueError(f"{text} does not exist")
+        if p.type == "file" and not path.is_file():
+            raise ValueError(f"{text} is not a file")
+        if p.type == "dir" and not path.is_dir():
+            raise ValueError(f"{text} is not a directory")
+        return str(path.resolve())
+    return text
+
+
+def _blank(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip() == "")
+
+
+def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
+    """Return clean parameters or raise ``JobParamError`` naming every bad field.
+
+    Unknown keys are errors too: a typo in a scripted submission must not be silently ignored.
+    """
+    errors: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    known = {p.name for p in kind.params}
+    for key in raw:
+        if key not in known:
+            errors[key] = f"unknown parameter for {kind.name} jobs"
+    for p in kind.params:
+        value = raw.get(p.name)
+        if _blank(value) and p.type != "bool":
+            if p.required:
+                errors[p.name] = "required"
+            elif p.default is not None:
+                clean[p.name] = p.default
+            continue
+        try:
+            clean[p.name] = _check_one(p, value if value is not None else p.default)
+        except ValueError as exc:
+            errors[p.name] = str(exc)
+    if not errors and "check" in kind.extra:
+        errors.update(kind.extra["check"](clean))
+    if errors:
+        raise JobParamError(errors)
+    return clean
+
+
+# ------------------------------------------------------------------------------------------- built-ins
+def _graph_check(clean: dict[str, Any]) -> dict[str, str]:
+    src = Path(clean["source"])
+    if src.is_dir() and not (src / "config.json").exists():
+        return {"source": f"{src} has no config.json (not a Hugging Face model directory)"}
+    if src.is_file() and src.suffix != ".json":
+        return {"source": "a file source must be a config .json"}
+    if src.is_file() and not clean.get("meta"):
+        return {"meta": "a config file has no weights: tick 'meta' for structure-only tracing"}
+    return {}
+
+
+GRAPH = JobKind(
+    name="graph",
+    label="Graph",
+    description="Trace a model into its operator graph and find its removable groups (graph.json, groups.json).",
+    params=(
+        Param("source", "Model directory or config JSON", "path", required=True,
+              help="a Hugging Face model directory, or a config .json with 'meta'"),
+        Param("meta", "Meta device (structure only, no weights)", "bool", default=False),
+    ),
+    entry="lorashear.jobs.graph_job:run",
+    requires=("lorashear:trace", "lorashear:find_groups", "lorashear:save_groups"),
+    extra={"check": _graph_check},
+)
+
+EVAL = JobKind(
+    name="eval",
+    label="Evaluate",
+    description="Perplexity per source, parameters and latency of a model directory.",
+    params=(
+        Param("model", "Model directory", "dir", required=True),
+    ),
+    entry="lorashear.jobs.eval_job:run",
+    requires=("lorashear.evaluate",),
+)
+
+ANALYZE = JobKind(
+    name="analyze", label="Analyze",
+    description="Knowledge distribution: how much each unit, layer and group matters on calibration text.",
+    unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
+)
+PRUNE = JobKind(
+    name="prune", label="Prune",
+    description="Progressive structured pruning with LHSPG (or the LLM-Pruner / LoRAPrune baselines).",
+    unavailable_reason="not available yet: the pruning library call (LHSPG) has not landed",
+)
+RECOVER = JobKind(
+    name="recover", label="Recover",
+    description="Dynamic knowledge recovery: adaptive multi-source mixture, then instruction tuning.",
+    unavailable_reason="not available yet: the recovery library call has not landed",
+)
+EXPORT = JobKind(
+    name="export", label="Export",
+    description="Physically remove pruned units and save a smaller model with its sidecar.",
+    unavailable_reason="not available yet: the compress/export library call has not landed",
+)
+
+BUILTIN: dict[str, JobKind] = {k.name: k for k in (GRAPH, ANALYZE, PRUNE, RECOVER, EVAL, EXPORT)}
+
+
+def get(name: str, kinds: dict[str, JobKind] | None = None) -> JobKind:
+    table = kinds if kinds is not None else BUILTIN
+    if name not in table:
+        raise LorashearError(f"unknown job kind {name!r} (known: {', '.join(table)})")
+    return table[name]

@@ -1,0 +1,181 @@
+"""Start, cancel, resume and watch worker processes; detect workers that died.
+
+Every job is a separate ``python -m lorashear.jobs.worker`` process in its own session, so the app (or any
+caller) never runs model code itself, a crash in a job cannot take the app down, and cancel can signal the
+whole process group (a job's own subprocesses included). The pid and its start time are stored in the
+registry, so after an app restart a job whose worker is gone is recognised and marked failed, and a cancel
+still reaches a worker started by an earlier app process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..errors import LorashearError
+from . import kinds as kinds_mod
+from .registry import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Job, Registry
+
+# Children started by this process, kept so they can be reaped (no zombies) and waited on.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+_LOCK = threading.Lock()
+
+#: a queued job with no worker pid after this long was never started (the launcher died mid-submit)
+NEVER_STARTED_AFTER_S = 60.0
+
+
+def _process_created(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def worker_alive(job: Job) -> bool:
+    """True while the job's worker process exists (same pid *and* same start time, not a zombie)."""
+    _poll_children()
+    if job.pid is None:
+        return False
+    try:
+        proc = psutil.Process(job.pid)
+        if job.pid_created is not None and abs(proc.create_time() - job.pid_created) > 0.5:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _poll_children() -> None:
+    with _LOCK:
+        for pid, proc in list(_CHILDREN.items()):
+            if proc.poll() is not None:
+                del _CHILDREN[pid]
+
+
+def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the worker for a queued job; its output goes to the job's log.txt."""
+    Path(job.workdir).mkdir(parents=True, exist_ok=True)
+    log = open(job.log_path, "ab", buffering=0)
+    child_env = dict(os.environ if env is None else env)
+    child_env["PYTHONUNBUFFERED"] = "1"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lorashear.jobs.worker", str(registry.path.resolve()), str(job.id)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
+            start_new_session=True, cwd=os.getcwd(),
+        )
+    finally:
+        log.close()
+    with _LOCK:
+        _CHILDREN[proc.pid] = proc
+    registry.set_process(job.id, proc.pid, _process_created(proc.pid))
+    return proc
+
+
+def submit(registry: Registry, kind: str, params: dict[str, Any], runs_dir: str | Path,
+           kinds: dict[str, kinds_mod.JobKind] | None = None, env: dict[str, str] | None = None) -> Job:
+    """Validate, record and start a job. Raises ``JobParamError`` (per-field messages) on bad parameters
+    and ``LorashearError`` when the kind cannot run yet."""
+    spec = kinds_mod.get(kind, kinds)
+    ok, why = spec.availability()
+    if not ok:
+        raise LorashearError(f"{spec.label}: {why}")
+    clean = kinds_mod.validate(spec, params)
+    job = registry.create(spec.name, spec.entry or "", clean, runs_dir, resumable=spec.resumable)
+    launch(registry, job, env=env)
+    return registry.get(job.id)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the worker leads its own session: pgid == pid
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def cancel(registry: Registry, job_id: int, grace_s: float = 5.0) -> bool:
+    """Cancel an active job: mark it cancelled, SIGTERM its process group, SIGKILL after ``grace_s``.
+
+    Returns False if the job was not active. On return the worker process is gone."""
+    job = registry.get(job_id)
+    if not job.active:
+        return False
+    alive = worker_alive(job)
+    registry.finish(job_id, CANCELLED, "cancelled by user")
+    if not alive or job.pid is None:
+        return True
+    _signal_group(job.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not worker_alive(job):
+            break
+        time.sleep(0.05)
+    else:
+        _signal_group(job.pid, signal.SIGKILL)
+        end = time.monotonic() + 5.0
+        while worker_alive(job) and time.monotonic() < end:
+            time.sleep(0.05)
+    _poll_children()
+    return True
+
+
+def reap(registry: Registry) -> list[int]:
+    """Mark active jobs whose worker is gone as failed; returns their ids. Cheap enough to call on every
+    refresh of a job list."""
+    dead = []
+    now = time.time()
+    for job in registry.list(limit=100000, status=None):
+        if not job.active:
+            continue
+        if job.pid is None:
+            if job.status == QUEUED and now - job.created < NEVER_STARTED_AFTER_S:
+                continue
+            reason = "worker never started"
+        elif worker_alive(job):
+            continue
+        else:
+            reason = f"worker process {job.pid} died"
+            if job.resumable:
+                reason += " (resumable)"
+        if registry.finish(job.id, FAILED, reason):
+            dead.append(job.id)
+    return dead
+
+
+def resume(registry: Registry, job_id: int, env: dict[str, str] | None = None) -> Job:
+    """Restart a failed or cancelled job of a resumable kind in its own work directory."""
+    job = registry.get(job_id)
+    if not job.resumable:
+        raise LorashearError(f"{job.kind} jobs cannot be resumed; submit a new one")
+    if job.active or not registry.requeue(job_id):
+        raise LorashearError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be resumed")
+    launch(registry, registry.get(job_id), env=env)
+    return registry.get(job_id)
+
+
+def wait(registry: Registry, job_id: int, timeout_s: float = 600.0, poll_s: float = 0.1) -> Job:
+    """Block until the job is final (reaping a dead worker on the way); raises on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = registry.get(job_id)
+        if not job.active:
+            return job
+        if job.status == RUNNING or job.pid is not None:
+            if not worker_alive(job):
+                reap(registry)
+                continue
+        if time.monotonic() > deadline:
+            raise LorashearError(f"job {job_id} still {job.status} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+__all__ = ["launch", "submit", "cancel", "reap", "resume", "wait", "worker_alive", "ACTIVE"]

@@ -1,0 +1,231 @@
+"""SQLite job registry: the one place that remembers every job, across app restarts.
+
+The Dash app and every worker process open the same database file. Each call opens its own short-lived
+connection (WAL mode, busy timeout), so the threaded Dash server and several workers can write at once
+without sharing a connection object. Status changes are conditional updates (``... WHERE status IN``), so a
+late write from a worker can never resurrect a job that was already cancelled or declared dead.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import LorashearError
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+ACTIVE = (QUEUED, RUNNING)
+FINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    pid INTEGER,
+    pid_created REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    message TEXT,
+    workdir TEXT NOT NULL DEFAULT '',
+    artifacts TEXT NOT NULL DEFAULT '{}',
+    result TEXT NOT NULL DEFAULT '{}',
+    resumable INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    t REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_job ON metrics (job_id, name, step);
+"""
+
+
+@dataclass
+class Job:
+    """One row of the registry, decoded."""
+
+    id: int
+    kind: str
+    entry: str
+    params: dict[str, Any]
+    status: str
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    pid: int | None = None
+    pid_created: float | None = None
+    progress: float = 0.0
+    stage: str = ""
+    message: str | None = None
+    workdir: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    resumable: bool = False
+    attempts: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.workdir) / "log.txt"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.workdir) / "out"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    d = dict(row)
+    for key in ("params", "artifacts", "result"):
+        d[key] = json.loads(d[key])
+    d["resumable"] = bool(d["resumable"])
+    return Job(**d)
+
+
+class Registry:
+    """Jobs and their metrics in one SQLite file (created on first use)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=30000")
+            yield con
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------------------------------ create
+    def create(self, kind: str, entry: str, params: dict[str, Any], runs_dir: str | Path,
+               resumable: bool = False) -> Job:
+        """Insert a queued job and give it its own work directory ``runs_dir/jobs/<id>``."""
+        with self._connect() as con:
+            cur = con.execute(
+                "INSERT INTO jobs (kind, entry, params, status, created, resumable) VALUES (?,?,?,?,?,?)",
+                (kind, entry, json.dumps(params, sort_keys=True), QUEUED, time.time(), int(resumable)),
+            )
+            job_id = int(cur.lastrowid)
+            workdir = Path(runs_dir).resolve() / "jobs" / str(job_id)
+            workdir.mkdir(parents=True, exist_ok=True)
+            con.execute("UPDATE jobs SET workdir=? WHERE id=?", (str(workdir), job_id))
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------------------------------- read
+    def get(self, job_id: int) -> Job:
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM jobs WHERE id=?", (int(job_id),)).fetchone()
+        if row is None:
+            raise LorashearError(f"no job {job_id} in {self.path}")
+        return _row_to_job(row)
+
+    def list(self, limit: int = 500, kind: str | None = None, status: str | None = None) -> list[Job]:
+        """Newest first."""
+        sql, args = "SELECT * FROM jobs", []
+        where = []
+        if kind:
+            where.append("kind=?")
+            args.append(kind)
+        if status:
+            where.append("status=?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(int(limit))
+        with self._connect() as con:
+            return [_row_to_job(r) for r in con.execute(sql, args).fetchall()]
+
+    def metrics(self, job_id: int) -> dict[str, list[tuple[int, float]]]:
+        """``name -> [(step, value), ...]`` in step order."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        with self._connect() as con:
+            for r in con.execute("SELECT name, step, value FROM metrics WHERE job_id=? ORDER BY name, step, t",
+                                 (int(job_id),)):
+                out.setdefault(r["name"], []).append((int(r["step"]), float(r["value"])))
+        return out
+
+    # ------------------------------------------------------------------------------------------ write
+    def _update(self, job_id: int, where_status: tuple[str, ...] | None, **values: Any) -> bool:
+        cols = ", ".join(f"{k}=?" for k in values)
+        args = [json.dumps(v, sort_keys=True) if k in ("artifacts", "result", "params") else v
+                for k, v in values.items()]
+        sql = f"UPDATE jobs SET {cols} WHERE id=?"
+        args.append(int(job_id))
+        if where_status:
+            sql += f" AND status IN ({','.join('?' * len(where_status))})"
+            args.extend(where_status)
+        with self._connect() as con:
+            return con.execute(sql, args).rowcount > 0
+
+    def set_process(self, job_id: int, pid: int, pid_created: float | None) -> bool:
+        """Record the worker's process (done by the launcher right after spawning)."""
+        with self._connect() as con:
+            return con.execute(
+                "UPDATE jobs SET pid=?, pid_created=?, attempts=attempts+1 WHERE id=? AND status IN (?,?)",
+                (pid, pid_created, int(job_id), *ACTIVE),
+            ).rowcount > 0
+
+    def mark_running(self, job_id: int) -> bool:
+        return self._update(job_id, ACTIVE, status=RUNNING, started=time.time(), message=None)
+
+    def set_progress(self, job_id: int, fraction: float, stage: str | None = None) -> bool:
+        values: dict[str, Any] = {"progress": max(0.0, min(1.0, float(fraction)))}
+        if stage is not None:
+            values["stage"] = stage
+        return self._update(job_id, (RUNNING,), **values)
+
+    def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        with self._connect() as con:
+            con.executemany("INSERT INTO metrics (job_id, step, name, value, t) VALUES (?,?,?,?,?)",
+                            [(int(job_id), int(step), k, float(v), now) for k, v in values.items()])
+
+    def set_artifacts(self, job_id: int, artifacts: dict[str, str]) -> bool:
+        return self._update(job_id, None, artifacts=artifacts)
+
+    def finish(self, job_id: int, status: str, message: str | None = None,
+               result: dict[str, Any] | None = None, artifacts: dict[str, str] | None = None) -> bool:
+        """Move an active job to a final status; returns False if it was already final."""
+        if status not in FINAL:
+            raise ValueError(f"not a final status: {status}")
+        values: dict[str, Any] = {"status": status, "finished": time.time(), "message": message}
+        if status == SUCCEEDED:
+            values["progress"] = 1.0
+        if result is not None:
+            values["result"] = result
+        if artifacts is not None:
+            values["artifacts"] = artifacts
+        return self._update(job_id, ACTIVE, **values)
+
+    def requeue(self, job_id: int) -> bool:
+        """Make a failed or cancelled resumable job queued again (the launcher then starts a worker)."""
+        return self._update(job_id, (FAILED, CANCELLED), status=QUEUED, finished=None, message=None, pid=None,
+                            pid_created=None)

@@ -1,0 +1,133 @@
+"""Job registry and worker processes, without a browser."""
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from lorashear import LorashearError
+from lorashear.jobs import (CANCELLED, FAILED, RUNNING, SUCCEEDED, JobParamError, Registry, cancel, reap,
+                            resume, submit, validate, wait, worker_alive)
+from lorashear.jobs import kinds as kinds_mod
+
+
+def test_steps_job_runs_in_its_own_process_and_records_everything(registry, tmp_path, test_kinds, worker_env):
+    job = submit(registry, "steps", {"steps": "4", "delay": "0.05"}, tmp_path / "runs", kinds=test_kinds,
+                 env=worker_env)
+    assert job.pid and job.pid != os.getpid()
+    done = wait(registry, job.id, timeout_s=60)
+    assert done.status == SUCCEEDED, (done.message, done.log_path.read_text())
+    assert done.progress == 1.0 and done.result == {"steps": 4}
+    assert open(done.artifacts["done"]).read() == "4"
+    assert [v for _, v in registry.metrics(job.id)["steps_done"]] == [0.0, 1.0, 2.0, 3.0]
+    assert "step 4/4" in done.log_path.read_text()
+    assert done.started >= done.created and done.finished >= done.started
+
+
+def test_concurrent_submissions_get_distinct_jobs(registry, tmp_path, test_kinds, worker_env):
+    ids, errors = [], []
+
+    def go(n):
+        try:
+            ids.append(submit(registry, "steps", {"steps": n, "delay": 0.02}, tmp_path / "runs",
+                              kinds=test_kinds, env=worker_env).id)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in (2, 3, 4, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(ids)) == 4
+    results = {wait(registry, i, timeout_s=120).result["steps"] for i in ids}
+    assert results == {2, 3, 4, 5}
+    assert all(registry.get(i).status == SUCCEEDED for i in ids)
+    for i in ids:  # each job's metrics are its own
+        assert len(registry.metrics(i)["steps_done"]) == registry.get(i).result["steps"]
+
+
+def test_cancel_kills_the_worker_process(registry, tmp_path, test_kinds, worker_env):
+    job = submit(registry, "steps", {"steps": 1000, "delay": 0.1}, tmp_path / "runs", kinds=test_kinds,
+                 env=worker_env)
+    deadline = time.time() + 30
+    while registry.get(job.id).status != RUNNING and time.time() < deadline:
+        time.sleep(0.05)
+    pid = job.pid
+    assert psutil.pid_exists(pid)
+    assert cancel(registry, job.id)
+    after = registry.get(job.id)
+    assert after.status == CANCELLED and not worker_alive(after)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not cancel(registry, job.id)  # already final
+
+
+def test_killed_worker_is_detected_as_failed_and_can_resume(registry, tmp_path, test_kinds, worker_env):
+    job = submit(registry, "steps", {"steps": 1000, "delay": 0.1}, tmp_path / "runs", kinds=test_kinds,
+                 env=worker_env)
+    while registry.get(job.id).progress <= 0.0:
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)  # the worker dies without a word
+    deadline = time.time() + 10
+    while worker_alive(registry.get(job.id)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert registry.get(job.id).status == RUNNING  # nothing told the registry
+    assert reap(registry) == [job.id]
+    dead = registry.get(job.id)
+    assert dead.status == FAILED and "died" in dead.message and "resumable" in dead.message
+    # a fresh registry object (an app restart) sees the same
+    assert Registry(registry.path).get(job.id).status == FAILED
+    resumed = resume(registry, job.id, env=worker_env)
+    assert resumed.attempts == 2
+    cancel(registry, job.id)
+
+
+def test_invalid_parameters_are_rejected_field_by_field(tmp_path, test_kinds):
+    steps = test_kinds["steps"]
+    with pytest.raises(JobParamError) as e:
+        validate(steps, {"steps": "0", "delay": "soon", "colour": "red"})
+    assert e.value.errors == {"steps": "must be ≥ 1", "delay": "must be a number",
+                              "colour": "unknown parameter for steps jobs"}
+    with pytest.raises(JobParamError) as e:
+        validate(steps, {"steps": "2.5"})
+    assert e.value.errors == {"steps": "must be a whole number"}
+    assert validate(steps, {"steps": " 7 "}) == {"steps": 7, "delay": 0.1}
+
+    graph = kinds_mod.GRAPH
+    with pytest.raises(JobParamError) as e:
+        validate(graph, {})
+    assert e.value.errors == {"source": "required"}
+    with pytest.raises(JobParamError) as e:
+        validate(graph, {"source": str(tmp_path / "nope")})
+    assert "does not exist" in e.value.errors["source"]
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{}")
+    with pytest.raises(JobParamError) as e:
+        validate(graph, {"source": str(cfg), "meta": False})
+    assert "meta" in e.value.errors
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(JobParamError) as e:
+        validate(graph, {"source": str(empty)})
+    assert "no config.json" in e.value.errors["source"]
+    assert validate(graph, {"source": str(cfg), "meta": ["meta"]})["meta"] is True
+
+
+def test_bad_submissions_create_no_job(registry, tmp_path, test_kinds):
+    with pytest.raises(JobParamError):
+        submit(registry, "steps", {"steps": -1}, tmp_path / "runs", kinds=test_kinds)
+    with pytest.raises(LorashearError, match="unknown job kind"):
+        submit(registry, "nope", {}, tmp_path / "runs", kinds=test_kinds)
+    with pytest.raises(LorashearError, match="not available yet"):
+        submit(registry, "export", {}, tmp_path / "runs", kinds=test_kinds)
+    assert registry.list() == []
+
+
+def test_failing_job_records_the_error(registry, tmp_path, test_kinds, worker_env):
+    bad = kinds_mod.JobKind(name="bad", label="Bad", description="", entry="jobkinds_for_tests:no_such_fn")
+    job = submit(registry, "bad", {}, tmp_path / "runs", kinds={"bad": bad}, env=worker_env)
+    done = wait(registry, job.id, timeout_s=60)
+    assert done.status == FAILED and "AttributeError" in done.message
+    assert "Traceback" in done.log_path.read_text()
