@@ -35,6 +35,7 @@ class CompressReport:
     module_attrs: dict[str, dict[str, float | int]] = field(default_factory=dict)
     layer_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     uniform: bool = True
+    config_before: dict = field(default_factory=dict)  # what to save when the new sizes make no valid config
 
 
 def validate_removal(groups: list[Group], removal: Removal) -> dict[str, Group]:
@@ -151,8 +152,10 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
                         setattr(mod, attr, remaining)
                         attrs.setdefault(path, {})[attr] = remaining
     layer_sizes, uniform = _layer_sizes(groups, removal)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    before = base.config.to_dict() if hasattr(base, "config") else {}
     _update_config(model, groups, removal, uniform)
-    report = CompressReport(removal, params_before, sum(p.numel() for p in model.parameters()), attrs, layer_sizes, uniform)
+    report = CompressReport(removal, params_before, sum(p.numel() for p in model.parameters()), attrs, layer_sizes, uniform, before)
     return model, report
 
 
