@@ -119,8 +119,13 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
                             setattr(mod, attr, val * ratio)
                             attrs.setdefault(comp["module"], {})[attr] = val * ratio
         # 2. slice every member
+        by_tensor: dict[int, tuple[nn.Parameter, dict[int, torch.Tensor]]] = {}
         for name, axes in _param_slices(by_id, removal).items():
-            p = model.get_parameter(name)
+            p = model.get_parameter(name)  # tied names resolve to one tensor: merge their slices
+            _, merged = by_tensor.setdefault(id(p), (p, {}))
+            for ax, idx in axes.items():
+                merged[ax] = torch.unique(torch.cat([merged[ax], idx])) if ax in merged else idx
+        for p, axes in by_tensor.values():
             new = p.data
             for ax, idx in sorted(axes.items()):
                 keep = _complement(new.shape[ax], idx)

@@ -731,6 +731,8 @@ def find_groups(og: OpGraph) -> list[Group]:
         for m in mlist:
             by_param.setdefault(m.param, []).append(m)
         for p, ms in by_param.items():
+            if "tied_to" in og.params[p]:
+                continue  # the same tensor is counted under its first name
             shape = og.params[p]["shape"]
             keep = 1
             for ax, s in enumerate(shape):

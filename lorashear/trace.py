@@ -56,7 +56,7 @@ class OpGraph:
 
     @property
     def n_params(self) -> int:
-        return sum(p["numel"] for p in self.params.values())
+        return sum(p["numel"] for p in self.params.values() if "tied_to" not in p)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -231,9 +231,22 @@ def graph_from_export(ep: torch.export.ExportedProgram, model: nn.Module) -> OpG
             if src in g:
                 g.add_edge(src, node.name, shape=g.nodes[src].get("shape"))
 
+    # tied weights (embedding = lm_head) are one tensor under several names: the graph reads it under one of
+    # them (its canonical name); the others are recorded as aliases and counted once
+    used = {p for _, a in g.nodes(data=True) for p in a.get("params", [])}
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in params:
+            aliases.setdefault(id(p), []).append(name)
+    for names in aliases.values():
+        canonical = next((n for n in names if n in used), names[0])
+        for n in names:
+            if n != canonical:
+                params[n]["tied_to"] = canonical
     base = getattr(model, "get_base_model", lambda: model)()
+    example = next((a["shape"] for _, a in g.nodes(data=True) if a.get("kind") == "input"), [])
     return OpGraph(g, type(model).__name__ if not hasattr(model, "peft_config") else f"{type(model).__name__}({type(base).__name__})",
-                   _config_dict(base), params, buffers)
+                   _config_dict(base), params, buffers, example)
 
 
 def _leaf_refs(obj, key):
