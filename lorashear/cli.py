@@ -58,3 +58,35 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- commands
 # (each command: parse -> one library call -> print / write)
 
+
+
+def _graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory, or a config JSON file")
+    p.add_argument("--meta", action="store_true", help="structure only: build on the meta device, load no weights")
+    p.add_argument("--out", required=True, help="folder for graph.json and groups.json")
+    p.add_argument("--width", type=int, default=100, help="characters of each reason to print")
+
+
+@command("graph", help="Trace a model into its operator graph and removable groups; write JSON and print the groups.")
+@arguments(_graph_args)
+def _graph(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .groups import find_groups, save_groups
+    from .trace import trace
+
+    og = trace(args.model, meta=args.meta)
+    groups = find_groups(og)
+    out = Path(args.out)
+    og.save(out / "graph.json")
+    save_groups(groups, out / "groups.json")
+    rows = [(g.id, g.kind, str(g.n_units), f"{g.params_per_unit:,}", "yes" if g.prunable else f"no: {(g.reason or '')[: args.width]}") for g in groups]
+    head = ("group", "kind", "units", "params/unit", "prunable")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths + [0])))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths + [0])))
+    print(f"\n{og.model_class}: {og.graph.number_of_nodes():,} graph nodes, {og.n_params:,} parameters, "
+          f"{len(groups)} groups ({sum(g.prunable for g in groups)} prunable); wrote {out / 'graph.json'} and {out / 'groups.json'}")
+    return 0
+
