@@ -1,0 +1,83 @@
+"""lorashear.export: save → load round trips give identical logits; stock vs lorashear cases."""
+import random
+
+import pytest
+import torch
+from tiny_models import ARCHS, ids, traced
+from transformers import AutoModelForCausalLM
+
+from lorashear import LorashearError, compress, load_pruned, save_pruned
+from lorashear.export import read_sidecar
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=ids(seed=7)).logits
+
+
+@pytest.mark.parametrize("arch,lora", [(a, lora) for a in ARCHS for lora in (False, True)])
+def test_save_load_round_trip_gives_identical_logits(arch, lora, tmp_path):
+    model, _, groups = traced(arch, lora)
+    rng = random.Random(arch)
+    removal = {g.id: sorted(rng.sample(range(g.n_units), 1)) for g in groups if g.prunable}
+    small, report = compress(model, groups, removal)
+    side = save_pruned(small, tmp_path / "m", report=report, provenance={"source": arch, "method": "test"})
+    back = load_pruned(tmp_path / "m")
+    # LoRA is merged on save: the same function up to float rounding
+    assert (logits(small) - logits(back)).abs().max().item() <= (1e-5 if lora else 0.0)
+    assert side["n_params"] == sum(p.numel() for p in back.parameters())
+    assert read_sidecar(tmp_path / "m")["provenance"] == {"source": arch, "method": "test"}
+
+
+def test_uniform_pruning_that_a_config_describes_is_stock_loadable(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    removal = {f"model.layers.{i}.self_attn:heads": [0] for i in range(2)} | {f"model.layers.{i}.mlp:channels": [3, 9] for i in range(2)}
+    small, report = compress(model, groups, removal)
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] == "stock"
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(logits(stock), logits(small))
+
+
+def test_hidden_size_that_heads_do_not_divide_is_saved_as_lorashear_case(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    small, report = compress(model, groups, {"model:hidden": [4]})
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] == "lorashear" and "not a multiple of the number of attention heads" in side["case_reason"]
+    assert torch.equal(logits(load_pruned(tmp_path / "m")), logits(small))
+    with pytest.raises(Exception):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_non_uniform_layers_are_saved_as_lorashear_case(tmp_path):
+    model, _, groups = traced("mistral")
+    small, report = compress(model, groups, {"model.layers.0.mlp:channels": [1, 2, 3]})
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] == "lorashear" and "model.layers.0.mlp" in side["case_reason"]
+    assert side["layer_sizes"]["0"]["mlp"] == 45 and side["layer_sizes"]["1"]["mlp"] == 48
+    assert torch.equal(logits(load_pruned(tmp_path / "m")), logits(small))
+
+
+def test_export_writes_no_pickles(tmp_path):
+    model, _, groups = traced("opt")
+    small, report = compress(model, groups, {"model.decoder.layers.1.self_attn:heads": [2]})
+    save_pruned(small, tmp_path / "m", report=report)
+    assert {p.suffix for p in (tmp_path / "m").iterdir()} <= {".safetensors", ".json"}
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    small, report = compress(model, groups, {"model.layers.0.mlp:channels": [0]})
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_pruned(small, tmp_path / "m", report=report, tokenizer=Broken())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_pruned_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(LorashearError, match="no such model directory"):
+        load_pruned(tmp_path / "nope")
