@@ -1,0 +1,486 @@
+"""Evaluation: perplexity under the two published protocols, and cost (parameters, MACs, speed, memory).
+
+Perplexity protocols (both slice one token stream — the documents joined with EOS, ``data.token_stream`` —
+into non-overlapping windows, drop the incomplete tail, and report ``exp(total NLL / predicted tokens)``;
+every window predicts its tokens 2..W from the ones before, so a window of W tokens scores W-1 tokens):
+
+* ``short`` — 128-token windows, as LLM-Pruner and LoRAPrune report WikiText-2/PTB perplexity;
+* ``long`` — windows of ``min(2048, model context)`` tokens, as Wanda and SliceGPT do.
+
+Numbers from the two protocols are not comparable with each other (longer windows give each token more
+context, so lower perplexity); compare a pruned model with its dense parent under the same protocol.
+
+Cost: ``count_parameters`` (unique tensors, tied weights once), ``macs_per_token`` (formula in its
+docstring), latency of one forward at batch 1, throughput of a batched forward, and peak memory (CUDA:
+``torch.cuda.max_memory_allocated``; CPU: peak resident-set growth during the forward, sampled by psutil).
+
+Device policy (``pick_device``): CUDA with bf16 when a GPU is present, otherwise CPU with fp32.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .data import DEMO_MODEL_DIR, model_context, token_stream
+from .errors import LorashearError
+
+SHORT_WINDOW = 128
+LONG_WINDOW_MAX = 2048
+PROTOCOLS = ("short", "long")
+
+
+# ------------------------------------------------------------------------------------- device / loading
+def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype): the given device, else CUDA + bf16 when available, else CPU + fp32."""
+    if device is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise LorashearError(f"unknown device {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise LorashearError("device 'cuda' requested but no CUDA GPU is available")
+    return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+
+
+def load_model(
+    path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a Hugging Face folder (``"demo"`` means the shipped demo model),
+    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. A folder written by
+    ``lorashear.export.save_pruned`` (it has the sidecar) goes through ``load_pruned``, which also loads
+    pruned models with per-layer sizes that the stock classes cannot build."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import export
+
+    folder = DEMO_MODEL_DIR if str(path) == "demo" else Path(path).expanduser()
+    if not folder.is_dir():
+        raise LorashearError(f"model folder not found: {folder}")
+    if not (folder / "config.json").exists():
+        raise LorashearError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    dev, default_dtype = pick_device(device)
+    try:
+        if (folder / export.SIDECAR).exists():
+            model = export.load_pruned(folder, dtype=dtype or default_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or default_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LorashearError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from exc
+    return model.to(dev).eval(), tokenizer
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ------------------------------------------------------------------------------------------ perplexity
+@dataclass
+class PerplexityResult:
+    """One (source, protocol) measurement. ``n_tokens`` counts predicted (scored) tokens."""
+
+    source: str
+    protocol: str
+    window: int
+    ppl: float
+    nll: float
+    n_tokens: int
+    n_windows: int
+    stream_tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def protocol_window(protocol: str, model: Any) -> int:
+    """Window length of a protocol for this model: 128, or min(2048, the model's context)."""
+    if protocol == "short":
+        return SHORT_WINDOW
+    if protocol == "long":
+        ctx = model_context(model)
+        return min(LONG_WINDOW_MAX, ctx) if ctx else LONG_WINDOW_MAX
+    raise LorashearError(f"unknown perplexity protocol {protocol!r}; choose short, long or both")
+
+
+@torch.inference_mode()
+def perplexity(
+    model: Any,
+    stream: torch.Tensor,
+    window: int,
+    *,
+    batch_tokens: int = 8192,
+    source: str = "data",
+    protocol: str = "custom",
+) -> PerplexityResult:
+    """Perplexity of ``model`` on a 1-D token ``stream`` cut into non-overlapping ``window``-token windows.
+
+    The incomplete tail is dropped (as both published protocols do). Windows are batched so that a batch
+    holds about ``batch_tokens`` tokens; log-probabilities are computed in fp32 whatever the model dtype.
+    """
+    ctx = model_context(model)
+    if window < 2:
+        raise LorashearError(f"perplexity window must be >= 2 tokens, got {window}")
+    if ctx is not None and window > ctx:
+        raise LorashearError(f"perplexity window {window} is larger than the model's context ({ctx} tokens)")
+    stream = stream.reshape(-1)
+    n_windows = stream.numel() // window
+    if n_windows == 0:
+        raise LorashearError(
+            f"{source}: only {stream.numel()} tokens, fewer than one {window}-token window"
+        )
+    windows = stream[: n_windows * window].view(n_windows, window)
+    dev = _device_of(model)
+    per_batch = max(1, batch_tokens // window)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for i in range(0, n_windows, per_batch):
+            ids = windows[i: i + per_batch].to(dev)
+            logits = model(input_ids=ids, use_cache=False).logits
+            total += torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            ).item()
+    finally:
+        model.train(was_training)
+    n_tokens = n_windows * (window - 1)
+    nll = total / n_tokens
+    return PerplexityResult(source, protocol, window, math.exp(nll), nll, n_tokens, n_windows, int(stream.numel()))
+
+
+def evaluate_perplexity(
+    model: Any,
+    tokenizer: Any,
+    sources: Mapping[str, Sequence[str]] | Sequence[str],
+    *,
+    protocols: Sequence[str] = PROTOCOLS,
+    max_tokens: int | None = None,
+    batch_tokens: int = 8192,
+) -> list[PerplexityResult]:
+    """Perplexity per source and protocol. ``sources`` maps a name to its documents (a plain list is one
+    source called ``data``); ``max_tokens`` keeps only the first N tokens of each source's stream."""
+    if isinstance(sources, (list, tuple)):
+        sources = {"data": list(sources)}
+    if not sources:
+        raise LorashearError("no evaluation data given")
+    for p in protocols:
+        protocol_window(p, model)  # validates the name early
+    rows = []
+    for name, texts in sources.items():
+        stream = token_stream(list(texts), tokenizer)
+        if max_tokens is not None:
+            stream = stream[:max_tokens]
+        for p in protocols:
+            rows.append(perplexity(model, stream, protocol_window(p, model), batch_tokens=batch_tokens,
+                                   source=name, protocol=p))
+    return rows
+
+
+def unigram_perplexity(train_texts: Sequence[str], eval_texts: Sequence[str], tokenizer: Any) -> float:
+    """Perplexity of a context-free baseline: token frequencies of ``train_texts`` with add-one smoothing
+    over the whole vocabulary, scored on every token of the ``eval_texts`` stream except the first.
+
+    A model that has learned anything from context must be far below this.
+    """
+    train = token_stream(list(train_texts), tokenizer)
+    ev = token_stream(list(eval_texts), tokenizer)[1:]
+    vocab = max(len(tokenizer), int(train.max()) + 1, int(ev.max()) + 1)
+    counts = torch.bincount(train, minlength=vocab).double() + 1.0
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-logp[ev].mean().item())
+
+
+# ------------------------------------------------------------------------------------------------- cost
+def count_parameters(model: Any) -> int:
+    """Number of parameters, counting shared (tied) tensors once."""
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def _linear_shapes(model: Any) -> list[tuple[str, int, int]]:
+    from transformers.pytorch_utils import Conv1D
+
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            out.append((name, m.in_features, m.out_features))
+        elif isinstance(m, Conv1D):  # GPT-2 style: weight is (in, out)
+            out.append((name, m.weight.shape[0], m.weight.shape[1]))
+    return out
+
+
+def _attention_widths(model: Any) -> list[int]:
+    """Per attention layer, (number of query heads) x head_dim, read from module shapes so that pruned
+    models with different head counts per layer are counted right."""
+    widths = []
+    for _, m in model.named_modules():
+        q = getattr(m, "q_proj", None)
+        if isinstance(q, torch.nn.Linear):
+            widths.append(q.out_features)
+            continue
+        c = getattr(m, "c_attn", None)  # GPT-2: fused q|k|v, equal thirds
+        if c is not None and hasattr(c, "weight") and c.weight.dim() == 2:
+            widths.append(c.weight.shape[1] // 3)
+    if not widths:
+        cfg = getattr(model, "config", None)
+        layers = getattr(cfg, "num_hidden_layers", 0) or 0
+        heads = getattr(cfg, "num_attention_heads", 0) or 0
+        head_dim = getattr(cfg, "head_dim", None) or ((getattr(cfg, "hidden_size", 0) or 0) // max(heads, 1))
+        widths = [heads * head_dim] * layers
+    return widths
+
+
+def macs_per_token(model: Any, seq_len: int = SHORT_WINDOW) -> int:
+    """Multiply-accumulates per generated/scored token of a forward pass over a ``seq_len`` sequence.
+
+    Formula: ``sum(in x out over every Linear, lm_head included)`` + ``sum over attention layers of
+    2 x (query heads x head_dim) x (seq_len + 1) / 2`` — the QK^T scores and the weighted sum of V, each
+    one dot product of length head_dim per query head per attended position, and a causal token attends
+    to (seq_len + 1) / 2 positions on average. Embedding lookups, norms, activations, RoPE and softmax are
+    O(hidden) per token and left out.
+    """
+    if seq_len < 1:
+        raise LorashearError(f"seq_len must be >= 1, got {seq_len}")
+    linear = sum(i * o for _, i, o in _linear_shapes(model))
+    attention = sum(2 * w for w in _attention_widths(model)) * (seq_len + 1) / 2
+    return int(round(linear + attention))
+
+
+@dataclass
+class CostReport:
+    """Size and speed of a model on one device. Memory numbers are not comparable across device types:
+    see ``peak_memory_method``."""
+
+    parameters: int
+    macs_per_token: int
+    macs_seq_len: int
+    device: str
+    dtype: str
+    latency_ms: float
+    latency_seq_len: int
+    throughput_tokens_per_s: float
+    throughput_batch_size: int
+    peak_memory_bytes: int
+    peak_memory_method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _RssPeak:
+    """Sample this process's RSS in a thread; ``peak - baseline`` is the growth during the block."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.base = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "_RssPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@torch.inference_mode()
+def _time_forward(model: Any, ids: torch.Tensor, warmup: int, iters: int) -> float:
+    dev = ids.device
+    for _ in range(warmup):
+        model(input_ids=ids, use_cache=False)
+    _sync(dev)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def measure_cost(
+    model: Any,
+    *,
+    seq_len: int = SHORT_WINDOW,
+    batch_size: int = 8,
+    warmup: int = 2,
+    iters: int = 5,
+    seed: int = 0,
+) -> CostReport:
+    """Parameters, MACs/token, and on the model's current device: latency (median forward time of one
+    ``seq_len`` sequence at batch 1), throughput (tokens/s of a ``batch_size`` x ``seq_len`` forward) and
+    peak memory of that batched forward."""
+    ctx = model_context(model)
+    if ctx is not None and seq_len > ctx:
+        raise LorashearError(f"seq_len {seq_len} is larger than the model's context ({ctx} tokens)")
+    if batch_size < 1 or iters < 1:
+        raise LorashearError("batch_size and iters must be >= 1")
+    dev = _device_of(model)
+    dtype = next(model.parameters()).dtype
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        one = torch.randint(0, vocab, (1, seq_len), generator=gen).to(dev)
+        many = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(dev)
+        latency = _time_forward(model, one, warmup, iters)
+        batched = _time_forward(model, many, 1, iters)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            model(input_ids=many, use_cache=False)
+            _sync(dev)
+            peak = torch.cuda.max_memory_allocated(dev)
+            method = "cuda: torch.cuda.max_memory_allocated during the batched forward (weights included)"
+        else:
+            try:
+                with _RssPeak() as rss:
+                    model(input_ids=many, use_cache=False)
+                peak = rss.peak - rss.base
+                method = "cpu: peak RSS growth over the pre-forward RSS during the batched forward (psutil, sampled)"
+            except ImportError:
+                import resource
+
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                model(input_ids=many, use_cache=False)
+                peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+                method = "cpu: growth of the process's max RSS high-water mark (resource.getrusage)"
+    finally:
+        model.train(was_training)
+    return CostReport(
+        parameters=count_parameters(model),
+        macs_per_token=macs_per_token(model, seq_len),
+        macs_seq_len=seq_len,
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+        latency_ms=latency * 1000,
+        latency_seq_len=seq_len,
+        throughput_tokens_per_s=batch_size * seq_len / batched,
+        throughput_batch_size=batch_size,
+        peak_memory_bytes=int(peak),
+        peak_memory_method=method,
+    )
+
+
+# ------------------------------------------------------------------------------------------- lm-eval
+def run_lm_eval(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    *,
+    include_path: str | Path | None = None,
+    include_defaults: bool = True,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Run lm-evaluation-harness tasks on an in-memory (e.g. pruned) model; returns ``results`` per task.
+
+    Needs the optional extra (``pip install 'lorashear[eval]'``). Stock tasks download their datasets
+    from the hub; offline, define a task in a YAML file over local files and pass its folder as
+    ``include_path`` (``include_defaults=False`` then skips indexing the ~200 stock task folders).
+    """
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise LorashearError("lm-eval is not installed: pip install 'lorashear[eval]'") from exc
+    if not tasks:
+        raise LorashearError("no lm-eval tasks given")
+    if include_path is not None and not Path(include_path).exists():
+        raise LorashearError(f"lm-eval include path not found: {include_path}")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    manager = TaskManager(include_path=str(include_path) if include_path is not None else None,
+                          include_defaults=include_defaults or include_path is None)
+    known = set(manager.all_tasks)
+    missing = [t for t in tasks if t not in known]
+    if missing:
+        raise LorashearError(f"unknown lm-eval task(s): {', '.join(missing)}")
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                  num_fewshot=num_fewshot)
+    return out["results"]
+
+
+# --------------------------------------------------------------------------------------- whole report
+@dataclass
+class EvalReport:
+    """What ``lorashear eval`` prints: perplexity rows, cost, and lm-eval results when asked for."""
+
+    model: str
+    perplexity: list[PerplexityResult]
+    cost: CostReport | None = None
+    lm_eval: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "perplexity": [r.to_dict() for r in self.perplexity],
+            "cost": self.cost.to_dict() if self.cost else None,
+            "lm_eval": self.lm_eval,
+        }
+
+
+def evaluate_model(
+    model_path: str | Path,
+    *,
+    data: Sequence[str] = ("demo",),
+    field: str = "text",
+    split: str | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    max_tokens: int | None = None,
+    cost: bool = True,
+    device: str | None = None,
+    tasks: Sequence[str] | None = None,
+    include_path: str | Path | None = None,
+    limit: int | float | None = None,
+) -> EvalReport:
+    """Load a model folder and evaluate it: perplexity per data source (specs as in
+    ``data.load_sources``) under each protocol, optionally cost and lm-eval tasks."""
+    from .data import load_sources
+
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise LorashearError(f"unknown perplexity protocol {p!r}; choose short, long or both")
+    if max_tokens is not None and max_tokens < 2:
+        raise LorashearError(f"max_tokens must be >= 2, got {max_tokens}")
+    sources = load_sources(list(data), field=field, split=split)  # data errors before the slow model load
+    model, tokenizer = load_model(model_path, device=device)
+    rows = evaluate_perplexity(model, tokenizer, sources, protocols=protocols, max_tokens=max_tokens)
+    report = EvalReport(str(model_path), rows)
+    if cost:
+        report.cost = measure_cost(model)
+    if tasks:
+        report.lm_eval = run_lm_eval(model, tokenizer, tasks, include_path=include_path, limit=limit)
+    return report
