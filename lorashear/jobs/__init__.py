@@ -1,6 +1,6 @@
 """Jobs: a SQLite registry of long-running work and the worker processes that do it.
 
-The app and the CLI submit jobs here; each job runs in its own ``python -m lorashear.jobs.worker`` process
+The app and the CLI submit jobs here; each job runs in its own ``python -m lorashear.jobs`` process
 and reports progress, metrics and artifacts through the registry (see ``docs/app.md``).
 """
 from .kinds import BUILTIN as KINDS, JobKind, JobParamError, Param, validate

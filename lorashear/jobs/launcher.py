@@ -1,6 +1,6 @@
 """Start, cancel, resume and watch worker processes; detect workers that died.
 
-Every job is a separate ``python -m lorashear.jobs.worker`` process in its own session, so the app (or any
+Every job is a separate ``python -m lorashear.jobs`` process in its own session, so the app (or any
 caller) never runs model code itself, a crash in a job cannot take the app down, and cancel can signal the
 whole process group (a job's own subprocesses included). The pid and its start time are stored in the
 registry, so after an app restart a job whose worker is gone is recognised and marked failed, and a cancel
@@ -67,7 +67,7 @@ def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> s
     child_env["PYTHONUNBUFFERED"] = "1"
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lorashear.jobs.worker", str(registry.path.resolve()), str(job.id)],
+            [sys.executable, "-m", "lorashear.jobs", str(registry.path.resolve()), str(job.id)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
             start_new_session=True, cwd=os.getcwd(),
         )

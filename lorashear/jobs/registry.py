@@ -219,6 +219,7 @@ class Registry:
         values: dict[str, Any] = {"status": status, "finished": time.time(), "message": message}
         if status == SUCCEEDED:
             values["progress"] = 1.0
+            values["stage"] = "done"
         if result is not None:
             values["result"] = result
         if artifacts is not None:

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m lorashear.jobs.worker DB JOB_ID`` runs one job and records its outcome.
+"""The worker process: ``python -m lorashear.jobs DB JOB_ID`` runs one job and records its outcome.
 
 It runs in its own session (process group), started by ``launcher.launch``; its stdout/stderr are the job's
 ``log.txt``. SIGTERM (cancel) becomes a ``Cancelled`` exception so the job ends through the normal path.
@@ -100,7 +100,7 @@ def run_job(registry: Registry, job_id: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m lorashear.jobs.worker REGISTRY_DB JOB_ID", file=sys.stderr)
+        print("usage: python -m lorashear.jobs REGISTRY_DB JOB_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
     registry = Registry(Path(args[0]))

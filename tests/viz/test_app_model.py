@@ -1,0 +1,81 @@
+"""Hierarchy, layout and model views without a browser, on a real traced model."""
+from viz import hierarchy as H
+from viz.graph_layout import elements
+from viz.model_view import load
+from viz.views.jobs import submit_form
+
+
+def _mv(app_state):
+    return load(app_state.registry.get(app_state.model_job))
+
+
+def test_collapsed_view_is_the_chain_of_blocks(app_state):
+    mv = _mv(app_state)
+    h = mv.hierarchy
+    vis = H.visible(h, set(h.initial_expanded))
+    n_layers = mv.opgraph.config["num_hidden_layers"]
+    blocks = [v for v in vis if v.startswith("m:") and H.layer_of(h.nodes[v].module) is not None]
+    assert len(blocks) == n_layers
+    assert len(vis) < n_layers + 15  # blocks plus a handful of embedding/norm/head/io nodes
+    # every op is inside exactly one visible node, and all edges connect visible nodes
+    exp = set(h.initial_expanded)
+    assert all(H.visible_of(h, op, exp) in vis for op in mv.graph.nodes)
+    els = elements(h, mv.graph, h.initial_expanded)
+    ids = {e["data"]["id"] for e in els if "source" not in e["data"]}
+    assert ids == set(vis)
+    assert all(e["data"]["source"] in ids and e["data"]["target"] in ids for e in els if "source" in e["data"])
+    assert all("position" in e for e in els if "source" not in e["data"])
+
+
+def test_expand_to_ops_then_collapse(app_state):
+    mv = _mv(app_state)
+    h = mv.hierarchy
+    block = next(n for n in H.visible(h, set(h.initial_expanded)) if h.nodes[n].module.endswith("layers.0"))
+    exp = H.expand(h, list(h.initial_expanded), block, cap=1000, deep=True)
+    vis = H.visible(h, set(exp))
+    ops_in_block = {o for o in mv.graph.nodes if mv.graph.nodes[o].get("module", "").startswith(h.nodes[block].module + ".")
+                    or mv.graph.nodes[o].get("module") == h.nodes[block].module}
+    assert {f"o:{o}" for o in ops_in_block} <= set(vis)
+    assert any(mv.graph.nodes[o]["op"] == "scaled_dot_product_attention" for o in ops_in_block)
+    back = H.collapse(h, exp, block)
+    assert H.visible(h, set(back)) == H.visible(h, set(h.initial_expanded))
+
+
+def test_cap_collapses_the_oldest_expansion(app_state):
+    mv = _mv(app_state)
+    h = mv.hierarchy
+    blocks = [n for n in H.visible(h, set(h.initial_expanded)) if H.layer_of(h.nodes[n].module) is not None]
+    exp = H.expand(h, list(h.initial_expanded), blocks[0], cap=10_000, deep=True)
+    one = len(H.visible(h, set(exp)))
+    exp = H.expand(h, exp, blocks[1], cap=one + 5, deep=True)  # room for one expanded block only
+    assert blocks[0] not in exp and blocks[1] in exp
+    assert len(H.visible(h, set(exp))) <= one + 5
+
+
+def test_selected_group_highlights_the_nodes_holding_its_ops(app_state):
+    mv = _mv(app_state)
+    h = mv.hierarchy
+    g = next(g for g in mv.groups if g.kind == "mlp" and g.layer == 0)
+    els = elements(h, mv.graph, h.initial_expanded, highlight=set(g.nodes))
+    lit = {e["data"]["id"] for e in els if "g-sel" in e.get("classes", "")}
+    assert lit == {H.visible_of(h, o, set(h.initial_expanded)) for o in g.nodes}
+    assert any(h.nodes[n].module.endswith("layers.0") for n in lit)
+
+
+def test_group_rows_and_layer_params(app_state):
+    mv = _mv(app_state)
+    rows = mv.group_rows()
+    assert len(rows) == len(mv.groups) and {r["id"] for r in rows} == set(mv.group_by_id)
+    per = mv.layer_params()
+    assert sum(sum(v.values()) for v in per.values()) == mv.n_params
+    assert per[0]["mlp"] > 0 and per[0]["attention"] > 0
+
+
+def test_form_rejects_invalid_parameters_with_messages(app_state):
+    msg, errs, job = submit_form(app_state, "steps", ["steps", "delay"], ["abc", "-1"])
+    assert job is None and "Fix the marked fields" in msg.children
+    assert errs == ["must be a number", "must be ≥ 0"]
+    msg, errs, job = submit_form(app_state, "graph", ["source", "meta"], ["/no/such/model", []])
+    assert job is None and errs[0] == "/no/such/model does not exist"
+    msg, errs, job = submit_form(app_state, "prune", [], [])
+    assert job is None and "not available yet" in msg.children

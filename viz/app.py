@@ -1,0 +1,165 @@
+"""The Dash app: layout shell, the shared selection store, and start-up.
+
+Views live in ``viz/views``; each has ``layout(...)`` and ``register(app, ...)``. The selection (groups,
+focused node) is one ``dcc.Store`` ("sel") that every view reads; one hub callback writes it, so the graph,
+the groups grid and the details panel cannot disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import dash
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from lorashear.errors import LorashearError
+
+from . import model_view
+from .components import human
+from .session import AppState, default_runs_dir, demo_model_dir, ensure_graph, make_state
+from .views import compare, graph, groups, jobs, knowledge, overview
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _model(state: AppState):
+    """The ModelView being browsed (None if there is none, with ``state.model_error`` saying why)."""
+    if state.model_job is None:
+        return None
+    try:
+        return model_view.load(state.registry.get(state.model_job))
+    except (LorashearError, KeyError, OSError) as exc:
+        state.model_error = f"could not load graph job {state.model_job}: {exc}"
+        return None
+
+
+def _header(mv, state: AppState) -> html.Div:
+    if mv is not None:
+        what = f"{mv.opgraph.model_class} · {human(mv.n_params)} params · {mv.source}" + (" (meta)" if mv.meta else "")
+    else:
+        what = state.model_error or "no model"
+    return html.Div([
+        html.Span("lorashear", className="brand"),
+        html.Span(what, id="model-line", className="model-line"),
+        html.Span(id="sel-summary", className="sel-summary"),
+        html.Button("Clear selection", id="sel-clear", className="btn small"),
+    ], className="header")
+
+
+def serve_layout(state: AppState):
+    mv = _model(state)
+    return html.Div([
+        dcc.Location(id="url", refresh=True),
+        _header(mv, state),
+        dcc.Tabs(id="tabs", value="overview", children=[
+            dcc.Tab(label="Model", value="overview", children=overview.layout(mv, state.model_error)),
+            dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
+            dcc.Tab(label="Groups", value="groups", children=groups.layout(mv)),
+            dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout()),
+            dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
+            dcc.Tab(label="Compare", value="compare", children=compare.layout()),
+        ]),
+        dcc.Store(id="model-key", data=mv.job_id if mv else None),
+        dcc.Store(id="cap", data=state.cap),
+        dcc.Store(id="sel", data={"groups": [], "node": None}),
+        dcc.Store(id="graph-state", data=graph.initial_state(mv)),
+    ], className="page")
+
+
+def create_app(state: AppState) -> Dash:
+    app = Dash(__name__, title="lorashear", assets_folder=str(ASSETS), serve_locally=True,
+               suppress_callback_exceptions=True, update_title=None)
+    app.layout = lambda: serve_layout(state)
+
+    def get_model(job_id):
+        if job_id is None or job_id != state.model_job:
+            return None
+        return _model(state)
+
+    graph.register(app, get_model)
+    groups.register(app, get_model)
+    jobs.register(app, state)
+
+    @app.callback(
+        Output("sel", "data"), Output("groups-grid", "selectedRows"), Output("groups-grid", "scrollTo"),
+        Input("groups-grid", "selectedRows"), Input("cy", "tapNode"), Input("sel-clear", "n_clicks"),
+        Input({"type": "group-link", "gid": ALL}, "n_clicks"),
+        State("sel", "data"),
+        prevent_initial_call=True,
+    )
+    def selection_hub(rows, tap, _clear, _links, sel):
+        sel = dict(sel or {"groups": [], "node": None})
+        trig = ctx.triggered_id
+        if trig == "groups-grid":
+            sel["groups"] = [r["id"] for r in rows or []]
+            return sel, no_update, no_update
+        if trig == "cy":
+            sel["node"] = (tap or {}).get("data", {}).get("id")
+            return sel, no_update, no_update
+        if trig == "sel-clear":
+            return {"groups": [], "node": None}, [], no_update
+        if isinstance(trig, dict) and trig.get("type") == "group-link":
+            if not any(t["value"] for t in ctx.triggered):
+                return no_update, no_update, no_update
+            sel["groups"] = [trig["gid"]]
+            return sel, {"ids": [trig["gid"]]}, {"rowId": trig["gid"], "rowPosition": "middle"}
+        return no_update, no_update, no_update
+
+    @app.callback(Output("sel-summary", "children"), Input("sel", "data"))
+    def summarize(sel):
+        gids = (sel or {}).get("groups") or []
+        node = (sel or {}).get("node")
+        parts = []
+        if gids:
+            parts.append(f"{len(gids)} group{'s' if len(gids) > 1 else ''}: " + ", ".join(gids[:3])
+                         + (" …" if len(gids) > 3 else ""))
+        if node:
+            parts.append(f"node {node}")
+        return "Selected: " + " · ".join(parts) if parts else ""
+
+    return app
+
+
+def startup_model(state: AppState, args: argparse.Namespace) -> None:
+    """Point ``state`` at a graph job for the requested model (running one if needed)."""
+    if args.config and not args.meta:
+        raise LorashearError("--config has no weights: add --meta to browse the structure")
+    if args.model:
+        source, meta = Path(args.model), args.meta
+    elif args.config:
+        source, meta = Path(args.config), True
+    else:
+        demo, why = demo_model_dir()
+        if demo is None:
+            state.model_error = f"No model: {why}. Start with --model DIR or --config FILE --meta."
+            print(f"lorashear app: {state.model_error}", file=sys.stderr)
+            return
+        source, meta = demo, args.meta
+    job = ensure_graph(state, source, meta, retrace=args.retrace)
+    state.model_job = job.id
+
+
+def run(args: argparse.Namespace) -> int:
+    state = make_state(args.runs or default_runs_dir(), cap=args.cap)
+    startup_model(state, args)
+    app = create_app(state)
+    print(f"lorashear app on http://{args.host}:{args.port}/  (jobs: {state.registry.path})", flush=True)
+    app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .options import add_arguments
+
+    parser = argparse.ArgumentParser(prog="app.py", description="lorashear Dash app")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except LorashearError as exc:
+        print(f"lorashear app: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["create_app", "serve_layout", "run", "main", "dash"]

@@ -1,0 +1,46 @@
+"""Small presentational helpers shared by the views (plain html + the CSS in assets/style.css)."""
+from __future__ import annotations
+
+from typing import Any
+
+from dash import html
+
+
+def human(n: float | int | None) -> str:
+    """1234567 -> '1.23M' (parameter counts)."""
+    if n is None:
+        return "—"
+    n = float(n)
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}" if n == int(n) else f"{n:.3g}"
+
+
+def card(title: str, *children: Any, id: str | None = None, className: str = "") -> html.Div:
+    kw = {"id": id} if id else {}
+    return html.Div([html.H3(title, className="card-title"), *children], className=f"card {className}", **kw)
+
+
+def unavailable(message: str, id: str | None = None) -> html.Div:
+    """The 'not available yet' state: says what is missing and how it will appear; never placeholder data."""
+    kw = {"id": id} if id else {}
+    return html.Div([html.Strong("Not available yet. "), message], className="unavailable", **kw)
+
+
+def kv_table(rows: list[tuple[str, Any]], className: str = "kv") -> html.Table:
+    return html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows], className=className)
+
+
+def table(header: list[str], rows: list[list[Any]], className: str = "data") -> html.Table:
+    return html.Table([html.Thead(html.Tr([html.Th(h) for h in header])),
+                       html.Tbody([html.Tr([html.Td(c) for c in r]) for r in rows])], className=className)
+
+
+def progress_bar(fraction: float, id: str | None = None, status: str = "") -> html.Div:
+    pct = max(0.0, min(1.0, float(fraction or 0.0))) * 100
+    kw = {"id": id} if id else {}
+    return html.Div(
+        html.Div(f"{pct:.0f}%", className=f"progress-bar {status}", style={"width": f"{pct:.1f}%"}),
+        className="progress", role="progressbar", **{"aria-valuenow": f"{pct:.0f}"}, **kw,
+    )

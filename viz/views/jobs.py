@@ -1,0 +1,275 @@
+"""Jobs: launch forms built from the job kinds, the job list (from the SQLite registry, so it survives
+restarts), and one job's live progress, log tail, metric plots, cancel and resume.
+
+The Dash process only validates, submits and reads: every job runs in its own worker process
+(``lorashear.jobs``), and the page polls the registry (``dcc.Interval``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dash_ag_grid as dag
+import plotly.graph_objects as go
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
+from plotly.subplots import make_subplots
+
+from lorashear.errors import LorashearError
+from lorashear.jobs import JobParamError, cancel, reap, resume, submit
+from lorashear.jobs.kinds import JobKind
+
+from ..components import card, kv_table, progress_bar
+from ..session import AppState
+
+LOG_TAIL_LINES = 80
+JOB_COLUMNS = [
+    {"field": "id", "width": 70, "sort": "desc"},
+    {"field": "kind", "width": 90},
+    {"field": "status", "width": 110, "cellClass": {"function": "'job-' + params.value"}},
+    {"field": "progress", "headerName": "%", "width": 70, "type": "numericColumn"},
+    {"field": "stage", "minWidth": 140, "flex": 1},
+    {"field": "created", "width": 150},
+    {"field": "duration", "headerName": "time (s)", "width": 95, "type": "numericColumn"},
+    {"field": "message", "minWidth": 160, "flex": 1, "tooltipField": "message"},
+]
+
+
+def kind_options(state: AppState) -> list[dict]:
+    opts = []
+    for k in state.kinds.values():
+        ok, why = k.availability()
+        opts.append({"label": k.label if ok else f"{k.label} — not available yet", "value": k.name,
+                     "disabled": not ok, "title": why})
+    return opts
+
+
+def first_available(state: AppState) -> str | None:
+    return next((k.name for k in state.kinds.values() if k.availability()[0]), None)
+
+
+def form_fields(kind: JobKind) -> list:
+    fields = []
+    for p in kind.params:
+        pid = {"type": "jp", "name": p.name}
+        if p.type == "bool":
+            control = dcc.Checklist(id=pid, options=[{"label": " " + p.label, "value": p.name}],
+                                    value=[p.name] if p.default else [], className="check")
+            label = None
+        elif p.type == "choice":
+            control = dcc.Dropdown(id=pid, options=list(p.choices), value=p.default, clearable=False)
+            label = p.label
+        else:
+            control = dcc.Input(id=pid, type="text", value="" if p.default is None else str(p.default),
+                                placeholder=p.help or p.type, debounce=False, className="text")
+            label = p.label + (" *" if p.required else "")
+        fields.append(html.Div([html.Label(label) if label else None, control,
+                                html.Div(p.help, className="help") if p.help and p.type == "bool" else None,
+                                html.Div(id={"type": "jp-err", "name": p.name}, className="field-error")],
+                               className="field"))
+    return fields
+
+
+def _form(state: AppState, kind_name: str | None) -> list:
+    if kind_name is None or kind_name not in state.kinds:
+        return [html.P("No job kind can run yet.", className="muted")]
+    k = state.kinds[kind_name]
+    ok, why = k.availability()
+    if not ok:
+        return [html.P(k.description), html.Div(why, className="unavailable")]
+    return [html.P(k.description, className="muted"), *form_fields(k)]
+
+
+def _unavailable_list(state: AppState) -> html.Ul:
+    items = []
+    for k in state.kinds.values():
+        ok, why = k.availability()
+        if not ok:
+            items.append(html.Li([html.Strong(k.label + ": "), why]))
+    return html.Ul(items, className="reasons", id="jobs-unavailable")
+
+
+def job_rows(state: AppState) -> list[dict]:
+    reap(state.registry)
+    rows = []
+    for j in state.registry.list(limit=500):
+        rows.append({
+            "id": j.id, "rid": str(j.id), "kind": j.kind, "status": j.status, "progress": round(j.progress * 100),
+            "stage": j.stage, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
+            "duration": round(j.duration, 1) if j.duration is not None else None, "message": j.message or "",
+        })
+    return rows
+
+
+def layout(state: AppState) -> html.Div:
+    default = first_available(state)
+    return html.Div([
+        html.Div([
+            card("New job", dcc.Dropdown(id="job-kind", options=kind_options(state), value=default,
+                                         clearable=False),
+                 html.Div(_form(state, default), id="job-form"),
+                 html.Button("Run", id="job-submit", className="btn primary"),
+                 html.Div(id="job-submit-msg", className="msg"),
+                 html.H4("Not available yet"), _unavailable_list(state), className="narrow"),
+            card("Jobs", dag.AgGrid(
+                id="jobs-grid", rowData=job_rows(state), columnDefs=JOB_COLUMNS, getRowId="params.data.rid",
+                defaultColDef={"sortable": True, "resizable": True, "filter": True},
+                dashGridOptions={"rowSelection": {"mode": "singleRow", "enableClickSelection": True,
+                                                  "checkboxes": False},
+                                 "animateRows": False, "tooltipShowDelay": 300},
+                style={"height": "34vh", "width": "100%"}), className="wide"),
+        ], className="row"),
+        card("Job", html.Div(html.P("Select a job.", className="muted"), id="job-head"),
+             html.Div([html.Button("Cancel", id="job-cancel", className="btn danger", disabled=True),
+                       html.Button("Resume", id="job-resume", className="btn", disabled=True),
+                       html.Button("Browse this graph", id="job-browse", className="btn", disabled=True),
+                       html.Span(id="job-action-msg", className="msg")], className="toolbar"),
+             progress_bar(0.0, id="job-progress"),
+             html.Div([
+                 html.Div([html.H4("Log (tail)"), html.Pre(id="job-log", className="log")], className="half"),
+                 html.Div([html.H4("Metrics"), html.Div(id="job-metrics-box")], className="half"),
+             ], className="row"),
+             id="job-detail"),
+        dcc.Store(id="job-sel", data=None),
+        dcc.Store(id="job-sig", data=None),
+        dcc.Interval(id="jobs-tick", interval=700),
+    ], id="jobs-view")
+
+
+def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
+    names = sorted(metrics)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names,
+                        vertical_spacing=min(0.12, 0.3 / max(1, len(names))))
+    for i, name in enumerate(names, start=1):
+        steps, values = zip(*metrics[name])
+        fig.add_scatter(x=list(steps), y=list(values), mode="lines+markers" if len(steps) < 50 else "lines",
+                        name=name, row=i, col=1, showlegend=False)
+    fig.update_layout(height=max(220, 170 * len(names)), margin=dict(l=50, r=10, t=30, b=30),
+                      template="plotly_white")
+    fig.update_xaxes(title_text="step", row=len(names), col=1)
+    return fig
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 64_000))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def submit_form(state: AppState, kind: str, names: list[str], values: list) -> tuple[html.Span, list[str], int | None]:
+    """Validate and submit the form's values: (message, one error per field, new job id or None)."""
+    errs = [""] * len(names)
+    try:
+        job = submit(state.registry, kind, dict(zip(names, values)), state.runs_dir, kinds=state.kinds,
+                     env=state.worker_env)
+    except JobParamError as exc:
+        errs = [exc.errors.get(n, "") for n in names]
+        extra = "; ".join(f"{k}: {v}" for k, v in exc.errors.items() if k not in names)
+        return html.Span("Fix the marked fields." + (f" {extra}" if extra else ""), className="error"), errs, None
+    except LorashearError as exc:
+        return html.Span(str(exc), className="error"), errs, None
+    return html.Span(f"Started job {job.id} ({job.kind}).", className="ok"), errs, job.id
+
+
+def register(app, state: AppState) -> None:
+    reg = state.registry
+
+    @app.callback(Output("job-form", "children"), Input("job-kind", "value"), prevent_initial_call=True)
+    def show_form(kind):
+        return _form(state, kind)
+
+    @app.callback(
+        Output("job-submit-msg", "children"), Output({"type": "jp-err", "name": ALL}, "children"),
+        Output("job-sel", "data", allow_duplicate=True),
+        Input("job-submit", "n_clicks"),
+        State("job-kind", "value"), State({"type": "jp", "name": ALL}, "value"),
+        State({"type": "jp", "name": ALL}, "id"),
+        prevent_initial_call=True,
+    )
+    def do_submit(_n, kind, values, ids):
+        msg, errs, job_id = submit_form(state, kind, [i["name"] for i in ids], values)
+        return msg, errs, (no_update if job_id is None else job_id)
+
+    @app.callback(
+        Output("jobs-grid", "rowData"),
+        Input("jobs-tick", "n_intervals"), Input("job-sel", "data"), State("jobs-grid", "rowData"),
+    )
+    def refresh_list(_n, _sel, current):
+        rows = job_rows(state)
+        return no_update if rows == current else rows
+
+    @app.callback(
+        Output("job-sel", "data"), Input("jobs-grid", "selectedRows"), prevent_initial_call=True,
+    )
+    def pick(rows):
+        return rows[0]["id"] if rows else no_update
+
+    @app.callback(
+        Output("job-head", "children"), Output("job-progress", "children"), Output("job-log", "children"),
+        Output("job-metrics-box", "children"), Output("job-cancel", "disabled"), Output("job-resume", "disabled"),
+        Output("job-browse", "disabled"), Output("job-sig", "data"),
+        Input("jobs-tick", "n_intervals"), Input("job-sel", "data"), State("job-sig", "data"),
+    )
+    def show_job(_n, job_id, sig):
+        if job_id is None:
+            return (html.P("Select a job.", className="muted"), progress_bar(0).children, "", None, True, True,
+                    True, None)
+        try:
+            j = reg.get(job_id)
+        except LorashearError as exc:
+            return html.P(str(exc)), no_update, no_update, no_update, True, True, True, None
+        metrics = reg.metrics(job_id)
+        log_size = j.log_path.stat().st_size if j.log_path.exists() else 0
+        new_sig = [j.id, j.status, round(j.progress, 4), j.stage, log_size, sum(len(v) for v in metrics.values())]
+        if new_sig == sig:
+            return (no_update,) * 8
+        head = kv_table([
+            ("job", f"{j.id} · {j.kind}"), ("status", html.Span(j.status, className=f"job-{j.status}")),
+            ("stage", j.stage or "—"),
+            ("parameters", ", ".join(f"{k}={v}" for k, v in j.params.items()) or "—"),
+            ("pid", str(j.pid or "—")),
+            ("time", f"{j.duration:.1f} s" if j.duration is not None else "—"),
+            ("message", j.message or "—"),
+            ("result", ", ".join(f"{k}: {v}" for k, v in j.result.items()) or "—"),
+            ("artifacts", html.Ul([html.Li(f"{k}: {v}") for k, v in j.artifacts.items()]) if j.artifacts else "—"),
+            ("work dir", j.workdir),
+        ])
+        status = {"succeeded": "ok", "failed": "bad", "cancelled": "bad"}.get(j.status, "")
+        bar = progress_bar(j.progress, status=status).children
+        fig = dcc.Graph(figure=metrics_figure(metrics), config={"displaylogo": False}) if metrics else \
+            html.P("No metrics recorded.", className="muted")
+        browse = not (j.kind == "graph" and j.status == "succeeded")
+        resumable = not (j.resumable and j.status in ("failed", "cancelled"))
+        return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, new_sig
+
+    @app.callback(
+        Output("job-action-msg", "children"), Output("job-sig", "data", allow_duplicate=True),
+        Input("job-cancel", "n_clicks"), Input("job-resume", "n_clicks"), State("job-sel", "data"),
+        prevent_initial_call=True,
+    )
+    def act(_c, _r, job_id):
+        if job_id is None:
+            return no_update, no_update
+        try:
+            if ctx.triggered_id == "job-cancel":
+                return (f"Job {job_id} cancelled." if cancel(reg, job_id) else f"Job {job_id} was not running."), None
+            resume(reg, job_id, env=state.worker_env)
+            return f"Job {job_id} resumed.", None
+        except LorashearError as exc:
+            return html.Span(str(exc), className="error"), None
+
+    @app.callback(
+        Output("url", "href"), Input("job-browse", "n_clicks"), State("job-sel", "data"),
+        prevent_initial_call=True,
+    )
+    def browse(_n, job_id):
+        j = reg.get(job_id)
+        if j.kind != "graph" or j.status != "succeeded":
+            return no_update
+        state.model_job = j.id
+        state.model_error = None
+        return "/"
