@@ -42,30 +42,46 @@ def _shapes(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-def stock_loadable(model: nn.Module, module_attrs: dict[str, dict]) -> tuple[bool, str]:
-    """Can the stock config of ``model`` describe it? Instantiate the config on meta and compare."""
+def _scalars(mod: nn.Module) -> dict[str, Any]:
+    """The plain size/epsilon attributes a module's forward may read (ints, floats, int tuples)."""
+    out = {}
+    for attr, val in vars(mod).items():
+        if attr.startswith("_") or isinstance(val, bool):
+            continue
+        if isinstance(val, (int, float)) or (isinstance(val, tuple) and all(isinstance(v, int) for v in val)):
+            out[attr] = list(val) if isinstance(val, tuple) else val
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def config_overrides(model: nn.Module, config) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """What a model built from ``config`` gets wrong about ``model``: (attribute overrides, shape mismatch).
+
+    Compares every parameter shape and every scalar module attribute (sizes, eps) — not only the ones
+    compress changed: a config field shared by several modules (Qwen3's ``rms_norm_eps`` feeds the hidden
+    norms and the per-head q/k norms) must not silently change one of them on reload.
+    """
     from .loading import model_from_config
 
-    cfg = copy.deepcopy(model.config)
-    try:
-        ref = model_from_config(cfg, meta=True)
-    except Exception as exc:  # transformers validates configs (e.g. heads must divide hidden size)
-        return False, f"the config cannot be instantiated: {str(exc).splitlines()[0]}"
-    want = _shapes(model)
+    ref = model_from_config(copy.deepcopy(config), meta=True)
     have = _shapes(ref)
-    for k, shape in want.items():
-        if have.get(k) != shape:
-            return False, f"config gives {k} shape {have.get(k)}, pruned model has {shape}"
+    mismatch = next((f"config gives {k} shape {have.get(k)}, pruned model has {v}" for k, v in _shapes(model).items() if have.get(k) != v), None)
     ref_mods = dict(ref.named_modules())
-    for path, attrs in module_attrs.items():
-        path = path[len("base_model.model."):] if path.startswith("base_model.model.") else path
-        mod = ref_mods.get(path)
-        for attr, val in attrs.items():
-            got = getattr(mod, attr, None) if mod is not None else None
-            got = list(got) if isinstance(got, tuple) else got
-            if got != val and not (isinstance(val, float) and isinstance(got, float) and abs(got - val) <= 1e-12 * max(1.0, abs(val))):
-                return False, f"config gives {path}.{attr} = {got}, pruned model needs {val}"
-    return True, "a stock config describes every layer"
+    overrides: dict[str, dict[str, Any]] = {}
+    for path, mod in model.named_modules():
+        refmod = ref_mods.get(path)
+        if refmod is None:
+            continue
+        ref_vals = _scalars(refmod)
+        for attr, val in _scalars(mod).items():
+            if attr in ref_vals and not _same(ref_vals[attr], val):
+                overrides.setdefault(path, {})[attr] = val
+    return overrides, mismatch
 
 
 def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport | None = None,
@@ -73,26 +89,26 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
     """Write the (LoRA-merged) model to ``out_dir`` atomically; returns the sidecar dict."""
     out_dir = Path(out_dir)
     base = _base(model)
-    module_attrs = {}
-    for path, attrs in (report.module_attrs if report else {}).items():
-        if path.startswith("base_model.model."):
-            path = path[len("base_model.model."):]
-        path = path.replace(".base_layer", "")  # after merging, the wrapped layer takes the wrapper's place
-        if ".lora_" in path or path.endswith(("lora_A", "lora_B")):
-            continue  # adapters are merged away
-        module_attrs.setdefault(path, {}).update(attrs)
-    # a merged PEFT wrapper's attrs now live on the plain Linear; keep those of modules that still exist
-    existing = dict(base.named_modules())
-    module_attrs = {p: a for p, a in module_attrs.items() if p in existing}
     config = base.config
     invalid = _config_problem(config)
-    stock, why = (False, f"transformers rejects the pruned config: {invalid}") if invalid else stock_loadable(base, module_attrs)
     if invalid:
         # e.g. transformers refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim:
         # keep the pre-pruning config; the sidecar's shapes and attributes describe the real model
         if not report or not report.config_before:
-            raise LorashearError(f"the pruned config is invalid ({why}) and no original config is known")
+            raise LorashearError(f"the pruned config is invalid ({invalid}) and no original config is known")
         config = type(base.config).from_dict(report.config_before)
+    module_attrs, mismatch = config_overrides(base, config)
+    stock = not invalid and mismatch is None and not module_attrs
+    if invalid:
+        why = f"transformers rejects the pruned config: {invalid}"
+    elif mismatch:
+        why = mismatch
+    elif module_attrs:
+        path, attrs = next(iter(module_attrs.items()))
+        attr, val = next(iter(attrs.items()))
+        why = f"the config cannot give {path}.{attr} = {val}"
+    else:
+        why = "a stock config describes every layer"
     sidecar = {
         "format": "lorashear.pruned/1",
         "case": "stock" if stock else "lorashear",

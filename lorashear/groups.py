@@ -244,6 +244,15 @@ class _Propagator:
             return x[:d] + x[d + 1 :]
         if op == "cat":
             return self.cat(name, args)
+        if op == "stack":
+            parts = [self.val(r) for r in args[0]]
+            d = (args[1] if len(args) > 1 else 0) % (len(parts[0]) + 1)
+            out = [list(e) for e in parts[0]]
+            for p in parts[1:]:
+                for i, e in enumerate(p):
+                    if e and out[i]:
+                        alg.unify(out[i], e)
+            return out[:d] + [[alg.new(len(parts), f"stacking axis of {where}")]] + out[d:]
         if op in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
             return self.split(name, a, args)
         if op in _REDUCE or op in ("max", "min", "var_mean", "std_mean", "aminmax"):
@@ -331,7 +340,8 @@ class _Propagator:
         batch: list[Expr] = [[] for _ in out_shape[:-2]]
         self.broadcast_into(batch, [(None, a[:-2]), (None, b[:-2])])
         if not any(isinstance(r, dict) and "param" in r for r in args[:2]):
-            self.attention_axes.append(("head_dim", a[-1]))
+            # activation × activation (eager attention): scores contract the head dim, attn @ v keeps v's
+            self.attention_axes += [("head_dim", a[-1]), ("head_dim", b[-1])]
             for e in batch:
                 self.attention_axes.append(("attention", e))
         return batch + [a[-2], b[-1]]
@@ -720,7 +730,8 @@ def find_groups(og: OpGraph) -> list[Group]:
         else:
             mods = {_layer_of(_logical_module(p)) for p in params}
             consumers = [m for m in mlist if m.role == "consumer"]
-            kind = "mlp" if len(mods) == 1 and None not in mods and producers and consumers else "other"
+            whole_axis = all(len(m.layout) == 1 for m in mlist)  # a factor of a reshaped axis is no channel
+            kind = "mlp" if len(mods) == 1 and None not in mods and producers and consumers and whole_axis else "other"
         if kind == "other":
             reasons.append("not a structure compress can rebuild (attention heads, MLP channels, hidden dimension)")
         if not producers:

@@ -81,3 +81,29 @@ def test_failed_save_leaves_nothing_behind(tmp_path):
 def test_load_pruned_missing_dir_is_a_clear_error(tmp_path):
     with pytest.raises(LorashearError, match="no such model directory"):
         load_pruned(tmp_path / "nope")
+
+
+def test_hidden_pruning_that_heads_divide_is_stock_with_scaled_eps(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    small, report = compress(model, groups, {"model:hidden": [1, 2, 3, 4]})
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] == "stock", side["case_reason"]
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert stock.config.rms_norm_eps == pytest.approx(1e-6 * 32 / 28)
+    assert torch.equal(logits(stock), logits(small))
+
+
+def test_config_field_shared_with_other_modules_is_not_trusted(tmp_path):
+    """Qwen3's rms_norm_eps also sets its per-head q/k norms, which hidden pruning must leave alone."""
+    from transformers import Qwen3Config
+
+    from lorashear import find_groups, trace
+    from lorashear.loading import model_from_config
+
+    model = model_from_config(Qwen3Config(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=8, num_hidden_layers=2, vocab_size=64, max_position_embeddings=64))
+    groups = find_groups(trace(model))
+    small, report = compress(model, groups, {"model:hidden": [0, 1, 2, 3]})
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] == "lorashear" and "q_norm" in side["case_reason"]
+    assert torch.equal(logits(load_pruned(tmp_path / "m")), logits(small))
