@@ -58,7 +58,7 @@ def serve_layout(state: AppState):
             dcc.Tab(label="Groups", value="groups", children=groups.layout(mv)),
             dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout()),
             dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
-            dcc.Tab(label="Compare", value="compare", children=compare.layout()),
+            dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
         ]),
         dcc.Store(id="model-key", data=mv.job_id if mv else None),
         dcc.Store(id="cap", data=state.cap),
@@ -80,6 +80,7 @@ def create_app(state: AppState) -> Dash:
     graph.register(app, get_model)
     groups.register(app, get_model)
     jobs.register(app, state)
+    compare.register(app, state)
 
     @app.callback(
         Output("sel", "data"), Output("groups-grid", "selectedRows"), Output("groups-grid", "scrollTo"),
@@ -138,6 +139,10 @@ def startup_model(state: AppState, args: argparse.Namespace) -> None:
         source, meta = demo, args.meta
     job = ensure_graph(state, source, meta, retrace=args.retrace)
     state.model_job = job.id
+    state.form_defaults["source"] = str(Path(source).resolve())
+    state.form_defaults["meta"] = bool(meta)
+    if Path(source).is_dir():
+        state.form_defaults["model"] = str(Path(source).resolve())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ import networkx as nx
 from .hierarchy import Hierarchy, collapsed_edges, visible
 
 DX, DY = 190, 70
+FAN_OUT = 6  # a visible node feeding this many others is a broadcast input
+LONG_SPAN = 3  # edges skipping more layers than this are drawn faint
 
 
 def positions(order: list[str], edges: dict[tuple[str, str], int], rank_of_order: dict[str, int]) -> dict[str, tuple[float, float]]:
@@ -86,10 +88,38 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
             label = f"{n.label}\n{graph.nodes[n.op_names[0]]['shape']}"
         els.append({"data": {"id": nid, "label": label, "kind": n.kind, "n_ops": len(n.op_names)},
                     "position": {"x": x, "y": y}, "classes": " ".join(classes)})
+    fan_out: dict[str, int] = defaultdict(int)
+    for (a, _b) in edges:
+        fan_out[a] += 1
     for (a, b), k in edges.items():
-        cls = "back" if order_idx[a] > order_idx[b] else ""
+        if order_idx[a] > order_idx[b]:
+            cls = "back"
+        elif fan_out[a] >= FAN_OUT or pos[b][1] - pos[a][1] > LONG_SPAN * DY:
+            cls = "fan"  # broadcast inputs (rotary tables, masks) and long skips: drawn faint
+        else:
+            cls = ""
         els.append({"data": {"id": f"{a}->{b}", "source": a, "target": b, "n": k}, "classes": cls})
     return els
+
+
+def viewport(els: list[dict], focus_ids: set[str] | None = None, width: float = 900.0,
+             height: float = 560.0) -> tuple[dict, float]:
+    """(pan, zoom) showing ``focus_ids`` (e.g. what a block just expanded into) with a rank of context, or
+    with none, the top of the graph — rather than the whole chain of blocks fitted into a few pixels. The
+    size is the usual canvas size; a wider canvas just shows more on the sides."""
+    nodes = [e for e in els if "source" not in e["data"]]
+    if not nodes:
+        return {"x": 0, "y": 0}, 1.0
+    pick = [e for e in nodes if e["data"]["id"] in (focus_ids or ())]
+    if not pick:
+        top = min(e["position"]["y"] for e in nodes)
+        pick = [e for e in nodes if e["position"]["y"] <= top + 8 * DY]
+    xs = [e["position"]["x"] for e in pick]
+    ys = [e["position"]["y"] for e in pick]
+    x0, x1 = min(xs) - DX / 2, max(xs) + DX / 2
+    y0, y1 = min(ys) - DY, max(ys) + DY
+    zoom = max(0.55, min(1.1, width / (x1 - x0), height / (y1 - y0)))  # labels stay readable; pan for more
+    return {"x": width / 2 - zoom * (x0 + x1) / 2, "y": 24 - zoom * y0}, zoom
 
 
 STYLESHEET = [
@@ -111,4 +141,5 @@ STYLESHEET = [
     {"selector": "edge", "style": {"curve-style": "haystack", "width": 1.2, "line-color": "#9aa7b6",
                                    "haystack-radius": 0}},
     {"selector": "edge.back", "style": {"line-color": "#d0d6de"}},
+    {"selector": "edge.fan", "style": {"line-color": "#b8c4d1", "opacity": 0.2, "width": 0.6}},
 ]

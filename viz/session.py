@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lorashear.errors import LorashearError
 from lorashear.jobs import KINDS, SUCCEEDED, JobKind, Registry, reap, submit, wait
@@ -26,6 +26,7 @@ class AppState:
     model_error: str | None = None
     cap: int = 1000
     worker_env: dict[str, str] | None = None
+    form_defaults: dict[str, Any] = field(default_factory=dict)  # job form prefills (e.g. the browsed model)
 
 
 def make_state(runs_dir: str | Path, kinds: dict[str, JobKind] | None = None,
@@ -33,8 +34,12 @@ def make_state(runs_dir: str | Path, kinds: dict[str, JobKind] | None = None,
     runs = Path(runs_dir).resolve()
     registry = Registry(runs / "jobs.sqlite")
     reap(registry)  # workers that died while no app was watching are failed from now on
-    return AppState(registry, runs, dict(kinds) if kinds is not None else dict(KINDS), cap=cap,
-                    worker_env=worker_env)
+    state = AppState(registry, runs, dict(kinds) if kinds is not None else dict(KINDS), cap=cap,
+                     worker_env=worker_env)
+    demo, _ = demo_model_dir()
+    if demo is not None:
+        state.form_defaults = {"source": str(demo), "model": str(demo)}
+    return state
 
 
 def demo_model_dir() -> tuple[Path | None, str]:

@@ -183,12 +183,21 @@ GRAPH = JobKind(
 EVAL = JobKind(
     name="eval",
     label="Evaluate",
-    description="Perplexity per source, parameters and latency of a model directory.",
+    description="Perplexity per data source (short: 128-token windows; long: min(2048, context)) and cost "
+                "(parameters, MACs/token, latency, throughput) of a model folder — dense, pruned or recovered.",
     params=(
-        Param("model", "Model directory", "dir", required=True),
+        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
+        Param("data", "Data sources", "text", default="demo",
+              help="comma-separated: demo (demo corpus, validation), demo:test, or NAME=PATH"),
+        Param("protocol", "Perplexity protocol", "choice", default="short", choices=("short", "long", "both")),
+        Param("max_tokens", "Max tokens per source", "int", min=2,
+              help="score only the first N tokens of each source (blank: all)"),
+        Param("cost", "Measure cost (parameters, MACs, latency, throughput)", "bool", default=True),
+        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
     ),
     entry="lorashear.jobs.eval_job:run",
-    requires=("lorashear.evaluate",),
+    requires=("lorashear.evaluate:evaluate_perplexity", "lorashear.evaluate:measure_cost",
+              "lorashear.data:load_sources"),
 )
 
 ANALYZE = JobKind(

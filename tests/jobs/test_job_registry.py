@@ -131,3 +131,24 @@ def test_failing_job_records_the_error(registry, tmp_path, test_kinds, worker_en
     done = wait(registry, job.id, timeout_s=60)
     assert done.status == FAILED and "AttributeError" in done.message
     assert "Traceback" in done.log_path.read_text()
+
+
+def test_eval_job_on_the_demo_model(registry, tmp_path):
+    from lorashear.data import DEMO_MODEL_DIR
+
+    if not (DEMO_MODEL_DIR / "config.json").exists():
+        pytest.skip("demo model not built")
+    job = submit(registry, "eval", {"model": str(DEMO_MODEL_DIR), "data": "demo", "protocol": "short",
+                                    "max_tokens": "300", "cost": [], "device": "cpu"}, tmp_path / "runs")
+    done = wait(registry, job.id, timeout_s=300)
+    assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])
+    rows = done.result["perplexity"]
+    assert {r["source"] for r in rows} == {"docs", "docstrings", "code"}
+    assert all(r["protocol"] == "short" and r["window"] == 128 and r["ppl"] > 1 for r in rows)
+    assert done.result["cost"] is None and os.path.exists(done.artifacts["eval"])
+    # the Compare view lists it (dense: the demo folder has no export sidecar)
+    from viz.session import AppState
+    from viz.views.compare import eval_rows
+
+    rows = eval_rows(AppState(registry, tmp_path / "runs"))
+    assert [(r["job"], r["role"]) for r in rows] == [(job.id, "dense")]

@@ -11,12 +11,22 @@ from dash import ALL, Input, Output, State, ctx, html, no_update
 
 from .. import hierarchy as H
 from ..components import card, human, kv_table
-from ..graph_layout import STYLESHEET, elements
+from ..graph_layout import STYLESHEET, elements, viewport
 from ..model_view import ModelView
 
 
 def initial_state(mv: ModelView | None) -> dict:
-    return {"expanded": list(mv.hierarchy.initial_expanded) if mv else [], "model": mv.job_id if mv else None}
+    """``expanded``: display ids, oldest first; ``last``: the node expanded last (the view centres on it)."""
+    return {"expanded": list(mv.hierarchy.initial_expanded) if mv else [], "model": mv.job_id if mv else None,
+            "last": None}
+
+
+def focus_ids(mv: ModelView, state: dict, els: list[dict]) -> set[str]:
+    last = state.get("last")
+    if not last or last not in mv.hierarchy.nodes:
+        return set()
+    return {e["data"]["id"] for e in els if "source" not in e["data"]
+            and (e["data"]["id"] == last or last in H.ancestors(mv.hierarchy, e["data"]["id"]))}
 
 
 def _highlight(mv: ModelView, sel: dict | None) -> set[str]:
@@ -39,6 +49,7 @@ def layout(mv: ModelView | None, cap: int) -> html.Div:
     state = initial_state(mv)
     els = render(mv, state, None)
     n_vis = sum(1 for e in els if "source" not in e["data"])
+    pan, zoom = viewport(els)
     return html.Div([
         html.Div([
             html.Div([
@@ -48,7 +59,7 @@ def layout(mv: ModelView | None, cap: int) -> html.Div:
                           className="muted hint"),
             ], className="toolbar"),
             cyto.Cytoscape(
-                id="cy", elements=els, layout={"name": "preset", "fit": True, "padding": 20},
+                id="cy", elements=els, layout={"name": "preset", "fit": False}, pan=pan, zoom=zoom,
                 stylesheet=STYLESHEET, style={"width": "100%", "height": "72vh"},
                 minZoom=0.05, maxZoom=3, wheelSensitivity=0.3, autoRefreshLayout=False,
                 boxSelectionEnabled=False, autounselectify=True,
@@ -137,11 +148,13 @@ def register(app, get_model) -> None:
         trig = ctx.triggered_id
         h = mv.hierarchy
         expanded = list(state["expanded"])
+        last = None
         if trig == "cy":
             nid = (tap or {}).get("data", {}).get("id")
             if not nid or nid not in h.nodes or not h.nodes[nid].children:
                 return no_update
             expanded = H.expand(h, expanded, nid, cap)
+            last = nid
         elif trig == "graph-collapse-all":
             expanded = list(h.initial_expanded)
         elif isinstance(trig, dict) and trig.get("type") == "gs-act":
@@ -150,26 +163,31 @@ def register(app, get_model) -> None:
             nid, act = trig["nid"], trig["act"]
             if act == "collapse":
                 expanded = H.collapse(h, expanded, nid)
+                last = nid
                 if nid in h.initial_expanded:  # keep the chain of blocks open
                     expanded = H.expand(h, expanded, nid, cap)
             else:
                 expanded = H.expand(h, expanded, nid, cap, deep=(act == "deep"))
+                last = nid
         else:
             return no_update
-        return {**state, "expanded": expanded}
+        return {**state, "expanded": expanded, "last": last}
 
     @app.callback(
-        Output("cy", "elements"), Output("graph-count", "children"),
+        Output("cy", "elements"), Output("graph-count", "children"), Output("cy", "pan"), Output("cy", "zoom"),
         Input("graph-state", "data"), Input("sel", "data"), State("cap", "data"),
         prevent_initial_call=True,
     )
     def draw(state, sel, cap):
         mv = get_model(state.get("model"))
         if mv is None:
-            return no_update, no_update
+            return no_update, no_update, no_update, no_update
         els = render(mv, state, sel)
         n_vis = sum(1 for e in els if "source" not in e["data"])
-        return els, f"{n_vis} nodes visible (cap {cap})"
+        if ctx.triggered_id == "sel":  # a new highlight: keep the user's view
+            return els, f"{n_vis} nodes visible (cap {cap})", no_update, no_update
+        pan, zoom = viewport(els, focus_ids(mv, state, els))
+        return els, f"{n_vis} nodes visible (cap {cap})", pan, zoom
 
     @app.callback(
         Output("node-details", "children"),

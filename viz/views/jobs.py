@@ -47,19 +47,20 @@ def first_available(state: AppState) -> str | None:
     return next((k.name for k in state.kinds.values() if k.availability()[0]), None)
 
 
-def form_fields(kind: JobKind) -> list:
+def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
     fields = []
     for p in kind.params:
         pid = {"type": "jp", "name": p.name}
+        default = (defaults or {}).get(p.name, p.default)
         if p.type == "bool":
             control = dcc.Checklist(id=pid, options=[{"label": " " + p.label, "value": p.name}],
-                                    value=[p.name] if p.default else [], className="check")
+                                    value=[p.name] if default else [], className="check")
             label = None
         elif p.type == "choice":
-            control = dcc.Dropdown(id=pid, options=list(p.choices), value=p.default, clearable=False)
+            control = dcc.Dropdown(id=pid, options=list(p.choices), value=default, clearable=False)
             label = p.label
         else:
-            control = dcc.Input(id=pid, type="text", value="" if p.default is None else str(p.default),
+            control = dcc.Input(id=pid, type="text", value="" if default is None else str(default),
                                 placeholder=p.help or p.type, debounce=False, className="text")
             label = p.label + (" *" if p.required else "")
         fields.append(html.Div([html.Label(label) if label else None, control,
@@ -76,7 +77,7 @@ def _form(state: AppState, kind_name: str | None) -> list:
     ok, why = k.availability()
     if not ok:
         return [html.P(k.description), html.Div(why, className="unavailable")]
-    return [html.P(k.description, className="muted"), *form_fields(k)]
+    return [html.P(k.description, className="muted"), *form_fields(k, state.form_defaults)]
 
 
 def _unavailable_list(state: AppState) -> html.Ul:

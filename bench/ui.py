@@ -1,0 +1,168 @@
+"""UI benchmark: the app on the LLaMA-2-7B config in meta mode, driven by headless chromium.
+
+Measures (median of N runs, wall time in the browser):
+  * overview — navigation start to an interactive overview (summary table and parameter chart drawn, no
+    Dash callback pending); target <= 2 s;
+  * expand   — tap on a collapsed block to its sub-modules drawn (a server round trip + cytoscape update);
+    target <= 0.5 s; also a block's attention expanded to ops;
+  * sort     — click on the groups table's "params" header to the first row of the sorted order drawn,
+    with every group in the table; target <= 0.5 s.
+
+Usage:  python bench/ui.py [--config configs/llama-2-7b.json] [--runs runs/bench-ui] [--repeat 5]
+The first run traces the config in a graph job (~30-40 s on 2 cores); later runs reuse it.
+Needs chromium + chromium-driver (apt) and dash[testing] (selenium).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"overview_s": 2.0, "expand_s": 0.5, "sort_s": 0.5}
+
+CY = ("const host = [document.getElementById('cy'), ...document.querySelectorAll('#cy div')]"
+      ".find(d => d && d._cyreg && d._cyreg.cy); const cy = host ? host._cyreg.cy : null;")
+
+# waits in the page (no WebDriver polling latency): resolve with performance.now() when cond() holds
+WAIT = """
+const cond = %s; const done = arguments[arguments.length - 1]; const t0 = performance.now();
+(function poll() { let ok = false; try { ok = cond(); } catch (e) {}
+  if (ok) return done(performance.now());
+  if (performance.now() - t0 > 60000) return done(-1);
+  setTimeout(poll, 5); })();
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(config: str, runs: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--config", config, "--meta", "--runs", runs,
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        print("  app:", line.rstrip(), flush=True)
+        if "Dash is running" in line:
+            # keep draining the request log so a full pipe can never block the server
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc
+    raise SystemExit(f"the app exited ({proc.wait()})")
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+
+    opts = Options()
+    opts.binary_location = os.environ.get("DASH_TEST_CHROMEPATH", "/usr/bin/chromium")
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1500,1000"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(options=opts)
+    d.set_script_timeout(90)
+    return d
+
+
+def wait_js(d, cond: str) -> float:
+    t = d.execute_async_script(WAIT % cond)
+    if t < 0:
+        raise RuntimeError(f"timed out: {cond}")
+    return t
+
+
+IDLE = "!document.querySelector('[data-dash-is-loading=\"true\"]')"
+
+
+def overview(d, url: str) -> float:
+    d.get("about:blank")
+    d.get(url)
+    t = wait_js(d, "() => document.querySelector('#overview-params .main-svg .bars') && "
+                   "document.querySelector('#overview table.kv') && " + IDLE)
+    return t / 1000  # performance.now() counts from navigation start
+
+
+def open_tab(d, label: str) -> None:
+    for el in d.find_elements("css selector", "#tabs > div, #tabs [role=tab]"):
+        if el.text.strip() == label:
+            el.click()
+            return
+    raise RuntimeError(f"no tab {label}")
+
+
+def expand(d, nid: str) -> float:
+    """Tap a collapsed node; done when it is replaced by its children (one elements update)."""
+    wait_js(d, "() => { %s return cy && cy.getElementById(%r).length > 0; }" % (CY, nid))
+    n0 = d.execute_script(CY + "return cy.nodes().length;")
+    t0 = d.execute_script(CY + "const t = performance.now(); cy.getElementById(arguments[0]).emit('tap'); return t;",
+                          nid)
+    t1 = wait_js(d, "() => { %s return cy.getElementById(%r).length === 0 && cy.nodes().length > %d; }"
+                 % (CY, nid, n0))
+    return (t1 - t0) / 1000
+
+
+def sort_groups(d, expected_first: str) -> float:
+    wait_js(d, "() => document.querySelector('#groups-grid .ag-header-cell[col-id=\"params\"]')")
+    t0 = d.execute_script("const t = performance.now(); document.querySelector("
+                          "'#groups-grid .ag-header-cell[col-id=\"params\"] .ag-header-cell-label').click(); return t;")
+    t1 = wait_js(d, "() => { const r = document.querySelector('#groups-grid .ag-center-cols-container "
+                    ".ag-row[row-index=\"0\"]'); return r && r.getAttribute('row-id') === %r; }" % expected_first)
+    return (t1 - t0) / 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "llama-2-7b.json"))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-ui"))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    port = free_port()
+    app = start_app(args.config, args.runs, port)
+    url = f"http://127.0.0.1:{port}/"
+    d = browser()
+    try:
+        # the group with the fewest parameters comes first after one click on "params" (ascending)
+        from lorashear import load_groups
+        from lorashear.jobs import Registry
+
+        job = Registry(Path(args.runs) / "jobs.sqlite").list(kind="graph", status="succeeded")[0]
+        groups = load_groups(job.artifacts["groups"])
+        first = min(groups, key=lambda g: (g.n_units * g.params_per_unit)).id
+
+        overview(d, url)  # warm-up: browser cache, server caches
+        res: dict[str, list[float]] = {"overview_s": [], "expand_s": [], "expand_ops_s": [], "sort_s": []}
+        for i in range(args.repeat):
+            res["overview_s"].append(overview(d, url))
+            open_tab(d, "Graph")
+            layer = f"m:model.layers.{5 + i}"
+            res["expand_s"].append(expand(d, layer))  # block -> its modules
+            res["expand_ops_s"].append(expand(d, f"{layer}.self_attn"))  # attention -> its ops
+            open_tab(d, "Groups")
+            res["sort_s"].append(sort_groups(d, first))
+        summary = {k: round(statistics.median(v), 3) for k, v in res.items()}
+        summary.update({"groups": len(groups), "graph_nodes": job.result.get("nodes"), "repeat": args.repeat,
+                        "config": os.path.relpath(args.config, ROOT)})
+    finally:
+        d.quit()
+        app.terminate()
+        app.wait(10)
+    print(json.dumps(summary, indent=2))
+    for k, target in TARGETS.items():
+        print(f"{k:12s} {summary[k]:.3f} s  (target <= {target} s)  {'ok' if summary[k] <= target else 'OVER'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
