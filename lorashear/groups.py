@@ -28,7 +28,7 @@ from .trace import OpGraph, write_json_atomic
 
 # ------------------------------------------------------------------------------------------- op tables
 _IDENTITY = {"clone", "contiguous", "alias", "detach", "dropout", "_to_copy", "to", "type_as", "lift_fresh_copy",
-             "feature_dropout", "alpha_dropout", "_assert_tensor_metadata", "copy", "_to_dim_order_copy"}
+             "feature_dropout", "alpha_dropout", "_assert_tensor_metadata", "_to_dim_order_copy"}
 _ZERO_UNARY = {"neg", "silu", "gelu", "relu", "tanh", "sin", "sqrt", "abs", "erf", "hardtanh", "leaky_relu", "elu",
                "square", "relu6", "mish", "sign", "trunc", "round", "floor", "ceil", "expm1", "sinh", "asin", "atan",
                "hardswish", "selu", "celu", "gelu_", "silu_", "relu_", "tanh_"}
@@ -363,6 +363,10 @@ class _Propagator:
         alg.unify(k[1], v[1])
         alg.unify(q[-1], k[-1])
         alg.unify(k[-2], v[-2])
+        mask_ref = args[3] if len(args) > 3 else kw.get("attn_mask")
+        if self.is_tensor(mask_ref):
+            # a per-head bias (ALiBi) ties the head axis to whatever built it (sizes fixed by the config)
+            self.broadcast_into([q[0], q[1], q[2], k[2]], [(mask_ref, self.val(mask_ref))])
         self.attention_axes += [("attention", q[1]), ("head_dim", q[-1]), ("head_dim", v[-1])]
         return [q[0], q[1], q[2], v[-1]]
 
@@ -533,8 +537,15 @@ class _ZeroFlow:
         where = f"{op} at node {name} ({a.get('module') or 'top'})"
         if op == "getitem":
             return self.z(args[0])
-        if op in _IDENTITY or op in _ZERO_UNARY or op in _VIEW or op in ("transpose", "swapaxes", "t", "permute", "unsqueeze", "squeeze", "expand", "expand_copy", "broadcast_to", "slice", "select", "split", "split_with_sizes", "chunk", "unbind", "tensor_split", "zeros_like", "clamp", "clamp_min", "clamp_max") or (op == "pow" and isinstance(args[1], (int, float)) and args[1] > 0):
+        if op in _IDENTITY or op in _ZERO_UNARY or op in _VIEW or op in ("transpose", "swapaxes", "t", "permute", "unsqueeze", "squeeze", "expand", "expand_copy", "broadcast_to", "slice", "select", "split", "split_with_sizes", "chunk", "unbind", "tensor_split", "zeros_like", "stack") or (op == "pow" and isinstance(args[1], (int, float)) and args[1] > 0):
+            if op == "stack":
+                return {k for k in carried if all(k in self.z(r) for r in args[0] if k in self.c(r))}
             return self.z(args[0])
+        if op in ("clamp", "clamp_min", "clamp_max"):
+            lo = args[1] if op in ("clamp", "clamp_min") and len(args) > 1 else None
+            hi = args[2] if op == "clamp" and len(args) > 2 else (args[1] if op == "clamp_max" else None)
+            keeps_zero = (lo is None or (isinstance(lo, (int, float)) and lo <= 0)) and (hi is None or (isinstance(hi, (int, float)) and hi >= 0))
+            return self.z(args[0]) if keeps_zero else set()
         if op == "cat":
             parts = args[0]
             return {k for k in carried if all(k in self.z(r) for r in parts if k in self.c(r))}
@@ -619,7 +630,10 @@ class _ZeroFlow:
                 return self.violate({k}, f"RMS statistic at node {name} is not used as x * rsqrt(mean + eps)")
             cur = users[0]
             if expect == "add":
-                eps = next((x for x in g.nodes[cur]["args"] if isinstance(x, float)), 0.0)
+                scalars = [x for x in g.nodes[cur]["args"] if isinstance(x, (int, float)) and not isinstance(x, bool)]
+                if len(scalars) != 1 or any(self.p.is_tensor(x) for x in g.nodes[cur]["args"] if not (isinstance(x, dict) and x.get("node") == name)):
+                    return self.violate({k}, f"RMS norm eps at node {cur} is not a plain number; no exact compensation")
+                eps = float(scalars[0])
             chain.append(cur)
         module = a.get("module", "")
         weight = None

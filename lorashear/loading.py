@@ -71,6 +71,8 @@ def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = N
     if isinstance(source, nn.Module):
         return source.eval()
     path = Path(source)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return _load_adapter(path, meta=meta, dtype=dtype)
     config = load_config(path)
     _causal_lm_class(config)
     if meta or path.is_file():
@@ -84,3 +86,22 @@ def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = N
     except (OSError, ValueError, RuntimeError) as exc:
         raise LorashearError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+def _load_adapter(path: Path, *, meta: bool, dtype: torch.dtype | None) -> nn.Module:
+    """A PEFT adapter directory: its base model (a local path) with the adapter on top."""
+    from peft import PeftConfig, PeftModel
+
+    if meta:
+        raise LorashearError(f"{path}: a LoRA adapter needs real base weights; trace the base model with --meta instead")
+    try:
+        pcfg = PeftConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise LorashearError(f"{path}: cannot read adapter_config.json: {str(exc).splitlines()[0]}") from None
+    base_path = Path(pcfg.base_model_name_or_path or "")
+    if not base_path.is_absolute():
+        base_path = (path / base_path) if (path / base_path).exists() else base_path
+    if not base_path.exists():
+        raise LorashearError(f"{path}: the adapter's base model '{pcfg.base_model_name_or_path}' is not a local path")
+    base = load_model(base_path, dtype=dtype)
+    return PeftModel.from_pretrained(base, path).eval()

@@ -139,3 +139,21 @@ def test_groups_json_round_trip(tmp_path):
     _, _, groups = traced("qwen2")
     back = load_groups(save_groups(groups, tmp_path / "groups.json"))
     assert back == groups
+
+
+def _gate_only_mlp(act):
+    """LLaMA with layer 1's MLP rewired to down(act(gate(x))): the activation alone decides zero-invariance."""
+    model = build("llama-gqa")
+    mlp = model.model.layers[1].mlp
+    mlp.forward = lambda x: mlp.down_proj(act(mlp.gate_proj(x)))
+    return by_id(find_groups(trace(model)))
+
+
+def test_activation_that_does_not_keep_zero_makes_the_mlp_refuse():
+    """clamp(x, min=0.5) maps a zeroed channel to 0.5, which down_proj would still read: not removable."""
+    g = _gate_only_mlp(lambda x: torch.clamp(x, min=0.5))["model.layers.1.mlp:channels"]
+    assert not g.prunable and "reaches linear" in g.reason and "without being zero" in g.reason
+
+
+def test_activation_that_keeps_zero_leaves_the_mlp_prunable():
+    assert _gate_only_mlp(torch.relu)["model.layers.1.mlp:channels"].prunable

@@ -98,3 +98,17 @@ def test_real_weights_trace_has_no_meta_tensors():
     og = trace(build("opt"))
     assert all(info["numel"] > 0 and info["dtype"] == "float32" for info in og.params.values())
     assert og.example_shape == [2, 16]
+
+
+def test_peft_adapter_directory_traces_with_its_base(tmp_path):
+    base = build("llama-gqa")
+    base.save_pretrained(tmp_path / "base")
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(build("llama-gqa"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    og = trace(tmp_path / "adapter")
+    assert any(".lora_B." in n for n in og.params)
+    with pytest.raises(LorashearError, match="needs real base weights"):
+        trace(tmp_path / "adapter", meta=True)
