@@ -146,3 +146,19 @@ def _eval(args: argparse.Namespace) -> int:
         os.replace(tmp, out)
         print(f"wrote {out}")
     return 0
+
+
+def _app_args(p: argparse.ArgumentParser) -> None:
+    from viz.options import add_arguments  # argparse only: no Dash import until the app runs
+
+    add_arguments(p)
+
+
+@command("app", help="Start the Dash app (browse the graph and groups, launch and watch jobs) on 127.0.0.1:8050.")
+@arguments(_app_args)
+def _app(args: argparse.Namespace) -> int:
+    try:
+        from viz.app import run
+    except ImportError as exc:
+        raise LorashearError(f"the app needs the [app] extra (pip install 'lorashear[app]'): {exc}") from None
+    return run(args)
