@@ -35,7 +35,7 @@ class ModelView:
 
     @property
     def n_params(self) -> int:
-        return int(sum(p["numel"] for p in self.opgraph.params.values()))
+        return int(self.opgraph.n_params)  # tied weights counted once
 
     @property
     def n_layers(self) -> int:
@@ -62,6 +62,8 @@ class ModelView:
         """Parameters per block index and by what they are: attention/mlp/other; None = outside blocks."""
         out: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for name, p in self.opgraph.params.items():
+            if "tied_to" in p:  # one tensor under two names (embedding = lm_head): count it once
+                continue
             layer = H.layer_of(name.rsplit(".", 1)[0])
             kinds = {self.group_by_id[g].kind for g in self.param_groups.get(name, ())
                      if self.group_by_id[g].layer is not None}

@@ -28,7 +28,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         "result": {
             "model_class": opgraph.model_class,
             "nodes": opgraph.graph.number_of_nodes(),
-            "params": int(sum(p["numel"] for p in opgraph.params.values())),
+            "params": int(opgraph.n_params),
             "groups": len(groups),
             "prunable_groups": sum(1 for g in groups if g.prunable),
         },
