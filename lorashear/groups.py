@@ -45,7 +45,7 @@ _REDUCE = {"mean", "sum", "amax", "amin", "var", "std", "logsumexp", "prod", "no
 _ALONG = {"softmax", "_softmax", "log_softmax", "_log_softmax", "cumsum", "cumprod", "cummax", "sort", "topk"}
 _VIEW = {"view", "reshape", "_unsafe_view", "view_copy", "_reshape_alias", "flatten", "unflatten"}
 
-KIND_SUFFIX = {"attention": "heads", "mlp": "channels", "hidden": "hidden", "head_dim": "head_dim", "vocab": "vocab",
+KIND_SUFFIX = {"attention": "heads", "query_heads": "query_heads", "mlp": "channels", "hidden": "hidden", "head_dim": "head_dim", "vocab": "vocab",
                "lora_rank": "lora_rank", "other": "axis"}
 _LORA_RE = re.compile(r"\.lora_(A|B|embedding_A|embedding_B)(\.[^.]+)?(?=\.)")
 
@@ -96,6 +96,7 @@ class _Propagator:
         self.attention_axes: list[tuple[str, Expr]] = []  # (kind, expr) seen at attention ops
         self.embed_out: list[Expr] = []
         self.output_axes: list[Expr] = []
+        self.broadcast_atoms: list[int] = []  # created by expand / GQA repetition: copies, not units
 
     # --- values
     def fresh(self, shape, reason: str | None = None) -> list[Expr]:
@@ -233,7 +234,11 @@ class _Propagator:
             out = []
             for i, s in enumerate(out_shape):
                 src = x[i - pad] if i >= pad else []
-                out.append(src if (src or s == 1) else [alg.new(s, f"broadcast copies by {where}")])
+                if src or s == 1:
+                    out.append(src)
+                else:
+                    out.append([alg.new(s, f"broadcast copies by {where}")])
+                    self.broadcast_atoms.append(out[-1][0])
             return out
         if op == "slice":
             return self.slice(name, a, args)
@@ -357,6 +362,7 @@ class _Propagator:
             alg.unify(q[1], k[1])
         elif nk and nq % nk == 0:
             rep = alg.new(nq // nk, f"query heads share a kv head inside sdpa (enable_gqa) at node {name}")
+            self.broadcast_atoms.append(rep)
             alg.unify(q[1], list(k[1]) + [rep])
         else:
             raise AxisConflict(f"{nq} query heads vs {nk} kv heads")
@@ -706,6 +712,7 @@ def find_groups(og: OpGraph) -> list[Group]:
             kinds_seen.setdefault(k, set()).add(kind)
     hidden = set().union(*(flow.axis_classes(e) for e in prop.embed_out)) if prop.embed_out else set()
     output = set().union(*(flow.axis_classes(e) for e in prop.output_axes)) if prop.output_axes else set()
+    broadcast = {alg.find(leaf) for a in prop.broadcast_atoms for leaf in alg.leaves(a)}
 
     node_index: dict[int, list[str]] = {}
     for name, v in prop.vals.items():
@@ -735,7 +742,7 @@ def find_groups(og: OpGraph) -> list[Group]:
         elif (any(m.role == "index" for m in mlist) or k in output) and k not in hidden:
             kind = "vocab"
         elif "attention" in seen:
-            kind = "attention"
+            kind = "query_heads" if k in broadcast else "attention"  # GQA: the i-th query head of every kv group
         elif "head_dim" in seen:
             kind = "head_dim"
             reasons.append("per-head dimension: the attention module reshapes q/k/v with one fixed head_dim")

@@ -25,8 +25,8 @@ def test_llama_gqa_attention_unit_is_a_kv_head_with_its_query_heads():
 
 def test_llama_gqa_single_query_head_is_refused_because_kv_is_broadcast():
     _, _, groups = traced("llama-gqa")
-    rep = [g for g in groups if g.layer == 0 and g.kind == "attention" and not g.prunable]
-    assert len(rep) == 1 and "expand" in rep[0].reason
+    rep = by_id(groups)["model.layers.0.self_attn:query_heads"]
+    assert rep.kind == "query_heads" and rep.n_units == 2 and not rep.prunable and "expand" in rep.reason
 
 
 def test_mha_attention_unit_is_one_head():
