@@ -26,7 +26,7 @@ from torch import nn
 
 from .compress import CompressReport
 from .errors import LorashearError
-from .trace import write_json_atomic
+from .jsonio import write_json_atomic
 
 SIDECAR = "lorashear.json"
 

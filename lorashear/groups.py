@@ -14,7 +14,6 @@ wrong group.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from .axes import AxisAlgebra, AxisConflict, Expr, layout_indices, unit_layout
-from .errors import LorashearError
-from .trace import OpGraph, write_json_atomic
+from .jsonio import read_json, write_json_atomic
+from .trace import OpGraph
 
 # ------------------------------------------------------------------------------------------- op tables
 _IDENTITY = {"clone", "contiguous", "alias", "detach", "dropout", "_to_copy", "to", "type_as", "lift_fresh_copy",
@@ -799,15 +798,7 @@ def save_groups(groups: list[Group], path: str | Path) -> Path:
 
 
 def load_groups(path: str | Path) -> list[Group]:
-    path = Path(path)
-    if not path.is_file():
-        raise LorashearError(f"{path}: no such groups file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LorashearError(f"{path}: malformed groups JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != "lorashear.groups/1":
-        raise LorashearError(f"{path}: not a lorashear groups file")
+    data = read_json(path, "lorashear.groups/1", "groups")
     out = []
     for d in data["groups"]:
         d = dict(d)

@@ -8,8 +8,6 @@ without re-tracing the model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import LorashearError
+from .jsonio import read_json, write_json_atomic
 from .loading import load_model
 
 _SKIP_TARGETS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default"}
@@ -59,32 +58,9 @@ class OpGraph:
         return sum(p["numel"] for p in self.params.values() if "tied_to" not in p)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def load_graph(path: str | Path) -> OpGraph:
     """Read a graph written by ``OpGraph.save``."""
-    path = Path(path)
-    if not path.is_file():
-        raise LorashearError(f"{path}: no such graph file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LorashearError(f"{path}: malformed graph JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != "lorashear.graph/1":
-        raise LorashearError(f"{path}: not a lorashear graph file")
+    data = read_json(path, "lorashear.graph/1", "graph")
     g = nx.node_link_graph(data["graph"], directed=True, multigraph=True, edges="edges")
     return OpGraph(g, data["model_class"], data["config"], data["params"], data.get("buffers", {}), data.get("example_shape", []))
 
