@@ -56,7 +56,7 @@ def serve_layout(state: AppState):
             dcc.Tab(label="Model", value="overview", children=overview.layout(mv, state.model_error)),
             dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
             dcc.Tab(label="Groups", value="groups", children=groups.layout(mv)),
-            dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout()),
+            dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
             dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
         ]),
@@ -81,15 +81,17 @@ def create_app(state: AppState) -> Dash:
     groups.register(app, get_model)
     jobs.register(app, state)
     compare.register(app, state)
+    knowledge.register(app, state)
 
     @app.callback(
         Output("sel", "data"), Output("groups-grid", "selectedRows"), Output("groups-grid", "scrollTo"),
         Input("groups-grid", "selectedRows"), Input("cy", "tapNode"), Input("sel-clear", "n_clicks"),
         Input({"type": "group-link", "gid": ALL}, "n_clicks"),
-        State("sel", "data"),
+        Input("kn-heads", "clickData"), Input("kn-channels", "clickData"),
+        State("sel", "data"), State("kn-report", "value"),
         prevent_initial_call=True,
     )
-    def selection_hub(rows, tap, _clear, _links, sel):
+    def selection_hub(rows, tap, _clear, _links, head_click, channel_click, sel, report_job):
         sel = dict(sel or {"groups": [], "node": None})
         trig = ctx.triggered_id
         if trig == "groups-grid":
@@ -105,6 +107,13 @@ def create_app(state: AppState) -> Dash:
                 return no_update, no_update, no_update
             sel["groups"] = [trig["gid"]]
             return sel, {"ids": [trig["gid"]]}, {"rowId": trig["gid"], "rowPosition": "middle"}
+        if trig in ("kn-heads", "kn-channels"):
+            gid = knowledge.group_of_click(state, report_job, head_click if trig == "kn-heads" else channel_click,
+                                           "attention" if trig == "kn-heads" else "mlp")
+            if gid is None:
+                return no_update, no_update, no_update
+            sel["groups"] = [gid]
+            return sel, {"ids": [gid]}, {"rowId": gid, "rowPosition": "middle"}
         return no_update, no_update, no_update
 
     @app.callback(Output("sel-summary", "children"), Input("sel", "data"))

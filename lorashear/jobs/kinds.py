@@ -202,7 +202,24 @@ EVAL = JobKind(
 
 ANALYZE = JobKind(
     name="analyze", label="Analyze",
-    description="Knowledge distribution: how much each unit, layer and group matters on calibration text.",
+    description="Knowledge distribution: how much each unit, layer and group matters on calibration text "
+                "(ablation: measured loss increase, slow; lora-taylor: LoRA-gradient estimate; taylor: "
+                "LLM-Pruner's Taylor scores; magnitude: weight norms, no data).",
+    params=(
+        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
+        Param("estimator", "Estimator", "choice", default="lora-taylor",
+              choices=("lora-taylor", "ablation", "taylor", "magnitude")),
+        Param("data", "Calibration data", "text", default="demo",
+              help="comma-separated: demo, demo:test, or NAME=PATH"),
+        Param("samples", "Calibration windows", "int", default=16, min=1, max=100000),
+        Param("seq_len", "Tokens per window", "int", default=128, min=2, max=1_000_000),
+        Param("seed", "Seed", "int", default=0, min=0),
+        Param("gamma", "γ: mark the top fraction unprunable", "float", min=0.0, max=0.999,
+              help="blank: mark nothing"),
+        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
+    ),
+    entry="lorashear.jobs.analyze_job:run",
+    requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.evaluate:load_model"),
     unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
 )
 PRUNE = JobKind(

@@ -79,3 +79,12 @@ def test_form_rejects_invalid_parameters_with_messages(app_state):
     assert job is None and errs[0] == "/no/such/model does not exist"
     msg, errs, job = submit_form(app_state, "prune", [], [])
     assert job is None and "not available yet" in msg.children
+
+
+def test_views_say_what_is_not_available_without_results(tmp_path):
+    from viz.session import make_state
+    from viz.views import compare, knowledge
+
+    fresh = make_state(tmp_path / "runs")  # no jobs at all
+    assert "run an analysis" in str(knowledge.layout(fresh))
+    assert "Not available yet" in str(compare.layout(fresh))
