@@ -65,11 +65,15 @@ def _mtime(source: Path) -> float:
 
 
 def find_graph_job(state: AppState, source: Path, meta: bool):
-    """The newest succeeded graph job for this exact source, if the source has not changed since."""
+    """The newest succeeded graph job for this exact source, if neither the source nor the tracing code
+    changed since."""
+    from lorashear.jobs.graph_job import code_fingerprint
+
     want = {"source": str(source.resolve()), "meta": bool(meta)}
     newer_than = _mtime(source)
+    code = code_fingerprint()
     for job in state.registry.list(kind="graph", status=SUCCEEDED):
-        if job.params == want and (job.finished or 0) >= newer_than and all(
+        if job.params == want and (job.finished or 0) >= newer_than and job.result.get("code") == code and all(
                 Path(p).is_file() for p in job.artifacts.values()) and {"graph", "groups"} <= set(job.artifacts):
             return job
     return None

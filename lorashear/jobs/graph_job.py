@@ -5,9 +5,26 @@ also uses it to load the model it browses, so tracing never happens inside the D
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from typing import Any
 
 from .worker import JobContext
+
+# the modules whose code decides what graph.json / groups.json contain
+_GRAPH_CODE = ("lorashear.trace", "lorashear.groups", "lorashear.axes", "lorashear.loading", "lorashear.jsonio")
+
+
+def code_fingerprint() -> str:
+    """Hash of the tracing/grouping code, stored with each graph job: a cached graph made by other code
+    is not reused (found without importing anything, so the check costs no torch import)."""
+    h = hashlib.sha256()
+    for name in _GRAPH_CODE:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            with open(spec.origin, "rb") as fh:
+                h.update(name.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:16]
 
 
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -31,5 +48,6 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             "params": int(opgraph.n_params),
             "groups": len(groups),
             "prunable_groups": sum(1 for g in groups if g.prunable),
+            "code": code_fingerprint(),
         },
     }
