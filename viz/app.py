@@ -34,6 +34,20 @@ def _model(state: AppState):
         return None
 
 
+def _scores(state: AppState, mv) -> tuple[dict | None, str]:
+    """Group scores from the newest knowledge report of the browsed model, if there is one."""
+    if mv is None or knowledge._missing():
+        return None, ""
+    jobs = [j for j in knowledge.report_jobs(state) if j.params.get("model") == mv.source]
+    if not jobs:
+        return None, ""
+    try:
+        rep = knowledge.load(jobs[0].artifacts["report"])
+    except LorashearError:
+        return None, ""
+    return groups.scores_by_group(rep), f"{rep.estimator} report of Analyze job {jobs[0].id}"
+
+
 def _header(mv, state: AppState) -> html.Div:
     if mv is not None:
         what = f"{mv.opgraph.model_class} · {human(mv.n_params)} params · {mv.source}" + (" (meta)" if mv.meta else "")
@@ -55,7 +69,7 @@ def serve_layout(state: AppState):
         dcc.Tabs(id="tabs", value="overview", children=[
             dcc.Tab(label="Model", value="overview", children=overview.layout(mv, state.model_error)),
             dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
-            dcc.Tab(label="Groups", value="groups", children=groups.layout(mv)),
+            dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *_scores(state, mv))),
             dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
             dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),

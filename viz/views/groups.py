@@ -24,13 +24,36 @@ COLUMNS = [
 ]
 
 
-def layout(mv: ModelView | None) -> html.Div:
+SCORE_COLUMNS = [
+    {"field": "score", "headerName": "score", "type": "numericColumn", "filter": "agNumberColumnFilter", "width": 110,
+     "valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}},
+    {"field": "density", "headerName": "score/param", "type": "numericColumn", "filter": "agNumberColumnFilter",
+     "width": 120, "valueFormatter": {"function": "params.value == null ? '' : d3.format('.3~e')(params.value)"}},
+    {"field": "share", "headerName": "share %", "type": "numericColumn", "width": 100,
+     "valueFormatter": {"function": "params.value == null ? '' : d3.format('.2f')(100 * params.value)"}},
+    {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140},
+]
+
+
+def scores_by_group(report) -> dict[str, dict]:
+    """Per-group roll-up of a knowledge report (``KnowledgeReport.by_group``) for the table."""
+    bg = report.by_group()
+    return {str(r["group"]): {"score": float(r["score"]), "density": float(r["density"]), "share": float(r["share"]),
+                              "kept_units": int(r["unprunable"])} for _, r in bg.iterrows()}
+
+
+def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_from: str = "") -> html.Div:
     rows = mv.group_rows() if mv else []
+    for r in rows:
+        r.update((scores or {}).get(r["id"], {}))
+    columns = COLUMNS[:7] + (SCORE_COLUMNS if scores else []) + COLUMNS[7:]
     return html.Div([
         card("Groups", html.P("Sort and filter with the column headers; select rows (ctrl/shift for several) to "
-                              "highlight their ops in the graph.", className="muted"),
+                              "highlight their ops in the graph." + (f" Scores: {scores_from}." if scores else
+                              " Scores appear once an Analyze job has a report for this model."),
+                              className="muted"),
              dag.AgGrid(
-                 id="groups-grid", rowData=rows, columnDefs=COLUMNS, getRowId="params.data.id",
+                 id="groups-grid", rowData=rows, columnDefs=columns, getRowId="params.data.id",
                  defaultColDef={"sortable": True, "resizable": True, "filter": True},
                  dashGridOptions={"rowSelection": {"mode": "multiRow", "enableClickSelection": True},
                                   "animateRows": False, "tooltipShowDelay": 300},
