@@ -42,6 +42,11 @@ def test_page_loads_with_the_model_overview(dash_duo, app_state):
     dash_duo.wait_for_contains_text("#overview", "LlamaForCausalLM", timeout=20)
     dash_duo.wait_for_element("#overview-params .main-svg", timeout=20)
     assert "Groups by kind" in dash_duo.find_element("#overview").text
+    open_tab(dash_duo, "Groups")  # AG Grid, cytoscape and plotly are all loaded by now
+    dash_duo.wait_for_element("#groups-grid .ag-row", timeout=20)
+    urls = dash_duo.driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    outside = [u for u in urls if not u.startswith(dash_duo.server_url)]
+    assert urls and not outside, outside  # no CDN: every script, style and font is served by the app
     assert dash_duo.get_logs() == [] or all("wheel" in e["message"] for e in dash_duo.get_logs())
 
 
