@@ -148,6 +148,125 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Hugging Face model folder, or 'demo' for the shipped demo model")
+    p.add_argument("--estimator", default="lora-taylor", choices=("ablation", "lora-taylor", "taylor", "magnitude"),
+                   help="ablation: measured loss increase (ground truth, slow); lora-taylor: LoRAPrune's estimate from "
+                        "LoRA gradients (memory-light); taylor: LLM-Pruner's Taylor scores (base-weight gradients); "
+                        "magnitude: weight norm (no data). Default: lora-taylor")
+    p.add_argument("--data", action="append", metavar="SPEC",
+                   help="calibration text: 'demo' (demo corpus, validation split), 'demo:test', or [NAME=]PATH; "
+                        "repeat for several sources, samples are split evenly (default: demo)")
+    p.add_argument("--field", default="text", help="record field holding the text (default: text)")
+    p.add_argument("--samples", type=int, default=16, help="calibration windows (default: 16)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows and of fresh LoRA adapters")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: all at once)")
+    p.add_argument("--variant", default=None, help="taylor: first (|W·∇W|, default), second (|W·∇W − ½·W·H·W|) or vector (|Σ W·∇W|)")
+    p.add_argument("--aggregate", default=None, help="taylor / lora-taylor: combine a unit's slices by sum (default), prod, max or last")
+    p.add_argument("--rank", type=int, default=None, help="lora-taylor: rank of the fresh LoRA adapters (default 8)")
+    p.add_argument("--alpha", type=float, default=None, help="lora-taylor: LoRA alpha (default 16)")
+    p.add_argument("--bins", default=None, metavar="KIND=N,...",
+                   help="ablation: units per ablated block, e.g. attention=1,mlp=16,hidden=16 (the default)")
+    p.add_argument("--no-whole-groups", action="store_true", help="ablation: skip zeroing each layer's whole attention / MLP")
+    p.add_argument("--gamma", type=float, default=None, help="mark the top GAMMA fraction (0 <= GAMMA < 1) unprunable")
+    p.add_argument("--select", default="unit", choices=("unit", "layer", "group"), help="what GAMMA counts: units (default), layers or groups")
+    p.add_argument("--scope", default="global", choices=("global", "group"), help="units: rank across all groups (default) or within each group")
+    p.add_argument("--by", default="density", choices=("density", "score"), help="rank by score per parameter (default) or by score")
+    p.add_argument("--out", required=True, help="report file: .parquet (default when no suffix) or .json")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also write the figures (heads, channels, layers, distribution) here")
+    p.add_argument("--figure-format", default="html,png", help="comma-separated: html, png (png needs kaleido; default: html,png)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda + bf16 when present, else cpu + fp32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_ANALYZE_ONLY = {"variant": ("taylor",), "aggregate": ("taylor", "lora-taylor"), "rank": ("lora-taylor",),
+                 "alpha": ("lora-taylor",), "bins": ("ablation",), "no_whole_groups": ("ablation",)}
+
+
+@command("analyze", help="Knowledge distribution: score every unit of every prunable group; write a report and print a per-layer summary.")
+@arguments(_analyze_args)
+def _analyze(args: argparse.Namespace) -> int:
+    from .data import DEMO_MODEL_DIR
+    from .evaluate import load_model
+    from .knowledge import analyze, calibration_data, check_gamma, summary_table
+    from .knowledge.estimators import AGGREGATIONS, TAYLOR_VARIANTS
+
+    for opt, ests in _ANALYZE_ONLY.items():
+        if getattr(args, opt) not in (None, False) and args.estimator not in ests:
+            raise LorashearError(f"--{opt.replace('_', '-')} applies to {' / '.join(ests)} only, not {args.estimator}")
+    if args.gamma is not None:
+        check_gamma(args.gamma)
+    options: dict = {}
+    if args.variant is not None:
+        if args.variant not in TAYLOR_VARIANTS:
+            raise LorashearError(f"--variant must be one of {', '.join(TAYLOR_VARIANTS)}, got {args.variant!r}")
+        options["variant"] = args.variant
+    if args.aggregate is not None:
+        if args.aggregate not in AGGREGATIONS:
+            raise LorashearError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, got {args.aggregate!r}")
+        options["aggregate"] = args.aggregate
+    if args.rank is not None:
+        options["rank"] = args.rank
+    if args.alpha is not None:
+        options["alpha"] = args.alpha
+    if args.bins:
+        bins = {}
+        for part in args.bins.split(","):
+            kind, _, n = part.partition("=")
+            if not n.strip().isdigit() or int(n) < 1:
+                raise LorashearError(f"--bins: expected KIND=N with N >= 1 (e.g. mlp=16), got {part!r}")
+            bins[kind.strip()] = int(n)
+        options["bins"] = bins
+    if args.no_whole_groups:
+        options["whole_groups"] = False
+    if args.batch_size is not None and args.estimator != "magnitude":
+        options["batch_size"] = args.batch_size
+    if args.estimator == "lora-taylor":
+        options["seed"] = args.seed
+    formats = tuple(f.strip() for f in args.figure_format.split(",") if f.strip())
+    if any(f not in ("html", "png") for f in formats) or not formats:
+        raise LorashearError(f"--figure-format: use html and/or png, got {args.figure_format!r}")
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    source = str(DEMO_MODEL_DIR) if args.model == "demo" else args.model
+    samples, data = None, None
+    if args.estimator != "magnitude":
+        samples, data = calibration_data(tokenizer, args.data or ["demo"], n_samples=args.samples, seq_len=args.seq_len,
+                                         seed=args.seed, model=model, field=args.field)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=f"analyze ({args.estimator})", unit="step", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        report = analyze(model, samples, estimator=args.estimator, source=source, data=data, gamma=args.gamma,
+                         select_level=args.select, select_scope=args.scope, select_by=args.by, progress=progress, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    path = report.save(args.out)
+    print(summary_table(report))
+    print(f"wrote {path}")
+    if args.figures:
+        try:
+            from viz.knowledge_figures import write_figures
+        except ImportError as exc:
+            raise LorashearError(f"--figures needs plotly (pip install 'lorashear[app]'): {exc}") from None
+        paths, warnings = write_figures(report, args.figures, formats)
+        for w in warnings:
+            print(f"note: {w}", file=sys.stderr)
+        print(f"wrote {len(paths)} figure files to {args.figures}")
+    return 0
+
+
 def _app_args(p: argparse.ArgumentParser) -> None:
     from viz.options import add_arguments  # argparse only: no Dash import until the app runs
 
