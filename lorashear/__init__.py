@@ -1,21 +1,52 @@
-"""lorashear: structural pruning of Hugging Face causal LMs (LoRAShear) — public API."""
-from .compress import CompressReport, compress, mask_units
-from .data import (DEMO_MODEL_DIR, DEMO_SOURCES, Mixture, PackedMixture, calibration_samples, demo_corpus,
-                   demo_instructions, load_instructions, load_texts, pack, tokenize_instructions)
-from .errors import LorashearError
-from .evaluate import (CostReport, PerplexityResult, evaluate_model, evaluate_perplexity, load_model,
-                       measure_cost, perplexity, pick_device)
-from .export import load_pruned, save_pruned
-from .groups import Group, Member, find_groups, load_groups, save_groups
-from .knowledge import (KnowledgeReport, analyze, calibration_data, load_report, rank_agreement, save_report,
-                        select_unprunable)
-from .trace import OpGraph, load_graph, module_tree, trace
+"""lorashear: structural pruning of Hugging Face causal LMs (LoRAShear) — public API.
 
-__all__ = ["LorashearError", "trace", "OpGraph", "load_graph", "module_tree", "find_groups", "Group", "Member",
-           "save_groups", "load_groups", "compress", "mask_units", "CompressReport", "save_pruned", "load_pruned",
-           "DEMO_MODEL_DIR", "DEMO_SOURCES", "demo_corpus", "demo_instructions", "load_texts", "load_instructions",
-           "pack", "Mixture", "PackedMixture", "calibration_samples", "tokenize_instructions",
-           "load_model", "pick_device", "perplexity", "evaluate_perplexity", "evaluate_model", "measure_cost",
-           "PerplexityResult", "CostReport",
-           "analyze", "KnowledgeReport", "load_report", "save_report", "select_unprunable", "rank_agreement",
-           "calibration_data"]
+Names are imported on first use (PEP 562), so ``import lorashear`` — and every job worker, the app's
+registry and the CLI's argument parsing — does not pay for importing torch and transformers up front.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import LorashearError
+
+_EXPORTS = {
+    "trace": ["OpGraph", "load_graph", "module_tree", "trace"],
+    "groups": ["Group", "Member", "find_groups", "load_groups", "save_groups"],
+    "compress": ["CompressReport", "compress", "mask_units"],
+    "export": ["load_pruned", "save_pruned"],
+    "data": ["DEMO_MODEL_DIR", "DEMO_SOURCES", "Mixture", "PackedMixture", "calibration_samples", "demo_corpus",
+             "demo_instructions", "load_instructions", "load_texts", "pack", "tokenize_instructions"],
+    "evaluate": ["CostReport", "PerplexityResult", "evaluate_model", "evaluate_perplexity", "load_model",
+                 "measure_cost", "perplexity", "pick_device"],
+    "knowledge": ["KnowledgeReport", "analyze", "calibration_data", "load_report", "rank_agreement", "save_report",
+                  "select_unprunable"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = ["LorashearError", *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lorashear' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .compress import CompressReport, compress, mask_units  # noqa: F401
+    from .data import (DEMO_MODEL_DIR, DEMO_SOURCES, Mixture, PackedMixture, calibration_samples,  # noqa: F401
+                       demo_corpus, demo_instructions, load_instructions, load_texts, pack, tokenize_instructions)
+    from .evaluate import (CostReport, PerplexityResult, evaluate_model, evaluate_perplexity,  # noqa: F401
+                           load_model, measure_cost, perplexity, pick_device)
+    from .export import load_pruned, save_pruned  # noqa: F401
+    from .groups import Group, Member, find_groups, load_groups, save_groups  # noqa: F401
+    from .knowledge import (KnowledgeReport, analyze, calibration_data, load_report, rank_agreement,  # noqa: F401
+                            save_report, select_unprunable)
+    from .trace import OpGraph, load_graph, module_tree, trace  # noqa: F401
