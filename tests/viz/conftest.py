@@ -25,7 +25,21 @@ def model_dir(tmp_path_factory):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     out = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(out)
+    _tiny_tokenizer(cfg.vocab_size).save_pretrained(out)  # jobs that read text (analyze, eval) need one
     return out
+
+
+def _tiny_tokenizer(vocab_size: int):
+    """A real BPE tokenizer trained in milliseconds on CPython's own docs (nothing is downloaded)."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, limit_alphabet=64, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(list(topics.values())[:50], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture(scope="session")
