@@ -249,7 +249,9 @@ def _finish(groups: list[Group], per_slice: dict[str, list[torch.Tensor | None]]
 
 # ---------------------------------------------------------------------------------------- LoRA-Taylor
 def _lora_targets(model: nn.Module, groups: list[Group]) -> list[str]:
-    """Every ``nn.Linear`` whose weight is a producer or consumer slice of a prunable group, tied weights excepted."""
+    """Every ``nn.Linear`` whose weight holds a producer slice of a prunable group (the only slices this
+    estimator scores), tied weights excepted: a tied ``lm_head`` would get a gradient estimate for one of
+    its two uses only."""
     mods = {name: m for name, m in model.named_modules()}
     owners: dict[int, int] = defaultdict(int)
     for m in mods.values():
@@ -258,13 +260,11 @@ def _lora_targets(model: nn.Module, groups: list[Group]) -> list[str]:
     out = set()
     for g in groups:
         for m in g.members:
-            if is_lora_param(m.param) or not m.param.endswith(".weight"):
+            if m.role != "producer" or is_lora_param(m.param) or not m.param.endswith(".weight"):
                 continue
-            path = logical_name(m.param)[: -len(".weight")]
-            mod = mods.get(path)
-            # a tied weight (lm_head = embedding) would get a gradient estimate for one of its two uses only
+            mod = mods.get(logical_name(m.param)[: -len(".weight")])
             if isinstance(mod, nn.Linear) and owners[id(mod.weight)] == 1:
-                out.add(path)
+                out.add(logical_name(m.param)[: -len(".weight")])
     return sorted(out)
 
 
@@ -272,17 +272,39 @@ def _has_lora(model: nn.Module) -> bool:
     return any(is_lora_param(n) for n, _ in model.named_parameters())
 
 
-def _g_hat(layer: nn.Module, adapter: str) -> torch.Tensor | None:
-    """``s·(∇B·A + B·∇A − ∇B·∇A)`` (out × in), or None when the adapter got no gradient."""
-    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    ga, gb = a.grad, b.grad
-    if ga is None and gb is None:
+_ROW_CHUNK = 2048  # rows of Ĝ formed at a time: bounds the temporaries to a slice of the largest module
+
+
+def _lora_importance(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+    """``|Ĝ ⊙ W'|`` (out × in, fp32) with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)`` summed over the active adapters and
+    ``W' = W + s·B·A``, built in row chunks so that only one weight-sized tensor (the result) is allocated.
+    None when no adapter got a gradient."""
+    parts = []
+    for name in getattr(layer, "active_adapters", []):
+        if name not in layer.lora_A:
+            continue
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        if a.grad is None and b.grad is None:
+            continue
+        ga = torch.zeros_like(a) if a.grad is None else a.grad
+        gb = torch.zeros_like(b) if b.grad is None else b.grad
+        parts.append(tuple(t.detach().float() for t in (a, b, ga, gb)) + (float(layer.scaling[name]),))
+    if not parts:
         return None
-    ga = torch.zeros_like(a) if ga is None else ga
-    gb = torch.zeros_like(b) if gb is None else gb
-    a, b, ga, gb = (t.detach().float() for t in (a, b, ga, gb))
-    g = (gb @ a + b @ ga - gb @ ga) * float(layer.scaling[adapter])
-    return g.T if getattr(layer, "fan_in_fan_out", False) else g
+    fan_in_fan_out = getattr(layer, "fan_in_fan_out", False)
+    w = weight.detach()
+    w = w.T if fan_in_fan_out else w  # work in (out, in)
+    out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+    for r0 in range(0, w.shape[0], _ROW_CHUNK):
+        rows = slice(r0, r0 + _ROW_CHUNK)
+        g = torch.zeros_like(out[rows])
+        w_eff = w[rows].float().clone()
+        for a, b, ga, gb, s in parts:
+            # ∇B·A + B·∇A − ∇B·∇A = ∇B·(A − ∇A) + B·∇A
+            g.addmm_(gb[rows], a - ga, alpha=s).addmm_(b[rows], ga, alpha=s)
+            w_eff.addmm_(b[rows], a, alpha=s)
+        out[rows] = g.mul_(w_eff).abs_()
+    return out.T if fan_in_fan_out else out
 
 
 def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, rank: int = 8, alpha: float = 16,
@@ -344,20 +366,10 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         uncovered: set[str] = set()
 
         def elem(s: Slice) -> torch.Tensor | None:
-            layer = s.lora
-            if layer is None:
+            imp = _lora_importance(s.lora, s.tensor) if s.lora is not None else None
+            if imp is None:
                 uncovered.add(s.param)
-                return None
-            g = None
-            for name in layer.active_adapters:
-                if name in layer.lora_A:
-                    gi = _g_hat(layer, name)
-                    if gi is not None:
-                        g = gi if g is None else g + gi
-            if g is None:
-                uncovered.add(s.param)
-                return None
-            return (g * effective_weight(s).float()).abs_()
+            return imp
 
         per_slice, _ = _score_slices(groups, slices, elem, progress=progress, done0=done, total=total)
         if normalize_modules:

@@ -88,6 +88,8 @@ class KnowledgeReport:
     def by_layer(self) -> pd.DataFrame:
         """Per layer: total score and its split by kind; groups that span the network (hidden) are left out."""
         u = self.units[self.units["layer"].notna()]
+        if u.empty:
+            return pd.DataFrame(columns=["layer", "units", "params", "score", "density", "share", "unprunable"])
         piv = u.pivot_table(index="layer", columns="kind", values="score", aggfunc="sum", fill_value=0.0)
         out = pd.DataFrame({"layer": piv.index.astype(int)})
         for k in piv.columns:
