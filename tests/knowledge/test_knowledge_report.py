@@ -1,0 +1,147 @@
+"""Reports: roll-ups add up, files round-trip, the γ selection marks exactly what it says, bad input is refused."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lorashear import LorashearError
+from lorashear.knowledge import calibration_data, check_model, load_report, select_unprunable
+from lorashear.knowledge.calibration import check_samples
+
+
+@pytest.fixture(scope="module")
+def report(reports):
+    return reports["lora_taylor"]
+
+
+def test_units_cover_every_prunable_group_once(report, kgroups):
+    prunable = {g.id: g.n_units for g in kgroups if g.prunable}
+    counts = report.units.groupby("group").size().to_dict()
+    assert counts == prunable
+    assert sorted(set(report.units["kind"])) == ["attention", "hidden", "mlp"]
+
+
+def test_rollups_add_up_to_the_unit_scores(report):
+    total = report.units["score"].sum()
+    assert report.by_group()["score"].sum() == pytest.approx(total)
+    assert report.by_kind()["score"].sum() == pytest.approx(total)
+    layered = report.units[report.units["layer"].notna()]["score"].sum()
+    by_layer = report.by_layer()
+    assert list(by_layer["layer"]) == list(range(6))
+    assert by_layer["score"].sum() == pytest.approx(layered)
+    assert (by_layer["attention"] + by_layer["mlp"]).to_numpy() == pytest.approx(by_layer["score"].to_numpy())
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".json"])
+def test_report_round_trips_through_its_file(reports, tmp_path, kmodel, suffix):
+    rep = select_unprunable(reports["ablation"], 0.1)
+    path = rep.save(tmp_path / f"report{suffix}")
+    back = load_report(path, kmodel)
+    pd.testing.assert_frame_equal(back.units, rep.units)
+    pd.testing.assert_frame_equal(back.blocks.reset_index(drop=True), rep.blocks.reset_index(drop=True), check_dtype=False)
+    assert back.meta == rep.meta
+    assert back.meta["model"]["class"] == "LlamaForCausalLM" and back.meta["data"]["n_samples"] == 8
+
+
+def test_save_without_suffix_writes_parquet_and_leaves_no_temp_file(report, tmp_path):
+    path = report.save(tmp_path / "knowledge")
+    assert path.name == "knowledge.parquet"
+    assert [p.name for p in tmp_path.iterdir()] == ["knowledge.parquet"]
+
+
+def test_identity_ignores_peft_wrapping(report, fresh_copy):
+    from peft import LoraConfig, get_peft_model
+
+    check_model(report, get_peft_model(fresh_copy, LoraConfig(r=2, target_modules=["q_proj"])))  # no error
+
+
+def test_report_for_a_different_model_is_refused(report, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                                         head_dim=16, num_hidden_layers=2, vocab_size=128))
+    path = report.save(tmp_path / "r.parquet")
+    with pytest.raises(LorashearError, match="knowledge report is for another model"):
+        load_report(path, other)
+
+
+def test_a_file_that_is_not_a_report_is_refused(tmp_path):
+    path = tmp_path / "x.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(path)
+    with pytest.raises(LorashearError, match="not a knowledge report"):
+        load_report(path)
+
+
+# ------------------------------------------------------------------------------------------ selection
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 0.25, 0.5])
+def test_unit_selection_marks_exactly_gamma_of_all_units_by_density(report, gamma):
+    sel = select_unprunable(report, gamma)
+    u = sel.units
+    k = int(math.floor(gamma * len(u) + 0.5))
+    assert int(u["unprunable"].sum()) == k
+    if 0 < k < len(u):
+        assert u.loc[u["unprunable"], "density"].min() >= u.loc[~u["unprunable"], "density"].max()
+    assert sel.meta["selection"]["selected"] == k and "by density" in sel.meta["selection"]["rule"]
+
+
+def test_unit_selection_per_group_marks_gamma_of_each_group(report):
+    sel = select_unprunable(report, 0.25, scope="group")
+    for gid, rows in sel.units.groupby("group"):
+        assert int(rows["unprunable"].sum()) == int(math.floor(0.25 * len(rows) + 0.5)), gid
+
+
+def test_layer_selection_marks_whole_layers(report):
+    sel = select_unprunable(report, 0.5, level="layer")
+    u = sel.units
+    marked = sorted(int(x) for x in u.loc[u["unprunable"], "layer"].unique())
+    assert len(marked) == 3
+    layered = u[u["layer"].notna()]
+    assert layered.groupby("layer")["unprunable"].agg(lambda s: s.all() or not s.any()).all()
+    assert not u.loc[u["layer"].isna(), "unprunable"].any()  # the hidden group spans every layer
+    dens = report.by_layer().set_index("layer")["density"]
+    assert dens[marked].min() >= dens.drop(marked).max()
+    assert sel.meta["selection"]["of"] == "layers" and sel.meta["selection"]["out_of"] == 6
+
+
+def test_group_selection_marks_whole_groups(report):
+    sel = select_unprunable(report, 0.3, level="group")
+    per_group = sel.units.groupby("group")["unprunable"].agg(["all", "any"])
+    assert (per_group["all"] == per_group["any"]).all()
+    assert int(per_group["all"].sum()) == int(math.floor(0.3 * 13 + 0.5))
+
+
+@pytest.mark.parametrize("gamma", [1.0, -0.1, 1.5, float("nan")])
+def test_gamma_outside_zero_one_is_refused(report, gamma):
+    with pytest.raises(LorashearError, match=r"gamma must be in \[0, 1\)"):
+        select_unprunable(report, gamma)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def test_calibration_text_shorter_than_one_window_is_refused(ktokenizer, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("def f(): pass")
+    with pytest.raises(LorashearError, match="calibration source 'short'.*fewer than seq_len=128"):
+        calibration_data(ktokenizer, [str(short)], n_samples=4, seq_len=128)
+
+
+def test_calibration_windows_of_one_token_are_refused():
+    with pytest.raises(LorashearError, match="calibration data too short"):
+        check_samples(torch.zeros(4, 1, dtype=torch.long))
+
+
+def test_analyze_refuses_bad_gamma_before_computing(kmodel, kgroups, monkeypatch):
+    from lorashear.knowledge import analyze
+    from lorashear.knowledge import analysis as analyze_module
+
+    monkeypatch.setattr(analyze_module, "run_estimator", lambda *a, **k: pytest.fail("estimator ran"))
+    with pytest.raises(LorashearError, match="gamma"):
+        analyze(kmodel, None, estimator="magnitude", groups=kgroups, gamma=2.0)
+
+
+def test_unknown_estimator_option_is_refused(kmodel, kgroups, ksamples):
+    from lorashear.knowledge import analyze
+
+    with pytest.raises(LorashearError, match="has no option"):
+        analyze(kmodel, ksamples[0], estimator="ablation", groups=kgroups, variant="second")
