@@ -106,6 +106,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (needs the [eval] extra)")
     p.add_argument("--include-path", default=None, help="folder of local lm-eval task YAML files")
     p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (use 1 on a busy shared CPU: timings stay meaningful)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the report as JSON")
 
 
@@ -118,6 +120,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate_model
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     protocols = ("short", "long") if args.protocol == "both" else (args.protocol,)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

@@ -340,7 +340,11 @@ def measure_cost(
 ) -> CostReport:
     """Parameters, MACs/token, and on the model's current device: latency (median forward time of one
     ``seq_len`` sequence at batch 1), throughput (tokens/s of a ``batch_size`` x ``seq_len`` forward) and
-    peak memory of that batched forward."""
+    peak memory of that batched forward (measured first, see ``CostReport.peak_memory_method``).
+
+    On a CPU shared with other busy processes, torch's default of one OpenMP thread per core can make
+    timings tens of times slower (threads wait on each other at every op); measure on an idle machine or
+    with ``torch.set_num_threads(1)`` and report which."""
     ctx = model_context(model)
     if ctx is not None and seq_len > ctx:
         raise LorashearError(f"seq_len {seq_len} is larger than the model's context ({ctx} tokens)")
@@ -355,8 +359,7 @@ def measure_cost(
     try:
         one = torch.randint(0, vocab, (1, seq_len), generator=gen).to(dev)
         many = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(dev)
-        latency = _time_forward(model, one, warmup, iters)
-        batched = _time_forward(model, many, 1, iters)
+        # memory first: on CPU, buffers freed by earlier forwards are reused without growing the RSS
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             model(input_ids=many, use_cache=False)
@@ -368,7 +371,8 @@ def measure_cost(
                 with _RssPeak() as rss:
                     model(input_ids=many, use_cache=False)
                 peak = rss.peak - rss.base
-                method = "cpu: peak RSS growth over the pre-forward RSS during the batched forward (psutil, sampled)"
+                method = ("cpu: peak RSS growth over the pre-forward RSS during the first batched forward "
+                          "(psutil, sampled; memory the process already held and reuses is not counted)")
             except ImportError:
                 import resource
 
@@ -376,6 +380,8 @@ def measure_cost(
                 model(input_ids=many, use_cache=False)
                 peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
                 method = "cpu: growth of the process's max RSS high-water mark (resource.getrusage)"
+        latency = _time_forward(model, one, warmup, iters)
+        batched = _time_forward(model, many, 1, iters)
     finally:
         model.train(was_training)
     return CostReport(
