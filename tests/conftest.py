@@ -23,3 +23,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "browser" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------------------ shipped demo model/data
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    """The shipped demo tokenizer (real BPE, loads in milliseconds)."""
+    from transformers import AutoTokenizer
+
+    from lorashear.data import DEMO_MODEL_DIR
+
+    return AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo LLaMA (GQA, ~5 M parameters), fp32 on CPU, eval mode. Do not modify it in a test."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorashear.data import DEMO_MODEL_DIR
+
+    return AutoModelForCausalLM.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval()
