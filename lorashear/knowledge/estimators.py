@@ -16,8 +16,8 @@ Units of different sizes are compared per parameter downstream (``density`` in t
 """
 from __future__ import annotations
 
-import math
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -249,22 +249,26 @@ def _finish(groups: list[Group], per_slice: dict[str, list[torch.Tensor | None]]
 
 # ---------------------------------------------------------------------------------------- LoRA-Taylor
 def _lora_targets(model: nn.Module, groups: list[Group]) -> list[str]:
-    """Every ``nn.Linear`` whose weight holds a producer slice of a prunable group (the only slices this
-    estimator scores), tied weights excepted: a tied ``lm_head`` would get a gradient estimate for one of
-    its two uses only."""
-    mods = {name: m for name, m in model.named_modules()}
-    owners: dict[int, int] = defaultdict(int)
-    for m in mods.values():
-        for p in m.parameters(recurse=False):
-            owners[id(p)] += 1
+    """Every module whose weight holds a producer slice of a prunable group (the only slices this estimator
+    scores): ``nn.Linear`` rows and ``nn.Embedding`` columns. A tied weight is adapted where it *produces*
+    the unit — on the embedding, never on the tied ``lm_head``, whose adapter would see the consumer use."""
+    owners: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
+    for name, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            owners[id(p)].append((name, mod))
+    params = dict(model.named_parameters(remove_duplicate=False))
     out = set()
     for g in groups:
         for m in g.members:
             if m.role != "producer" or is_lora_param(m.param) or not m.param.endswith(".weight"):
                 continue
-            mod = mods.get(logical_name(m.param)[: -len(".weight")])
-            if isinstance(mod, nn.Linear) and owners[id(mod.weight)] == 1:
-                out.add(logical_name(m.param)[: -len(".weight")])
+            p = params.get(logical_name(m.param))
+            mods = owners.get(id(p), []) if p is not None else []
+            for name, mod in mods:
+                if isinstance(mod, nn.Embedding) and m.axis == 1:
+                    out.add(name)
+                elif isinstance(mod, nn.Linear) and m.axis == 0 and len(mods) == 1:
+                    out.add(name)
     return sorted(out)
 
 
@@ -275,23 +279,38 @@ def _has_lora(model: nn.Module) -> bool:
 _ROW_CHUNK = 2048  # rows of Ĝ formed at a time: bounds the temporaries to a slice of the largest module
 
 
-def _lora_importance(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+def _lora_importance(layer: nn.Module, weight: torch.Tensor, unbias: bool = True) -> torch.Tensor | None:
     """``|Ĝ ⊙ W'|`` (out × in, fp32) with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)`` summed over the active adapters and
     ``W' = W + s·B·A``, built in row chunks so that only one weight-sized tensor (the result) is allocated.
-    None when no adapter got a gradient."""
+
+    With a fresh adapter (B = 0, hence ∇A = 0) the estimate is ``Ĝ = s²·∇W'·AᵀA``: a rank-r sketch of the
+    true gradient along the input axis whose expectation over A (iid, zero-mean entries) is
+    ``s²·(‖A‖²_F / in)·∇W'``. ``unbias`` divides that factor out, so that the estimate is on the gradient's
+    scale in every module (modules with different fan-in would otherwise be weighted differently when a
+    unit's slices are summed, e.g. o_proj and down_proj rows in the hidden group). Trained adapters
+    (B ≠ 0) always use the formula as is. None when no adapter got a gradient."""
     parts = []
+    embedding = isinstance(getattr(layer, "base_layer", None), nn.Embedding)
     for name in getattr(layer, "active_adapters", []):
-        if name not in layer.lora_A:
+        if embedding and name in layer.lora_embedding_A:  # PEFT Embedding: ΔW = (B·A)ᵀ·s
+            a, b = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
+        elif name in getattr(layer, "lora_A", {}):
+            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        else:
             continue
-        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
         if a.grad is None and b.grad is None:
             continue
         ga = torch.zeros_like(a) if a.grad is None else a.grad
         gb = torch.zeros_like(b) if b.grad is None else b.grad
-        parts.append(tuple(t.detach().float() for t in (a, b, ga, gb)) + (float(layer.scaling[name]),))
+        a, b, ga, gb = (t.detach().float() for t in (a, b, ga, gb))
+        s = float(layer.scaling[name])
+        g_scale = s
+        if unbias and not b.any():
+            g_scale = a.shape[1] / (s * float(a.pow(2).sum()))  # s / (s²·‖A‖²_F / in)
+        parts.append((a, b, ga, gb, s, g_scale))
     if not parts:
         return None
-    fan_in_fan_out = getattr(layer, "fan_in_fan_out", False)
+    fan_in_fan_out = embedding or getattr(layer, "fan_in_fan_out", False)
     w = weight.detach()
     w = w.T if fan_in_fan_out else w  # work in (out, in)
     out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
@@ -299,27 +318,42 @@ def _lora_importance(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor | N
         rows = slice(r0, r0 + _ROW_CHUNK)
         g = torch.zeros_like(out[rows])
         w_eff = w[rows].float().clone()
-        for a, b, ga, gb, s in parts:
+        for a, b, ga, gb, s, g_scale in parts:
             # ∇B·A + B·∇A − ∇B·∇A = ∇B·(A − ∇A) + B·∇A
-            g.addmm_(gb[rows], a - ga, alpha=s).addmm_(b[rows], ga, alpha=s)
+            g.addmm_(gb[rows], a - ga, alpha=g_scale).addmm_(b[rows], ga, alpha=g_scale)
             w_eff.addmm_(b[rows], a, alpha=s)
         out[rows] = g.mul_(w_eff).abs_()
     return out.T if fan_in_fan_out else out
 
 
+def _fresh_embedding_adapters(peft_model: nn.Module) -> None:
+    """PEFT initialises embedding adapters the other way round (A = 0, B random), which would make Ĝ mix the
+    embedding *columns* — the hidden units — through B·Bᵀ. Re-initialise them like linear ones (A random,
+    B = 0) so the sketch runs along the vocabulary axis and every column keeps its own gradient."""
+    import math
+
+    for mod in peft_model.modules():
+        if isinstance(getattr(mod, "base_layer", None), nn.Embedding) and hasattr(mod, "lora_embedding_A"):
+            with torch.no_grad():
+                for name in mod.lora_embedding_A:
+                    nn.init.kaiming_uniform_(mod.lora_embedding_A[name], a=math.sqrt(5))
+                    nn.init.zeros_(mod.lora_embedding_B[name])
+
+
 def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, rank: int = 8, alpha: float = 16,
-                seed: int = 0, aggregate: str = "sum", normalize_modules: bool = False, batch_size: int | None = None,
-                progress: Progress | None = None) -> Scores:
+                seed: int = 0, aggregate: str = "sum", unbias: bool = True, normalize_modules: bool = False,
+                batch_size: int | None = None, progress: Progress | None = None) -> Scores:
     """LoRAPrune's criterion from LoRA gradients only.
 
     A model that already carries PEFT LoRA adapters is scored with them (e.g. after LHSPG warm-up);
-    otherwise fresh adapters (``rank``, ``alpha``, on every linear of a prunable group, seeded) are added with
-    ``peft.get_peft_model`` and removed again afterwards. Base weights keep ``requires_grad=False``: only
-    the rank-r LoRA gradients are ever allocated; ``Ĝ`` is formed one module at a time. Producer slices
-    without an adapter (e.g. the embedding column of the hidden group) cannot be scored this way and are
-    listed in ``notes["uncovered"]``. ``normalize_modules`` divides each module's per-unit vector by its
-    L2 norm before summing (a detail of LoRAPrune's code that equalises modules; off by default because it
-    erases the differences between layers this analysis is about)."""
+    otherwise fresh adapters (``rank``, ``alpha``, seeded) are added with ``peft.get_peft_model`` on every
+    module that holds a producer slice (linear rows, embedding columns) and removed again afterwards.
+    Base weights keep ``requires_grad=False``: only the rank-r LoRA gradients are ever allocated, and
+    ``|Ĝ ⊙ W'|`` is formed one module at a time. Producer slices without an adapter cannot be scored this
+    way and are listed in ``notes["uncovered"]``. ``unbias``: see ``_lora_importance`` (fresh adapters
+    only). ``normalize_modules`` divides each module's per-unit vector by its L2 norm before summing (a
+    detail of LoRAPrune's code; off by default because it erases the differences between layers this
+    analysis is about)."""
     check_samples(samples)
     if aggregate not in AGGREGATIONS:
         raise LorashearError(f"unknown aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
@@ -337,8 +371,11 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         if not targets:
             raise LorashearError("no linear layer in the prunable groups to put LoRA adapters on")
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
-                                                       bias="none"))
+        with warnings.catch_warnings():  # adapting the tied embedding is deliberate; the adapter is removed, never merged
+            warnings.filterwarnings("ignore", message=".*tied layer is part of the adapter.*")
+            peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                           target_modules=targets, bias="none"))
+        _fresh_embedding_adapters(peft_model)
     try:
         lora_params = [p for n, p in peft_model.named_parameters() if is_lora_param(n)]
         for n, p in peft_model.named_parameters():
@@ -366,7 +403,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         uncovered: set[str] = set()
 
         def elem(s: Slice) -> torch.Tensor | None:
-            imp = _lora_importance(s.lora, s.tensor) if s.lora is not None else None
+            imp = _lora_importance(s.lora, s.tensor, unbias) if s.lora is not None else None
             if imp is None:
                 uncovered.add(s.param)
             return imp
@@ -387,7 +424,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
             p.requires_grad_(flags.get(id(p), p.requires_grad))
     return Scores("lora_taylor", units, settings={"rank": rank if own_adapters else None, "alpha": alpha if own_adapters else None,
                                                     "adapters": "fresh" if own_adapters else "model's own",
-                                                    "seed": seed, "aggregate": aggregate, "normalize_modules": normalize_modules,
+                                                    "seed": seed, "aggregate": aggregate, "unbias": unbias, "normalize_modules": normalize_modules,
                                                     "roles": ["producer"], "batch_size": batch_size},
                   notes={"base_loss": loss, "uncovered": sorted(uncovered), "unscored_groups": empty,
                          "lora_parameters": int(sum(p.numel() for p in lora_params))})

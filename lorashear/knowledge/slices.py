@@ -120,12 +120,15 @@ def effective_weight(sl: Slice) -> torch.Tensor:
         return w
     w = w.clone()
     for name in getattr(layer, "active_adapters", []):
-        if name not in layer.lora_A:
+        if name in getattr(layer, "lora_embedding_A", {}):  # PEFT Embedding: ΔW = (B·A)ᵀ·s
+            a, b, transposed = layer.lora_embedding_A[name].detach(), layer.lora_embedding_B[name].detach(), True
+        elif name in getattr(layer, "lora_A", {}):
+            a, b = layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach()
+            transposed = getattr(layer, "fan_in_fan_out", False)
+        else:
             continue
-        a = layer.lora_A[name].weight.detach()
-        b = layer.lora_B[name].weight.detach()
         delta = (b.float() @ a.float()) * float(layer.scaling[name])
-        w += (delta.T if getattr(layer, "fan_in_fan_out", False) else delta).to(w.dtype)
+        w += (delta.T if transposed else delta).to(w.dtype)
     return w
 
 

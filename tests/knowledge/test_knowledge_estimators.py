@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import lorashear
 from lorashear.knowledge import ablation, lora_taylor, magnitude, taylor
 from lorashear.knowledge import estimators as est_mod
+from lorashear.knowledge.slices import is_lora_param
 
 
 def _group(groups, gid):
@@ -143,17 +144,42 @@ def test_lora_taylor_materialises_no_base_weight_gradient(monkeypatch, kmodel, k
         out = real(model, *a, **k)
         seen["with_grad"] = [n for n, p in model.named_parameters() if p.grad is not None]
         seen["trainable"] = [n for n, p in model.named_parameters() if p.requires_grad]
-        seen["lora_modules"] = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
+        seen["lora_modules"] = sum(1 for n, m in model.named_modules() if n.endswith(("lora_A", "lora_embedding_A")) and len(m))
         return out
 
     monkeypatch.setattr(est_mod, "backward_mean_loss", spy)
     gs = [g for g in kgroups if g.prunable]
     sc = lora_taylor(kmodel, gs, ksamples[0][:2, :32], rank=4, alpha=8)
-    assert seen["lora_modules"] == 6 * 7  # real PEFT adapters on q/k/v/o/gate/up/down of each layer (not the tied lm_head)
-    assert seen["with_grad"] and all(".lora_A." in n or ".lora_B." in n for n in seen["with_grad"])
+    # real PEFT adapters on q/k/v/o/gate/up/down of each layer and on the embedding (not on the tied lm_head)
+    assert seen["lora_modules"] == 6 * 7 + 1
+    assert seen["with_grad"] and all(is_lora_param(n) for n in seen["with_grad"])
+    assert any("embed_tokens.lora_embedding" in n for n in seen["with_grad"])
     assert seen["trainable"] == seen["with_grad"]
-    assert sc.notes["uncovered"] == ["lm_head.weight"]  # the tied embedding column has no adapter
+    assert sc.notes["uncovered"] == []
     assert all(np.isfinite(v).all() and (v > 0).any() for v in sc.units.values())
+
+
+def test_fresh_adapter_estimate_is_an_unbiased_gradient_sketch(fresh_copy, kgroups, ksamples):
+    """B = 0: Ĝ = s·∇B·A = s²·∇W·AᵀA, rescaled by in/(s²·‖A‖²) so that E_A[Ĝ] = ∇W in every module."""
+    from peft import LoraConfig, get_peft_model
+
+    samples = ksamples[0][:2, :32]
+    torch.manual_seed(0)
+    pm = get_peft_model(fresh_copy, LoraConfig(r=4, lora_alpha=8, target_modules=["model.embed_tokens", "q_proj"]))
+    est_mod._fresh_embedding_adapters(pm)
+    pm.train()
+    _ce(pm, samples).backward()
+    for path, transposed in (("model.layers.1.self_attn.q_proj", False), ("model.embed_tokens", True)):
+        layer = pm.get_submodule("base_model.model." + path)
+        w = layer.base_layer.weight
+        if transposed:
+            a, gb = layer.lora_embedding_A["default"], layer.lora_embedding_B["default"].grad
+        else:
+            a, gb = layer.lora_A["default"].weight, layer.lora_B["default"].weight.grad
+        s = layer.scaling["default"]
+        g_hat = s * gb @ a * (a.shape[1] / (s * s * a.pow(2).sum()))
+        expected = (g_hat.T if transposed else g_hat) * w
+        torch.testing.assert_close(est_mod._lora_importance(layer, w), expected.abs().detach(), rtol=1e-4, atol=1e-9)
 
 
 def test_magnitude_is_the_l2_norm_of_the_producer_slices(kmodel, kgroups):
