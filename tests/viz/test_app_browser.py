@@ -21,7 +21,7 @@ def cy_nodes(duo, selector="node"):
     return duo.driver.execute_script(CY + f"return cy.$({selector!r}).map(n => n.id());") or []
 
 
-def until(cond, timeout=20, step=0.1, msg="condition"):
+def until(cond, timeout=45, step=0.1, msg="condition"):
     end = time.time() + timeout
     while time.time() < end:
         value = cond()
@@ -58,7 +58,7 @@ def test_expanding_a_block_shows_its_ops(dash_duo, app_state):
     assert not any(n.startswith("m:model.layers.0.") for n in before)
     dash_duo.driver.execute_script(CY + "cy.getElementById('m:model.layers.0').emit('tap');")
     until(lambda: "m:model.layers.0.self_attn" in cy_nodes(dash_duo), msg="block expanded to modules")
-    dash_duo.wait_for_contains_text("#node-details", "LlamaDecoderLayer", timeout=10)
+    dash_duo.wait_for_contains_text("#node-details", "LlamaDecoderLayer", timeout=30)
     dash_duo.driver.execute_script(CY + "cy.getElementById('m:model.layers.0.self_attn').emit('tap');")
     ops = until(lambda: [n for n in cy_nodes(dash_duo) if n.startswith("o:")] if "m:model.layers.0.self_attn"
                 not in cy_nodes(dash_duo) else None, msg="attention expanded to ops")
@@ -79,8 +79,8 @@ def test_selecting_a_group_in_the_table_highlights_its_ops(dash_duo, app_state):
         "if (n) api.ensureNodeVisible(n, 'middle'); return !!n;"), msg="grid api")
     cell = dash_duo.wait_for_element(f'.ag-row[row-id="{gid}"] .ag-cell[col-id="kind"]', timeout=20)
     cell.click()
-    dash_duo.wait_for_contains_text("#sel-summary", gid, timeout=10)
-    dash_duo.wait_for_contains_text("#units-panel", "gate_proj", timeout=10)
+    dash_duo.wait_for_contains_text("#sel-summary", gid, timeout=30)
+    dash_duo.wait_for_contains_text("#units-panel", "gate_proj", timeout=30)
     open_tab(dash_duo, "Graph")
     lit = until(lambda: cy_nodes(dash_duo, "node.g-sel"), msg="highlighted nodes")
     assert "m:model.layers.0" in lit and "m:model.layers.1" not in lit
@@ -96,7 +96,7 @@ def test_knowledge_heatmap_renders_from_a_real_report_and_selects_a_group(dash_d
     if not ok:  # the library call has not landed: the view must say so
         dash_duo.start_server(create_app(app_state))
         open_tab(dash_duo, "Knowledge")
-        dash_duo.wait_for_contains_text("#knowledge-view", "run an analysis", timeout=10)
+        dash_duo.wait_for_contains_text("#knowledge-view", "run an analysis", timeout=30)
         pytest.skip(f"knowledge analysis not available: {why}")
     job = submit(app_state.registry, "analyze", {"model": str(model_dir), "estimator": "magnitude"},
                  app_state.runs_dir, kinds=app_state.kinds)
@@ -113,13 +113,13 @@ def test_knowledge_heatmap_renders_from_a_real_report_and_selects_a_group(dash_d
 
 def _run_form(duo, kind_label, values):
     open_tab(duo, "Jobs")
-    duo.wait_for_element("#job-kind", timeout=10)
+    duo.wait_for_element("#job-kind", timeout=30)
     if kind_label not in duo.find_element("#job-kind").text:
         duo.select_dcc_dropdown("#job-kind", value=kind_label)
     first = next(iter(values))  # the form is re-rendered for the chosen kind: wait for its fields
     until(lambda: duo.find_elements(f'#job-form input[id*=\'"name":"{first}"\']'), msg="form fields")
     for name, value in values.items():
-        box = duo.wait_for_element(f'#job-form input[id*=\'"name":"{name}"\']', timeout=10)
+        box = duo.wait_for_element(f'#job-form input[id*=\'"name":"{name}"\']', timeout=30)
         box.send_keys(Keys.CONTROL, "a")  # WebElement.clear() does not reach React's onChange
         box.send_keys(Keys.DELETE)
         box.send_keys(str(value))
@@ -145,14 +145,14 @@ def test_a_graph_job_runs_from_the_form_with_advancing_progress(dash_duo, app_st
 
     until(progressed, timeout=120, step=0.05, msg="graph job to finish")
     assert seen == sorted(seen) and seen[-1] == 100 and len(seen) >= 2, seen
-    dash_duo.wait_for_contains_text("#job-log", "finding groups", timeout=10)
+    dash_duo.wait_for_contains_text("#job-log", "finding groups", timeout=30)
 
 
 def test_invalid_form_values_show_field_messages(dash_duo, app_state):
     dash_duo.start_server(create_app(app_state))
     _run_form(dash_duo, "Steps (test)", {"steps": "many"})
-    dash_duo.wait_for_contains_text("#job-submit-msg", "Fix the marked fields", timeout=10)
-    dash_duo.wait_for_contains_text("#job-form", "must be a number", timeout=10)
+    dash_duo.wait_for_contains_text("#job-submit-msg", "Fix the marked fields", timeout=30)
+    dash_duo.wait_for_contains_text("#job-form", "must be a number", timeout=30)
 
 
 def test_a_long_job_can_be_cancelled_and_its_process_is_gone(dash_duo, app_state):
