@@ -276,12 +276,14 @@ def _has_lora(model: nn.Module) -> bool:
     return any(is_lora_param(n) for n, _ in model.named_parameters())
 
 
-_ROW_CHUNK = 2048  # rows of Ĝ formed at a time: bounds the temporaries to a slice of the largest module
+_CHUNK_ELEMENTS = 1 << 22  # elements of Ĝ formed at a time (16 MiB in fp32), whatever the module's size
 
 
-def _lora_importance(layer: nn.Module, weight: torch.Tensor, unbias: bool = True) -> torch.Tensor | None:
-    """``|Ĝ ⊙ W'|`` (out × in, fp32) with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)`` summed over the active adapters and
-    ``W' = W + s·B·A``, built in row chunks so that only one weight-sized tensor (the result) is allocated.
+def _lora_importance(layer: nn.Module, weight: torch.Tensor, unbias: bool = True) -> dict[int, torch.Tensor] | None:
+    """Per-index sums of ``|Ĝ ⊙ W'|`` along each axis of the weight (``{0: row sums, 1: column sums}``, fp32),
+    with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)`` summed over the active adapters and ``W' = W + s·B·A``. Built in
+    chunks of rows and reduced on the fly, so no weight-sized tensor is ever allocated — only the rank-r
+    factors, their gradients and one 16 MiB chunk.
 
     With a fresh adapter (B = 0, hence ∇A = 0) the estimate is ``Ĝ = s²·∇W'·AᵀA``: a rank-r sketch of the
     true gradient along the input axis whose expectation over A (iid, zero-mean entries) is
@@ -310,20 +312,24 @@ def _lora_importance(layer: nn.Module, weight: torch.Tensor, unbias: bool = True
         parts.append((a, b, ga, gb, s, g_scale))
     if not parts:
         return None
-    fan_in_fan_out = embedding or getattr(layer, "fan_in_fan_out", False)
+    transposed = embedding or getattr(layer, "fan_in_fan_out", False)
     w = weight.detach()
-    w = w.T if fan_in_fan_out else w  # work in (out, in)
-    out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
-    for r0 in range(0, w.shape[0], _ROW_CHUNK):
-        rows = slice(r0, r0 + _ROW_CHUNK)
-        g = torch.zeros_like(out[rows])
+    w = w.T if transposed else w  # work in (out, in)
+    row_sums = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    col_sums = torch.zeros(w.shape[1], dtype=torch.float32, device=w.device)
+    step = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
+    for r0 in range(0, w.shape[0], step):
+        rows = slice(r0, r0 + step)
+        g = torch.zeros((min(step, w.shape[0] - r0), w.shape[1]), dtype=torch.float32, device=w.device)
         w_eff = w[rows].float().clone()
         for a, b, ga, gb, s, g_scale in parts:
             # ∇B·A + B·∇A − ∇B·∇A = ∇B·(A − ∇A) + B·∇A
             g.addmm_(gb[rows], a - ga, alpha=g_scale).addmm_(b[rows], ga, alpha=g_scale)
             w_eff.addmm_(b[rows], a, alpha=s)
-        out[rows] = g.mul_(w_eff).abs_()
-    return out.T if fan_in_fan_out else out
+        imp = g.mul_(w_eff).abs_()
+        row_sums[rows] = imp.sum(1)
+        col_sums += imp.sum(0)
+    return {0: col_sums, 1: row_sums} if transposed else {0: row_sums, 1: col_sums}
 
 
 def _fresh_embedding_adapters(peft_model: nn.Module) -> None:

@@ -42,10 +42,15 @@ class Slice:
     unit_of: torch.Tensor  # [size along axis] -> unit id (long)
     lora: nn.Module | None  # the PEFT LoRA layer wrapping this weight, if any
 
-    def reduce(self, elem: torch.Tensor, n_units: int) -> torch.Tensor:
-        """Sum an element-wise score tensor (same shape as the weight) into one value per unit (float64)."""
-        other = [d for d in range(elem.dim()) if d != self.axis]
-        per_index = elem.sum(dim=other) if other else elem
+    def reduce(self, elem: torch.Tensor | dict[int, torch.Tensor], n_units: int) -> torch.Tensor:
+        """Sum an element-wise score tensor (same shape as the weight) into one value per unit (float64).
+        ``elem`` may instead be ``{axis: per-index sums over the other axes}`` (estimators that never
+        materialise the element-wise scores)."""
+        if isinstance(elem, dict):
+            per_index = elem[self.axis]
+        else:
+            other = [d for d in range(elem.dim()) if d != self.axis]
+            per_index = elem.sum(dim=other) if other else elem
         out = torch.zeros(n_units, dtype=torch.float64)
         out.index_add_(0, self.unit_of, per_index.detach().to("cpu", torch.float64))
         return out
