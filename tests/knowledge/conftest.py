@@ -43,9 +43,7 @@ def ksamples(kmodel, ktokenizer):
     return samples, info
 
 
-@pytest.fixture(scope="session")
-def reports(kmodel, kgroups, ksamples):
-    """One report per estimator on the same windows; ablation at 1 head / 128 MLP channels / 64 hidden channels."""
+def _compute_reports(kmodel, kgroups, ksamples):
     from lorashear.knowledge import analyze
 
     samples, info = ksamples
@@ -56,6 +54,31 @@ def reports(kmodel, kgroups, ksamples):
         "taylor": analyze(kmodel, samples, estimator="taylor", **common),
         "magnitude": analyze(kmodel, None, estimator="magnitude", **common),
     }
+
+
+@pytest.fixture(scope="session")
+def reports(kmodel, kgroups, ksamples, tmp_path_factory, request):
+    """One report per estimator on the same windows; ablation at 1 head / 128 MLP channels / 64 hidden channels.
+
+    Under pytest-xdist the first worker computes them and saves the files; the others load them (a report
+    round-trips exactly, see test_knowledge_report), so the ~1 minute of estimator work is paid once."""
+    if not hasattr(request.config, "workerinput"):  # not running under xdist
+        return _compute_reports(kmodel, kgroups, ksamples)
+    import fcntl
+
+    from lorashear.knowledge import load_report
+
+    root = tmp_path_factory.getbasetemp().parent / "knowledge_reports"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        names = ("ablation", "lora_taylor", "taylor", "magnitude")
+        if all((root / f"{n}.parquet").exists() for n in names):
+            return {n: load_report(root / f"{n}.parquet") for n in names}
+        out = _compute_reports(kmodel, kgroups, ksamples)
+        for n, rep in out.items():
+            rep.save(root / f"{n}.parquet")
+        return out
 
 
 @pytest.fixture

@@ -31,14 +31,20 @@ def _unit_sum(elem, member, n_units):
     return out
 
 
-def test_model_is_unchanged_after_every_estimator(reports, kmodel):
+def test_model_is_unchanged_after_every_estimator(kmodel, kgroups, ksamples):
     from transformers import AutoModelForCausalLM
 
+    samples = ksamples[0][:2, :16]
+    layer1 = [g for g in kgroups if g.prunable and g.layer in (None, 1)]
+    ablation(kmodel, layer1, samples, bins={"mlp": 320, "hidden": 128})
+    lora_taylor(kmodel, kgroups, samples)
+    taylor(kmodel, layer1, samples, variant="second")
+    magnitude(kmodel, kgroups)
     pristine = AutoModelForCausalLM.from_pretrained(lorashear.DEMO_MODEL_DIR, dtype=torch.float32)
     mine, ref = dict(kmodel.named_parameters()), dict(pristine.named_parameters())
     assert mine.keys() == ref.keys()
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
-    assert all(p.grad is None for p in kmodel.parameters())
+    assert all(p.grad is None and p.requires_grad for p in kmodel.parameters())
     assert type(kmodel.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # LoRA adapters removed again
 
 
