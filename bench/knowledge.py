@@ -52,7 +52,7 @@ def demo_part(args) -> dict:
     from lorashear.evaluate import load_model
     from lorashear.groups import find_groups
     from lorashear.trace import trace
-    from lorashear.knowledge import analyze, calibration_data, rank_agreement
+    from lorashear.knowledge import analyze, calibration_data, rank_agreement, select_unprunable
 
     model, tok = load_model("demo", device="cpu")
     t = time.perf_counter()
@@ -75,6 +75,12 @@ def demo_part(args) -> dict:
         seconds[name] = time.perf_counter() - t
         print(f"  {name}: {seconds[name]:.1f} s", flush=True)
     kinds = ["attention", "mlp", "hidden"]
+
+    def protected(rep) -> set:  # the γ = 0.2 unprunable units (global, by score per parameter)
+        u = select_unprunable(rep, 0.2).units
+        return set(zip(u.loc[u["unprunable"], "group"], u.loc[u["unprunable"], "unit"]))
+
+    truth = protected(reports["ablation"])
     rows, out = [], {"trace_seconds": trace_s, "samples": args.samples, "seq_len": args.seq_len,
                      "base_loss": reports["ablation"].meta["notes"]["base_loss"], "estimators": {}}
     for name, rep in reports.items():
@@ -88,12 +94,16 @@ def demo_part(args) -> dict:
                 cells.append(f"{agree.loc[k, 'spearman']:+.2f} / {agree.loc[k, 'spearman_within']:+.2f}")
         else:
             cells += ["(reference)"] * len(kinds)
+        overlap = len(protected(rep) & truth) / max(len(truth), 1)
+        entry["gamma_0.2_overlap"] = overlap
+        cells.append(f"{overlap:.0%}")
         out["estimators"][name] = entry
         rows.append(cells)
     print(f"\nDemo model ({sum(p.numel() for p in model.parameters()):,} parameters), {args.samples}×{args.seq_len} calibration "
           f"tokens, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; trace {trace_s:.1f} s (not included)")
-    print("Spearman with ablation: pooled over layers / mean within a layer; ablation blocks: 1 head, 16 MLP channels, 16 hidden channels")
-    print(_table(["estimator", "seconds"] + [f"{k}" for k in kinds], rows))
+    print("Spearman with ablation: pooled over layers / mean within a layer; ablation blocks: 1 head, 16 MLP channels, 16 hidden channels;")
+    print("γ=0.2 overlap: share of the units ablation would protect (top 20% by score per parameter) that the estimator protects too")
+    print(_table(["estimator", "seconds"] + [f"{k}" for k in kinds] + ["γ=0.2 overlap"], rows))
     return out
 
 
