@@ -289,3 +289,133 @@ def _app(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise LorashearError(f"the app needs the [app] extra (pip install 'lorashear[app]'): {exc}") from None
     return run(args)
+
+
+# ------------------------------------------------------------------------------------------- pruning
+def _plan_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
+    p.add_argument("model", help="model folder, 'demo'" + ("" if run else ", or a config JSON with --meta"))
+    p.add_argument("--ratio", type=float, required=True, help="fraction of the model's parameters to remove, in (0, 1)")
+    p.add_argument("--kinds", default="attention,mlp", help="group kinds that may be pruned: attention, mlp, hidden (default: attention,mlp)")
+    p.add_argument("--allocation", default="global", choices=("global", "uniform"),
+                   help="global: by saliency per parameter across layers; uniform: the same fraction in every layer")
+    p.add_argument("--layers", default=None, metavar="START:STOP", help="only prune these decoder layers, e.g. 4:30 or 0.1:0.9")
+    p.add_argument("--align", type=int, default=None, metavar="N", help="keep every pruned width a multiple of N")
+    p.add_argument("--knowledge", default=None, metavar="REPORT", help="knowledge report (lorashear analyze) of this model")
+    p.add_argument("--gamma", type=float, default=None, help="protect the top GAMMA of the report (needs --knowledge)")
+    p.add_argument("--gamma-level", default="group", choices=("unit", "layer", "group"),
+                   help="what GAMMA ranks: node groups (one layer's attention or MLP; the paper's default), layers or units")
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    _plan_args(p, run=True)
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
+    p.add_argument("--data", action="append", metavar="SPEC", help="training text: demo (train split) or [NAME=]PATH; repeatable")
+    p.add_argument("--eval-data", action="append", metavar="SPEC", help="evaluation text (default: demo, validation split)")
+    p.add_argument("--method", default="lhspg", help="pruning method (default: lhspg)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps in all: warm-up, periods and after (default 200)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="LoRA warm-up steps (default: 10%% of --steps)")
+    p.add_argument("--periods", type=int, default=4, help="pruning periods (default 4)")
+    p.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 60%% of --steps over the periods)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-targets", default="all-linear", help="all-linear (every linear projection) or comma-separated module names")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--epsilon", type=float, default=0.0, help="half-space projection threshold ε in [0, 1)")
+    p.add_argument("--saliency", default="lora-taylor", choices=("lora-taylor", "magnitude"), help="LHSPG's per-unit saliency")
+    p.add_argument("--score-every", type=int, default=1, help="update the saliency EMA every N steps")
+    p.add_argument("--no-merge-survivors", action="store_true", help="do not merge surviving units' LoRA at period ends")
+    p.add_argument("--distill", type=float, default=0.0, help="weight of a KL term against the dense model's logits")
+    p.add_argument("--eval-tokens", type=int, default=16384, help="tokens per evaluation source (before and after)")
+    p.add_argument("--no-latency", action="store_true", help="skip the dense/pruned latency measurement")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda + bf16 when present, else cpu + fp32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _plan_cmd_args(p: argparse.ArgumentParser) -> None:
+    _plan_args(p)
+    p.add_argument("--out", required=True, help="plan file (.json)")
+    p.add_argument("--meta", action="store_true", help="structure only (a config file): units in index order")
+
+
+@command("plan", help="Which units a prune run would remove at a target ratio; write plan.json and print a per-layer table.")
+@arguments(_plan_cmd_args)
+def _plan(args: argparse.Namespace) -> int:
+    from .prune.preview import plan_model
+
+    plan = plan_model(args.model, ratio=args.ratio, kinds=_kinds(args.kinds), allocation=args.allocation,
+                      layers=args.layers, align=args.align, knowledge=args.knowledge, gamma=args.gamma,
+                      gamma_level=args.gamma_level, meta=args.meta)
+    path = plan.save(args.out)
+    _print_plan(plan)
+    print(f"wrote {path}")
+    return 0
+
+
+def _print_plan(plan) -> None:
+    rows = sorted(plan.by_layer().items(), key=lambda kv: (kv[0] == "model", int(kv[0]) if kv[0].isdigit() else 0))
+    kinds = list(plan.spec.kinds)
+    print("layer  " + "  ".join(f"{k:>10}" for k in kinds))
+    for layer, counts in rows:
+        print(f"{layer:>5}  " + "  ".join(f"{counts.get(k, 0):>10,}" for k in kinds))
+    print(f"parameters {plan.params_total:,} → {plan.params_total - plan.params_removed:,}: removed {plan.params_removed:,} "
+          f"({plan.ratio_achieved:.4f}; target {plan.spec.ratio:g} = {plan.params_target:,}); scores: {plan.scores_from}")
+
+
+@command("prune", help="Prune a model structurally (LHSPG on LoRA) to a parameter ratio; write the smaller model, plan and run report.")
+@arguments(_prune_args)
+def _prune(args: argparse.Namespace) -> int:
+    from .prune.run import PruneSettings, prune
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = PruneSettings(
+        ratio=args.ratio, method=args.method, kinds=_kinds(args.kinds), allocation=args.allocation, layers=args.layers,
+        align=args.align, knowledge=args.knowledge, gamma=args.gamma, gamma_level=args.gamma_level, steps=args.steps,
+        warmup_steps=args.warmup_steps, periods=args.periods, period_steps=args.period_steps, batch_size=args.batch_size,
+        seq_len=args.seq_len, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, lr=args.lr,
+        epsilon=args.epsilon, saliency=args.saliency, score_every=args.score_every,
+        merge_survivors=not args.no_merge_survivors, distill=args.distill, data=tuple(args.data or ["demo"]),
+        eval_data=tuple(args.eval_data or ["demo"]), eval_tokens=args.eval_tokens, seed=args.seed, device=args.device,
+        checkpoint_every=args.checkpoint_every, measure_latency=not args.no_latency)
+    bar = None
+
+    def progress(fraction: float, stage: str) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=1000, desc="prune", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(stage)
+
+    try:
+        report = prune(args.model, args.out, settings, resume=args.resume, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    b, a = report["eval_before"], report["eval_after"]
+    print(f"parameters {report['params_before']:,} → {report['params_after']:,} (removed {report['ratio_achieved']:.4f}; "
+          f"target {report['ratio_target']:g})")
+    for p in settings.eval_protocols:
+        print(f"mean perplexity ({p}): {b[f'mean_{p}']:.2f} dense → {a[f'mean_{p}']:.2f} pruned")
+    if "cost" in b and "cost" in a:
+        print(f"latency (batch 1 × {a['cost']['latency_seq_len']} tokens, {a['cost']['device']}): "
+              f"{b['cost']['latency_ms']:.1f} ms dense → {a['cost']['latency_ms']:.1f} ms pruned")
+    print(f"wrote {args.out}/model (the pruned model), plan.json, report.json")
+    return 0

@@ -222,10 +222,45 @@ ANALYZE = JobKind(
     requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.evaluate:load_model"),
     unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
 )
+def _prune_check(clean: dict[str, Any]) -> dict[str, str]:
+    errors = {}
+    kinds = [k.strip() for k in str(clean.get("kinds") or "").split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ("attention", "mlp", "hidden")]
+    if bad or not kinds:
+        errors["kinds"] = f"unknown group kind(s) {bad or '(none)'}; use attention, mlp, hidden"
+    if clean.get("gamma") is not None and not clean.get("knowledge"):
+        errors["gamma"] = "γ needs a knowledge report"
+    return errors
+
+
 PRUNE = JobKind(
     name="prune", label="Prune",
-    description="Progressive structured pruning with LHSPG (or the LLM-Pruner / LoRAPrune baselines).",
-    unavailable_reason="not available yet: the pruning library call (LHSPG) has not landed",
+    description="Structured pruning with LHSPG on LoRA adaptors to a parameter ratio: warm-up, progressive periods, "
+                "then the smaller model (save_pruned), its plan and a run report with perplexity before/after.",
+    params=(
+        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
+        Param("ratio", "Target ratio of parameters to remove", "float", default=0.2, required=True, min=0.001, max=0.999),
+        Param("method", "Method", "choice", default="lhspg", choices=("lhspg",)),
+        Param("kinds", "Group kinds", "text", default="attention,mlp", help="comma-separated: attention, mlp, hidden"),
+        Param("allocation", "Allocation", "choice", default="global", choices=("global", "uniform")),
+        Param("layers", "Layer range", "text", help="START:STOP, e.g. 1:5 (blank: all layers)"),
+        Param("align", "Align widths to a multiple of", "int", min=1, help="blank: no alignment"),
+        Param("knowledge", "Knowledge report", "file", help="protect the top γ of this report"),
+        Param("gamma", "γ: protect the top fraction of node groups", "float", min=0.0, max=0.999),
+        Param("data", "Training data", "text", default="demo", help="comma-separated: demo or NAME=PATH"),
+        Param("steps", "Optimizer steps (in all)", "int", default=200, min=1, max=10_000_000),
+        Param("batch_size", "Batch size", "int", default=4, min=1, max=4096),
+        Param("seq_len", "Tokens per sequence", "int", default=128, min=2, max=1_000_000),
+        Param("lr", "Learning rate", "float", default=2e-4, min=1e-8, max=1.0),
+        Param("epsilon", "Half-space ε", "float", default=0.0, min=0.0, max=0.999),
+        Param("eval_tokens", "Evaluation tokens per source", "int", default=16384, min=256),
+        Param("seed", "Seed", "int", default=0, min=0),
+        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
+    ),
+    entry="lorashear.jobs.prune_job:run",
+    requires=("lorashear.prune:prune",),
+    resumable=True,
+    extra={"check": _prune_check},
 )
 RECOVER = JobKind(
     name="recover", label="Recover",

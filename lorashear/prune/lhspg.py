@@ -1,0 +1,356 @@
+"""LHSPG — LoRA Half-Space Projected Gradient (LoRAShear, Algorithm 4) as a ``torch.optim.Optimizer``.
+
+The optimizer owns only the LoRA factors (AdamW on A and B); base weights never get a gradient. Around each
+AdamW step it runs the pruning schedule (formulation and defaults: ``docs/lhspg.md``):
+
+* **warm-up** (``warmup_steps``): LoRA trains; a saliency EMA per unit is updated from LoRA information only
+  (LoRA-Taylor ``|Ĝ ⊙ W'|`` over the unit's producer rows, or ``‖x_u‖``), every ``score_every`` steps;
+* at the end of warm-up the **plan** is fixed (``make_plan`` on the EMA, or the plan given): how many units each
+  group loses, reaching the parameter target within one unit;
+* ``periods`` **periods** of ``period_steps`` steps: at each period start the saliency is re-read and every
+  group's share of its quota is taken from its lowest-saliency remaining units (the redundant set G_p); their
+  LoRA-B rows are merged into the base rows and zeroed. At every step of the period, after AdamW:
+  ``x̃_u = [W + s·B·A]_u − x_u/(T_p − t)`` (``η·λ_u = ‖x_u‖/(T_p − t)``: a linear ramp to zero), the
+  half-space test ``⟨x̃_u, x_u⟩ < ε·‖x_u‖²`` sends a unit straight to zero, ``W_u ← x̃_u`` and ``B_u ← 0``. At a
+  period's last step its units are set exactly to zero and stay masked; then the surviving units' LoRA is
+  merged into the base weights (``W += s·B·A``, ``B ← 0``, AdamW state of the factors reset), as in Algorithm 4;
+* after the last period, training continues with the masked units held at zero.
+
+Everything the schedule needs to continue is in ``state_dict`` (saliency, plan, masks, position), so a
+checkpoint of model + optimizer resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LorashearError
+from ..groups import Group
+from ..knowledge.slices import is_lora_param
+from .plan import Plan, PlanSpec, candidate_groups, make_plan, period_share
+from .units import UnitSlice, unit_slices, zero_units
+
+SALIENCY = ("lora-taylor", "magnitude", "report")
+
+
+class LHSPG(torch.optim.AdamW):
+    """See the module docstring. ``model`` is a PEFT LoRA model; ``groups`` its groups (traced from the base)."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, warmup_steps: int = 20,
+                 periods: int = 4, period_steps: int = 30, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, epsilon: float = 0.0, saliency: str = "lora-taylor", ema: float = 0.9,
+                 score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None,
+                 report_scores: Mapping[str, np.ndarray] | None = None, rescore: bool = True):
+        lora = [p for n, p in model.named_parameters() if is_lora_param(n)]
+        if not lora:
+            raise LorashearError("LHSPG needs a PEFT LoRA model (no LoRA parameters found)")
+        base_grads = [n for n, p in model.named_parameters() if p.requires_grad and not is_lora_param(n)]
+        if base_grads:
+            raise LorashearError(f"base weights must be frozen for LHSPG; trainable: {base_grads[:3]}")
+        if saliency not in SALIENCY:
+            raise LorashearError(f"unknown saliency {saliency!r}; choose one of {', '.join(SALIENCY)}")
+        if saliency == "report" and not report_scores:
+            raise LorashearError("saliency 'report' needs a knowledge report")
+        for name, v in (("warmup_steps", warmup_steps), ("period_steps", period_steps)):
+            if not isinstance(v, int) or v < (0 if name == "warmup_steps" else 1):
+                raise LorashearError(f"{name} must be an integer >= {0 if name == 'warmup_steps' else 1}, got {v!r}")
+        if not isinstance(periods, int) or periods < 1:
+            raise LorashearError(f"periods must be an integer >= 1, got {periods!r}")
+        if not 0.0 <= epsilon < 1.0:
+            raise LorashearError(f"epsilon must be in [0, 1), got {epsilon!r}")
+        super().__init__(lora, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.model, self.groups, self.spec = model, list(groups), spec
+        self.cands = candidate_groups(self.groups, spec)
+        self.n_units = {g.id: g.n_units for g in self.cands}
+        self.slices: dict[str, list[UnitSlice]] = unit_slices(model, self.cands)
+        self.lora_layers = _lora_layers(model)
+        self.hp = dict(warmup_steps=warmup_steps, periods=periods, period_steps=period_steps, epsilon=float(epsilon),
+                       saliency=saliency, ema=float(ema), score_every=max(1, int(score_every)),
+                       merge_survivors=bool(merge_survivors), rescore=bool(rescore))
+        self.report_scores = {k: np.asarray(v, dtype=np.float64) for k, v in (report_scores or {}).items()}
+        self.sched: dict[str, Any] = {
+            "step": 0,  # optimizer steps taken
+            "scores": {},  # group id -> saliency EMA per unit (list of floats)
+            "plan": plan.to_dict() if plan is not None else None,
+            "quota": {gid: len(u) for gid, u in plan.removal.items()} if plan is not None else None,
+            "masked": {},  # group id -> units already zero
+            "period": None,  # {"index", "start", "units": {gid: [...]}}
+            "periods": [],  # units taken per period (the history)
+            "events": [],  # (step, what)
+        }
+        self._plan_obj = plan
+        self._period_idx: list | None = None  # cached slice indices of the current period
+        self._masked_idx: list | None = None
+
+    # ------------------------------------------------------------------------------------ schedule
+    @property
+    def total_steps(self) -> int:
+        """Steps the schedule needs: warm-up plus every period (training may go on after)."""
+        return self.hp["warmup_steps"] + self.hp["periods"] * self.hp["period_steps"]
+
+    def phase(self, step: int | None = None) -> str:
+        t = self.sched["step"] if step is None else step
+        if t < self.hp["warmup_steps"]:
+            return "warmup"
+        return "pruning" if t < self.total_steps else "after"
+
+    def period_index(self, step: int | None = None) -> int | None:
+        t = (self.sched["step"] if step is None else step) - self.hp["warmup_steps"]
+        if t < 0 or t >= self.hp["periods"] * self.hp["period_steps"]:
+            return None
+        return t // self.hp["period_steps"]
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan_obj
+
+    def removal(self) -> dict[str, list[int]]:
+        """Units that are zero now (masked), per group."""
+        return {gid: sorted(u) for gid, u in self.sched["masked"].items() if u}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        t = self.sched["step"]
+        phase = self.phase(t)
+        if phase != "after" and (t % self.hp["score_every"] == 0 or t == self.hp["warmup_steps"]):
+            self._score()
+        if phase == "pruning":
+            p = self.period_index(t)
+            if (t - self.hp["warmup_steps"]) % self.hp["period_steps"] == 0:
+                if self._plan_obj is None:
+                    self._fix_plan()
+                self._start_period(p)
+        super().step()
+        self._hold_masked()
+        if phase == "pruning":
+            self._shrink(t)
+        self.sched["step"] = t + 1
+        return loss
+
+    # ------------------------------------------------------------------------------------ saliency
+    def _score(self) -> None:
+        """Update the saliency EMA of every candidate unit from LoRA information only."""
+        how = self.hp["saliency"]
+        if how == "report":
+            new = {gid: self.report_scores.get(gid, np.full(n, np.nan)) for gid, n in self.n_units.items()}
+        elif how == "magnitude":
+            from .units import effective_norms
+
+            new = {gid: v.numpy() for gid, v in effective_norms(self.slices, self.n_units).items()}
+        else:
+            new = self._lora_taylor()
+            if new is None:  # no gradients yet (e.g. a step without backward)
+                return
+        beta = self.hp["ema"]
+        for gid, v in new.items():
+            old = self.sched["scores"].get(gid)
+            v = np.asarray(v, dtype=np.float64)
+            self.sched["scores"][gid] = (v if old is None else beta * np.asarray(old) + (1 - beta) * v).tolist()
+
+    def _lora_taylor(self) -> dict[str, np.ndarray] | None:
+        from ..knowledge.estimators import _lora_importance
+
+        cache: dict[int, dict[int, torch.Tensor] | None] = {}
+        out: dict[str, np.ndarray] = {}
+        any_grad = False
+        for gid, sls in self.slices.items():
+            acc = torch.zeros(self.n_units[gid], dtype=torch.float64)
+            for us in sls:
+                if us.lora_b is None:
+                    continue
+                layer = self.lora_layers.get(id(us.lora_b))
+                key = id(us.base)
+                if key not in cache:
+                    cache[key] = _lora_importance(layer, us.base, unbias=True) if layer is not None else None
+                imp = cache[key]
+                if imp is None:
+                    continue
+                any_grad = True
+                # _lora_importance works in (out, in); a producer slice is always the output axis (its axis 0)
+                acc.index_add_(0, us.unit_of, imp[0].detach().double().cpu())
+            out[gid] = acc.numpy()
+        return out if any_grad else None
+
+    # --------------------------------------------------------------------------------------- periods
+    def _fix_plan(self) -> None:
+        scores = {gid: np.asarray(v) for gid, v in self.sched["scores"].items()}
+        plan = make_plan(self.model, self.groups, self.spec, scores, scores_from=f"LHSPG saliency EMA ({self.hp['saliency']}) "
+                         f"after {self.sched['step']} warm-up steps")
+        self._plan_obj = plan
+        self.sched["plan"] = plan.to_dict()
+        self.sched["quota"] = {gid: len(u) for gid, u in plan.removal.items()}
+
+    def _start_period(self, p: int) -> None:
+        quota, masked = self.sched["quota"], self.sched["masked"]
+        protected = {gid: set(u) for gid, u in self.spec.protected.items()}
+        chosen: dict[str, list[int]] = {}
+        P = self.hp["periods"]
+        for gid, q in quota.items():
+            k = period_share(q, p, P)
+            if k == 0:
+                continue
+            if self.hp["rescore"] or self._plan_obj is None:
+                s = np.asarray(self.sched["scores"].get(gid, np.zeros(self.n_units[gid])), dtype=np.float64)
+                taken = set(masked.get(gid, ())) | protected.get(gid, set())
+                order = [int(u) for u in np.lexsort((np.arange(len(s)), np.where(np.isnan(s), np.inf, s))) if int(u) not in taken]
+            else:
+                planned = self._plan_obj.removal.get(gid, [])
+                order = [u for u in planned if u not in set(masked.get(gid, ()))]
+            chosen[gid] = sorted(order[:k])
+        self.sched["period"] = {"index": p, "start": self.sched["step"], "units": chosen}
+        self.sched["events"].append([self.sched["step"], f"period {p + 1}/{P} starts: {sum(map(len, chosen.values()))} units"])
+        self._period_idx = None
+        # merge the period's LoRA-B rows into the base rows: x_u now lives in W alone
+        for ent in self._period_entries():
+            us, idx = ent[0], ent[1]
+            d = us.delta(idx)
+            if d is not None:
+                us.write(idx, us.rows(idx) + d.to(us.base.device))
+                us.zero_lora_rows(idx)
+
+    def _period_entries(self) -> list[tuple[UnitSlice, torch.Tensor, torch.Tensor]]:
+        """(slice, indices, unit position of each index in the period's unit list), cached per period."""
+        if self._period_idx is None:
+            per = self.sched["period"]
+            ents = []
+            pos = 0
+            for gid, units in per["units"].items():
+                local = {u: pos + i for i, u in enumerate(units)}
+                for us in self.slices[gid]:
+                    idx = us.indices(units)
+                    key = torch.tensor([local[int(u)] for u in us.unit_of[idx].tolist()], dtype=torch.long)
+                    ents.append((us, idx, key))
+                pos += len(units)
+            self._period_idx = ents
+            self._n_period_units = pos
+        return self._period_idx
+
+    def _shrink(self, t: int) -> None:
+        per = self.sched["period"]
+        Tp = self.hp["period_steps"]
+        tp = t - per["start"]
+        dist = Tp - tp
+        ents = self._period_entries()
+        n = self._n_period_units
+        nx2 = torch.zeros(n, dtype=torch.float64)
+        dot = torch.zeros(n, dtype=torch.float64)
+        last = dist <= 1
+        if not last:
+            for us, idx, key in ents:
+                x = us.rows(idx)
+                d = us.delta(idx)
+                eff = x if d is None else x + d.to(x.device)
+                nx2.index_add_(0, key, x.pow(2).sum(1).double().cpu())
+                dot.index_add_(0, key, (eff * x).sum(1).double().cpu())
+            # <x̃, x> = <eff, x> − ‖x‖²/dist ; project to zero when below ε‖x‖²
+            zero = (dot - nx2 / dist) < self.hp["epsilon"] * nx2
+        else:
+            zero = torch.ones(n, dtype=torch.bool)
+        for us, idx, key in ents:
+            z = zero[key]
+            if bool(z.all()):
+                us.base.data.index_fill_(us.axis, idx.to(us.base.device), 0.0)
+            else:
+                x = us.rows(idx)
+                d = us.delta(idx)
+                eff = x if d is None else x + d.to(x.device)
+                new = eff - x / dist
+                new[z.to(new.device)] = 0.0
+                us.write(idx, new)
+            us.zero_lora_rows(idx)
+        if last:
+            for gid, units in per["units"].items():
+                self.sched["masked"].setdefault(gid, [])
+                self.sched["masked"][gid] = sorted(set(self.sched["masked"][gid]) | set(units))
+            self.sched["periods"].append(per["units"])
+            self.sched["events"].append([t + 1, f"period {per['index'] + 1} ends: units zero and masked"])
+            self.sched["period"] = None
+            self._period_idx = None
+            self._masked_idx = None
+            if self.hp["merge_survivors"]:
+                self.merge_lora()
+            if per["index"] == self.hp["periods"] - 1 and self._plan_obj is not None:
+                self._plan_obj.removal = self.removal()
+                self._plan_obj.periods = [dict(p) for p in self.sched["periods"]]
+                self.sched["plan"] = self._plan_obj.to_dict()
+
+    def _hold_masked(self) -> None:
+        """Masked units stay exactly zero: AdamW moved their LoRA-B rows; put them back to zero."""
+        if not self.sched["masked"]:
+            return
+        if self._masked_idx is None:
+            self._masked_idx = [(us, us.indices(units)) for gid, units in self.sched["masked"].items() if units
+                                for us in self.slices[gid] if us.lora_b is not None]
+        for us, idx in self._masked_idx:
+            us.zero_lora_rows(idx)
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """``W += s·B·A`` for every LoRA layer, then ``B ← 0`` and the factors' AdamW state reset: the effective
+        weights are unchanged and LoRA starts afresh from them (Algorithm 4's merge of the important groups)."""
+        for layer in {id(v): v for v in self.lora_layers.values()}.values():
+            for name in layer.active_adapters:
+                if name not in getattr(layer, "lora_A", {}) and name not in getattr(layer, "lora_embedding_A", {}):
+                    continue
+                base = layer.get_base_layer().weight
+                base.data += layer.get_delta_weight(name).to(base.dtype)
+                b = layer.lora_B[name].weight if name in layer.lora_A else layer.lora_embedding_B[name]
+                a = layer.lora_A[name].weight if name in layer.lora_A else layer.lora_embedding_A[name]
+                b.data.zero_()
+                for p in (a, b):
+                    self.state.pop(p, None)
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        sd = super().state_dict()
+        sd["lhspg"] = {"sched": json.dumps(self.sched), "hp": json.dumps(self.hp)}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        sd = dict(state_dict)
+        extra = sd.pop("lhspg", None)
+        super().load_state_dict(sd)
+        if extra is not None:
+            hp = json.loads(extra["hp"])
+            if hp != self.hp:
+                raise LorashearError(f"checkpoint was written with other LHSPG settings: {hp} vs {self.hp}")
+            self.sched = json.loads(extra["sched"])
+            if self.sched.get("plan"):
+                from .plan import plan_from_dict
+
+                self._plan_obj = plan_from_dict(self.sched["plan"])
+            self._period_idx = None
+            self._masked_idx = None
+
+    def metrics(self) -> dict[str, float]:
+        """Per-step numbers for the run report and the Jobs view."""
+        out: dict[str, float] = {"period": float(self.period_index() + 1) if self.period_index() is not None else 0.0}
+        removed = self.removal()
+        for kind in self.spec.kinds:
+            tot = sum(g.n_units for g in self.cands if g.kind == kind)
+            if tot:
+                out[f"sparsity_{kind}"] = sum(len(removed.get(g.id, [])) for g in self.cands if g.kind == kind) / tot
+        return out
+
+
+def _lora_layers(model: nn.Module) -> dict[int, nn.Module]:
+    """id(lora_B weight or lora_embedding_B) -> the PEFT LoRA layer that owns it."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for mod in model.modules():
+        if isinstance(mod, LoraLayer):
+            for name in mod.active_adapters:
+                if name in getattr(mod, "lora_B", {}):
+                    out[id(mod.lora_B[name].weight)] = mod
+                if name in getattr(mod, "lora_embedding_B", {}):
+                    out[id(mod.lora_embedding_B[name])] = mod
+    return out

@@ -1,0 +1,393 @@
+"""One pruning run: load → groups → LoRA → train with the pruning optimizer → compress → save → evaluate.
+
+``prune`` is the one library call behind ``lorashear prune``, the registry's ``prune`` job and the app's form.
+Its output folder::
+
+    OUT/model/          the compressed model (``save_pruned``, LoRA merged; sidecar names method, plan, settings)
+    OUT/plan.json       the plan (target, exact parameter counts, units per group, units per period)
+    OUT/report.json     the run report: per-step loss and sparsity, removed units per layer and kind over time,
+                        parameters before/after, perplexity before/after per source (both protocols), latency
+    OUT/run.json        settings and status (a different run is never written into the same folder)
+    OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
+
+Data order is a function of (seed, step) only, so a run resumed from a checkpoint draws exactly the batches the
+uninterrupted run would have drawn, and (on CPU, same thread count) ends with the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import LorashearError
+from ..jsonio import write_json_atomic
+from .plan import KINDS, PlanSpec, check_ratio, count_removed, parse_layers
+
+RUN_FORMAT = "lorashear.prune-run/1"
+REPORT_FORMAT = "lorashear.prune-report/1"
+METHODS = ("lhspg",)
+Progress = Callable[[float, str], None]
+Metric = Callable[[int, dict], None]
+
+
+@dataclass
+class PruneSettings:
+    """Everything that defines a run (``run.json``); two runs with equal settings give equal weights on CPU."""
+
+    ratio: float = 0.2
+    method: str = "lhspg"
+    kinds: tuple[str, ...] = ("attention", "mlp")
+    allocation: str = "global"
+    layers: str | None = None  # "4:30" or "0.1:0.9"
+    align: int | None = None
+    knowledge: str | None = None  # knowledge report path: protected units with gamma
+    gamma: float | None = None
+    gamma_level: str = "group"
+    steps: int = 200  # optimizer steps in all (warm-up, periods, and after)
+    warmup_steps: int | None = None  # default: 10 % of steps
+    periods: int = 4
+    period_steps: int | None = None  # default: 60 % of steps split over the periods
+    batch_size: int = 4
+    seq_len: int = 128
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "all-linear"
+    lr: float = 2e-4
+    epsilon: float = 0.0
+    saliency: str = "lora-taylor"
+    score_every: int = 1
+    merge_survivors: bool = True
+    distill: float = 0.0
+    data: tuple[str, ...] = ("demo",)
+    eval_data: tuple[str, ...] = ("demo",)
+    eval_tokens: int | None = 16384
+    eval_protocols: tuple[str, ...] = ("short", "long")
+    seed: int = 0
+    device: str | None = None
+    checkpoint_every: int = 50
+    measure_latency: bool = True
+
+    def __post_init__(self) -> None:
+        self.ratio = check_ratio(self.ratio)
+        self.kinds = tuple(self.kinds)
+        self.data, self.eval_data, self.eval_protocols = tuple(self.data), tuple(self.eval_data), tuple(self.eval_protocols)
+        if self.method not in METHODS:
+            raise LorashearError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise LorashearError(f"unknown group kind(s) {bad or '(none)'}; choose from {', '.join(KINDS)}")
+        for name in ("steps", "batch_size", "seq_len", "lora_r", "periods", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise LorashearError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LorashearError(f"lr must be a positive number, got {self.lr!r}")
+        if self.distill < 0:
+            raise LorashearError(f"distill weight must be >= 0, got {self.distill!r}")
+        if self.gamma is not None and not self.knowledge:
+            raise LorashearError("gamma needs a knowledge report (--knowledge REPORT)")
+        w = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+        ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 6 // 10) // self.periods)
+        if w < 0 or ps < 1:
+            raise LorashearError("warmup-steps must be >= 0 and period-steps >= 1")
+        if w + ps * self.periods > self.steps:
+            raise LorashearError(f"the schedule needs {w} warm-up + {self.periods} × {ps} period steps = "
+                                 f"{w + ps * self.periods} steps, more than --steps {self.steps}")
+        self.warmup_steps, self.period_steps = w, ps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------------------- output folder
+def _check_out(out: Path, settings: PruneSettings, resume: bool) -> dict | None:
+    """Refuse a folder that holds something else; returns the previous run.json when resuming."""
+    run_file = out / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise LorashearError(f"{out}: nothing to resume (no run.json)")
+        prev = json.loads(run_file.read_text())
+        if prev.get("settings") != settings.to_dict():
+            diff = sorted(k for k, v in settings.to_dict().items() if prev.get("settings", {}).get(k) != v)
+            raise LorashearError(f"{out}: holds a run with other settings ({', '.join(diff)}); resume with the same options")
+        if prev.get("status") == "finished":
+            raise LorashearError(f"{out}: that run already finished; nothing to resume")
+        return prev
+    if out.exists() and any(out.iterdir()):
+        what = "a different run" if run_file.is_file() else "other files"
+        raise LorashearError(f"{out}: already holds {what}; choose an empty --out (or --resume the run in it)")
+    return None
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ck = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    return ck[-1] if ck else None
+
+
+# --------------------------------------------------------------------------------------------- the run
+def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = None, *, resume: bool = False,
+          progress: Progress | None = None, metric: Metric | None = None, **overrides: Any) -> dict:
+    """Prune ``model`` (a model folder, ``demo``, or anything ``load_model`` takes) into ``out``; returns the
+    run report. ``overrides`` are ``PruneSettings`` fields."""
+    settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
+    out = Path(out)
+    prev = _check_out(out, settings, resume)
+    progress = progress or (lambda f, s: None)
+    metric = metric or (lambda step, values: None)
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {"format": RUN_FORMAT, "model": str(model), "settings": settings.to_dict(), "status": "running",
+                "started": prev["started"] if prev else time.strftime("%Y-%m-%dT%H:%M:%S"), "message": None}
+    write_json_atomic(out / "run.json", run_info)
+    try:
+        report = _run(model, out, settings, resume, progress, metric)
+    except BaseException as exc:
+        run_info.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        write_json_atomic(out / "run.json", run_info)
+        raise
+    run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json_atomic(out / "run.json", run_info)
+    return report
+
+
+def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric) -> dict:
+    from ..data import Mixture, load_sources
+    from ..evaluate import count_parameters, load_model, pick_device
+    from ..groups import find_groups
+    from ..trace import trace
+
+    t0 = time.time()
+    progress(0.01, "loading the model")
+    device, _ = pick_device(st.device)
+    model, tok = load_model(source, device=device)
+    torch.manual_seed(st.seed)
+    progress(0.03, "tracing groups")
+    groups = find_groups(trace(model))
+    n_layers = getattr(model.config, "num_hidden_layers", None) or 1 + max((g.layer for g in groups if g.layer is not None), default=0)
+    spec = PlanSpec(ratio=st.ratio, kinds=st.kinds, allocation=st.allocation, layers=parse_layers(st.layers, n_layers),
+                    align=st.align, protected=_protected(st, model, groups))
+    train_sources = load_sources(list(st.data), split="train")
+    eval_sources = load_sources(list(st.eval_data), split="validation")
+    packed = Mixture(train_sources, name="training data").pack(tok, st.seq_len, model=model)
+    params_before = count_parameters(model)
+    before_eval = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
+    teacher = None
+    if st.distill > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    peft_model = _add_lora(model, st)
+    opt = _optimizer(peft_model, groups, spec, st)
+    start, history = 0, {"steps": [], "events": []}
+    if resume:
+        ck = _latest_checkpoint(out)
+        if ck is not None:
+            start, history = _load_checkpoint(ck, peft_model, opt)
+            progress(0.1, f"resumed from {ck.name}")
+    counter_cache: dict[str, int] = {}
+
+    def removed_params() -> int:
+        key = json.dumps(opt.removal(), sort_keys=True)
+        if key not in counter_cache:
+            counter_cache[key] = count_removed(model, groups, opt.removal())
+        return counter_cache[key]
+
+    peft_model.train()
+    last_good = _latest_checkpoint(out)
+    for t in range(start, st.steps):
+        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)
+        ids = ids.to(device)
+        out_ = peft_model(input_ids=ids, labels=ids, use_cache=False)
+        loss = out_.loss
+        if teacher is not None:
+            with torch.no_grad():
+                tl = teacher(input_ids=ids, use_cache=False).logits.float()
+            sl = out_.logits.float()
+            kd = torch.nn.functional.kl_div(sl.log_softmax(-1), tl.log_softmax(-1), log_target=True, reduction="batchmean") / ids.shape[1]
+            loss = loss + st.distill * kd
+        if not torch.isfinite(loss):
+            where = f"the last good checkpoint ({last_good.name}) is in {last_good.parent}" if last_good else "no checkpoint had been written yet"
+            raise LorashearError(f"loss became {loss.item()} at step {t}: stopped; {where}; lower --lr and --resume")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        row = {"step": t + 1, "loss": float(loss.item()), "lr": opt.param_groups[0]["lr"], "phase": opt.phase(t),
+               "removed_params": removed_params(), **opt.metrics()}
+        history["steps"].append(row)
+        metric(t + 1, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
+        progress(0.1 + 0.7 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {row['loss']:.3f} ({row['phase']})")
+        period_end = opt.phase(t) == "pruning" and opt.sched["period"] is None
+        if (t + 1) % st.checkpoint_every == 0 or period_end or t + 1 == st.steps:
+            history["events"] = opt.sched["events"]
+            last_good = _save_checkpoint(out, t + 1, peft_model, opt, history)
+    progress(0.82, "compressing")
+    removal = opt.removal()
+    plan = opt.plan
+    if plan is None or removal != plan.removal:
+        raise RuntimeError(f"the zero set differs from the plan: {removal} vs {plan.removal if plan else None}")
+    merged = peft_model.merge_and_unload()
+    small, creport = _compress_checked(merged, groups, removal, device)
+    plan.save(out / "plan.json")
+    from ..export import save_pruned
+
+    provenance = {"method": st.method, "source": str(source), "settings": st.to_dict(), "plan": "plan.json",
+                  "ratio_target": plan.spec.ratio, "ratio_achieved": plan.ratio_achieved}
+    save_pruned(small, out / "model", report=creport, tokenizer=tok, provenance=provenance)
+    after_eval = _evaluate(small, tok, eval_sources, st, progress, 0.88, "pruned")
+    params_after = count_parameters(small)
+    report = {
+        "format": REPORT_FORMAT, "method": st.method, "model": str(source), "settings": st.to_dict(),
+        "device": str(device), "threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1),
+        "params_before": params_before, "params_after": params_after, "params_removed": params_before - params_after,
+        "ratio_target": st.ratio, "ratio_achieved": (params_before - params_after) / params_before,
+        "plan_params_removed": plan.params_removed,
+        "removed_by_layer": plan.by_layer(), "removed_over_time": _removed_over_time(history, groups),
+        "eval_before": before_eval, "eval_after": after_eval, "history": history["steps"],
+        "events": opt.sched["events"], "tokens_trained": st.steps * st.batch_size * st.seq_len,
+    }
+    write_json_atomic(out / "report.json", report)
+    progress(1.0, "done")
+    return report
+
+
+def _protected(st: PruneSettings, model: Any, groups: list) -> dict[str, list[int]]:
+    if not st.knowledge:
+        return {}
+    from ..knowledge import load_report, select_unprunable
+    from .plan import protected_from_report
+
+    rep = load_report(st.knowledge, model)
+    if st.gamma is not None:
+        rep = select_unprunable(rep, st.gamma, level=st.gamma_level)
+    return protected_from_report(rep, groups)
+
+
+def _add_lora(model: Any, st: PruneSettings) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets: Any = st.lora_targets if st.lora_targets == "all-linear" else [t.strip() for t in st.lora_targets.split(",") if t.strip()]
+    torch.manual_seed(st.seed)
+    cfg = LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as exc:
+        raise LorashearError(f"cannot add LoRA adapters: {str(exc).splitlines()[0]}") from None
+
+
+def _optimizer(peft_model: Any, groups: list, spec: PlanSpec, st: PruneSettings):
+    from .lhspg import LHSPG
+
+    return LHSPG(peft_model, groups, spec, warmup_steps=st.warmup_steps, periods=st.periods, period_steps=st.period_steps,
+                 lr=st.lr, epsilon=st.epsilon, saliency=st.saliency, score_every=st.score_every,
+                 merge_survivors=st.merge_survivors)
+
+
+def _evaluate(model: Any, tok: Any, sources: dict, st: PruneSettings, progress: Progress, at: float, what: str) -> dict:
+    from ..evaluate import evaluate_perplexity, measure_cost
+
+    progress(at, f"evaluating the {what} model")
+    rows = evaluate_perplexity(model, tok, sources, protocols=st.eval_protocols, max_tokens=st.eval_tokens)
+    out: dict[str, Any] = {"perplexity": [r.to_dict() for r in rows], "max_tokens_per_source": st.eval_tokens}
+    for p in st.eval_protocols:
+        vals = [r.ppl for r in rows if r.protocol == p]
+        out[f"mean_{p}"] = sum(vals) / len(vals)
+    if st.measure_latency:
+        c = measure_cost(model)
+        out["cost"] = c.to_dict()
+    return out
+
+
+def _compress_checked(merged: Any, groups: list, removal: dict, device: Any) -> tuple[Any, Any]:
+    """Compress the masked model and prove it: the masked and the smaller model give the same logits."""
+    from ..compress import compress
+
+    g = torch.Generator().manual_seed(0)
+    vocab = merged.config.vocab_size
+    ids = torch.randint(0, vocab, (2, 16), generator=g).to(device)
+    with torch.no_grad():
+        ref = merged(input_ids=ids, use_cache=False).logits.float()
+    small, creport = compress(merged, groups, removal)
+    with torch.no_grad():
+        got = small(input_ids=ids, use_cache=False).logits.float()
+    diff = (ref - got).abs().max().item()
+    tol = 1e-4 * max(1.0, ref.abs().max().item()) if ref.dtype == torch.float32 and next(merged.parameters()).dtype == torch.float32 else 5e-2 * max(1.0, ref.abs().max().item())
+    if not diff <= tol:
+        raise LorashearError(f"the compressed model differs from the masked model by {diff:.3g} (tolerance {tol:.3g}); "
+                             f"groups {sorted(removal)[:5]}: not saved")
+    return small, creport
+
+
+def _removed_over_time(history: dict, groups: list) -> list[dict]:
+    """Rows (step, removed params, sparsity per kind) whenever the removed count changed."""
+    out, last = [], None
+    for row in history["steps"]:
+        key = row["removed_params"]
+        if key != last:
+            out.append({k: v for k, v in row.items() if k == "step" or k == "removed_params" or k.startswith("sparsity_")})
+            last = key
+    return out
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def _state_tensors(peft_model: Any, opt: Any) -> dict[str, torch.Tensor]:
+    """LoRA factors and every base tensor the optimizer may have changed (LoRA layers' bases, producer tensors)."""
+    from ..knowledge.slices import is_lora_param
+
+    changed = {id(us.base) for sls in opt.slices.values() for us in sls}
+    for layer in opt.lora_layers.values():
+        changed.add(id(layer.get_base_layer().weight))
+    out, seen = {}, set()
+    for name, p in peft_model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        if is_lora_param(name) or id(p) in changed:
+            out[name] = p.detach().contiguous().cpu()
+            seen.add(id(p))
+    return out
+
+
+def _save_checkpoint(out: Path, step: int, peft_model: Any, opt: Any, history: dict) -> Path:
+    from safetensors.torch import save_file
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}."))
+    try:
+        save_file(_state_tensors(peft_model, opt), str(tmp / "weights.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
+        final = root / f"step-{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(ck: Path, peft_model: Any, opt: Any) -> tuple[int, dict]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(ck / "weights.safetensors"))
+    params = dict(peft_model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name not in params:
+                raise LorashearError(f"{ck}: checkpoint tensor '{name}' is not in this model; was it written by another run?")
+            params[name].data.copy_(t.to(params[name].device))
+    blob = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["rng"])
+    state = json.loads((ck / "state.json").read_text())
+    return int(state["step"]), state["history"]

@@ -1,0 +1,149 @@
+"""LHSPG as an optimizer on a real PEFT LoRA model: the zero set is the plan, exactness, protection, no base
+gradients, masks that hold, and state that resumes exactly."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from lorashear import LorashearError, compress
+from lorashear.prune import LHSPG, PlanSpec
+from lorashear.prune.units import unit_slices
+from tiny_models import build, traced
+
+SCHED = dict(warmup_steps=2, periods=2, period_steps=3, lr=1e-3)
+
+
+def _peft(arch="llama-gqa", seed=0):
+    model = build(arch, seed=seed)
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+
+
+def _batch(t, vocab=64):
+    g = torch.Generator().manual_seed(1000 + t)
+    return torch.randint(0, vocab, (2, 12), generator=g)
+
+
+def _train(model, opt, steps, start=0, check_base_grads=False):
+    model.train()
+    for t in range(start, steps):
+        ids = _batch(t)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if check_base_grads:
+            assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _unit_norms(model, groups, removal):
+    norms = {}
+    for gid, sls in unit_slices(model, [g for g in groups if g.id in removal]).items():
+        for us in sls:
+            idx = us.indices(removal[gid])
+            x = us.rows(idx) + (us.delta(idx) if us.lora_b is not None else 0)
+            norms.setdefault(gid, 0.0)
+            norms[gid] += float(x.abs().sum())
+    return norms
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    _, _, groups = traced("llama-gqa")
+    model = _peft()
+    spec = PlanSpec(0.25, kinds=("attention", "mlp", "hidden"))
+    opt = LHSPG(model, groups, spec, **SCHED)
+    _train(model, opt, opt.total_steps + 2, check_base_grads=True)
+    return model, groups, opt
+
+
+def test_is_a_torch_optimizer(pruned):
+    assert isinstance(pruned[2], torch.optim.Optimizer)
+
+
+def test_zero_set_at_the_end_equals_the_plan(pruned):
+    model, groups, opt = pruned
+    assert opt.plan is not None and opt.removal() == opt.plan.removal
+    assert sum(len(p_units) for period in opt.sched["periods"] for p_units in period.values()) == \
+        sum(len(u) for u in opt.plan.removal.values())
+    assert all(v == 0.0 for v in _unit_norms(model, groups, opt.removal()).values())
+
+
+def test_removed_parameters_hit_the_target_within_one_unit(pruned):
+    _, groups, opt = pruned
+    largest = max(g.params_per_unit for g in groups if g.prunable)
+    assert abs(opt.plan.params_removed - opt.plan.params_target) <= largest
+
+
+def test_masked_and_compressed_models_agree(pruned):
+    model, groups, opt = pruned
+    merged = copy.deepcopy(model).merge_and_unload().eval()
+    ids = _batch(99)
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        small, _ = compress(merged, groups, opt.removal())
+        got = small(input_ids=ids).logits
+    assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_no_base_weight_has_a_gradient(pruned):
+    model, _, _ = pruned
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_surviving_units_are_not_zero(pruned):
+    model, groups, opt = pruned
+    kept = {g.id: [u for u in range(g.n_units) if u not in set(opt.removal().get(g.id, []))] for g in groups if g.id in opt.removal()}
+    assert all(v > 0 for v in _unit_norms(model, groups, kept).values())
+
+
+def test_unprunable_units_are_untouched():
+    _, _, groups = traced("llama-gqa")
+    model = _peft()
+    mlp = [g for g in groups if g.kind == "mlp"]
+    protected = {g.id: list(range(g.n_units // 2)) for g in mlp}
+    opt = LHSPG(model, groups, PlanSpec(0.2, kinds=("mlp",), protected=protected), **SCHED)
+    before = {g.id: _unit_norms(model, groups, {g.id: protected[g.id]})[g.id] for g in mlp}
+    _train(model, opt, opt.total_steps)
+    assert not any(set(opt.removal().get(gid, [])) & set(units) for gid, units in protected.items())
+    after = {g.id: _unit_norms(model, groups, {g.id: protected[g.id]})[g.id] for g in mlp}
+    assert all(after[gid] > 0.5 * before[gid] for gid in before)
+
+
+def test_state_dict_resumes_exactly():
+    _, _, groups = traced("llama-gqa")
+    spec = PlanSpec(0.2, kinds=("attention", "mlp"))
+    a = _peft()
+    opt_a = LHSPG(a, groups, spec, **SCHED)
+    _train(a, opt_a, 9)
+    b = _peft()
+    opt_b = LHSPG(b, groups, spec, **SCHED)
+    _train(b, opt_b, 4)  # stops inside period 1
+    weights = {n: p.detach().clone() for n, p in b.named_parameters()}
+    state = copy.deepcopy(opt_b.state_dict())
+    c = _peft()
+    with torch.no_grad():
+        for n, p in c.named_parameters():
+            p.copy_(weights[n])
+    opt_c = LHSPG(c, groups, spec, **SCHED)
+    opt_c.load_state_dict(state)
+    _train(c, opt_c, 9, start=4)
+    for (n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters()):
+        assert torch.equal(pa, pc), n
+    assert opt_a.removal() == opt_c.removal()
+
+
+def test_needs_lora_and_frozen_base():
+    _, _, groups = traced("llama-gqa")
+    with pytest.raises(LorashearError, match="LoRA"):
+        LHSPG(build("llama-gqa"), groups, PlanSpec(0.2))
+
+
+def test_zero_periods_are_refused():
+    _, _, groups = traced("llama-gqa")
+    with pytest.raises(LorashearError, match="periods"):
+        LHSPG(_peft(), groups, PlanSpec(0.2), warmup_steps=1, periods=0, period_steps=2)
