@@ -296,6 +296,24 @@ def token_stream(texts: Sequence[str], tokenizer: Any, *, add_eos: bool = True) 
     return torch.tensor(ids, dtype=torch.long)
 
 
+def texts_for_tokens(texts: Sequence[str], tokenizer: Any, n_tokens: int, *, seed: int | None = None) -> list[str]:
+    """The fewest documents that hold at least ``n_tokens`` tokens (EOS included): a prefix of ``texts``
+    (``seed=None``: a stream cut at ``n_tokens`` is then the same as the full stream's first tokens), or a
+    seeded random subset kept in corpus order. Saves tokenizing a whole corpus when a run reads a fraction."""
+    order = list(range(len(texts)))
+    if seed is not None:
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    chosen, count = [], 0
+    for start in range(0, len(order), 8):  # small batches: one source file can hold 100k tokens
+        batch = order[start:start + 8]
+        for i, ids in zip(batch, tokenize_texts([texts[i] for i in batch], tokenizer)):
+            chosen.append(i)
+            count += len(ids) + 1
+            if count >= n_tokens:
+                return [texts[i] for i in sorted(chosen)]
+    return [texts[i] for i in sorted(chosen)]
+
+
 def model_context(model_or_config: Any) -> int | None:
     """The model's maximum sequence length (``max_position_embeddings`` or equivalent), if it declares one."""
     cfg = getattr(model_or_config, "config", model_or_config)

@@ -159,7 +159,6 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
 
 
 def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric) -> dict:
-    from ..data import Mixture, load_sources
     from ..evaluate import count_parameters, load_model, pick_device
     from ..groups import find_groups
     from ..trace import trace
@@ -174,13 +173,11 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     n_layers = getattr(model.config, "num_hidden_layers", None) or 1 + max((g.layer for g in groups if g.layer is not None), default=0)
     spec = PlanSpec(ratio=st.ratio, kinds=st.kinds, allocation=st.allocation, layers=parse_layers(st.layers, n_layers),
                     align=st.align, protected=_protected(st, model, groups))
-    train_sources = load_sources(list(st.data), split="train")
-    eval_sources = load_sources(list(st.eval_data), split="validation")
-    packed = Mixture(train_sources, name="training data").pack(tok, st.seq_len, model=model)
+    packed, eval_sources = _data(st, tok, model)
     params_before = count_parameters(model)
     before_eval = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
     teacher = None
-    if st.distill > 0:
+    if st.distill > 0:  # a frozen copy of the dense model: its logits are the distillation target
         import copy
 
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -205,14 +202,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     for t in range(start, st.steps):
         ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)
         ids = ids.to(device)
-        out_ = peft_model(input_ids=ids, labels=ids, use_cache=False)
-        loss = out_.loss
-        if teacher is not None:
-            with torch.no_grad():
-                tl = teacher(input_ids=ids, use_cache=False).logits.float()
-            sl = out_.logits.float()
-            kd = torch.nn.functional.kl_div(sl.log_softmax(-1), tl.log_softmax(-1), log_target=True, reduction="batchmean") / ids.shape[1]
-            loss = loss + st.distill * kd
+        loss = _loss(peft_model, ids, teacher, st.distill)
         if not torch.isfinite(loss):
             where = f"the last good checkpoint ({last_good.name}) is in {last_good.parent}" if last_good else "no checkpoint had been written yet"
             raise LorashearError(f"loss became {loss.item()} at step {t}: stopped; {where}; lower --lr and --resume")
@@ -256,6 +246,66 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
+
+
+def _loss(model: Any, ids: torch.Tensor, teacher: Any, distill: float) -> torch.Tensor:
+    """Next-token cross-entropy, plus ``distill`` × KL(teacher ‖ model) per token when a teacher is given."""
+    out = model(input_ids=ids, labels=ids, use_cache=False)
+    if teacher is None:
+        return out.loss
+    with torch.no_grad():
+        tl = teacher(input_ids=ids, use_cache=False).logits.float()
+    kd = torch.nn.functional.kl_div(out.logits.float().log_softmax(-1), tl.log_softmax(-1), log_target=True,
+                                    reduction="batchmean") / ids.shape[1]
+    return out.loss + distill * kd
+
+
+def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progress: Progress | None = None,
+                   **overrides: Any) -> dict:
+    """The honest reference: the dense model given the same LoRA budget as a pruning run (same adapters, data
+    stream, steps, tokens, lr), merged and evaluated the same way. Returns {eval_before, eval_after, ...}."""
+    from ..evaluate import load_model, pick_device
+
+    st = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
+    progress = progress or (lambda f, s: None)
+    device, _ = pick_device(st.device)
+    model, tok = load_model(source, device=device)
+    packed, eval_sources = _data(st, tok, model)
+    before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
+    peft_model = _add_lora(model, st)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
+    peft_model.train()
+    losses = []
+    for t in range(st.steps):
+        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)
+        loss = _loss(peft_model, ids.to(device), None, 0.0)
+        if not torch.isfinite(loss):
+            raise LorashearError(f"loss became {loss.item()} at step {t}")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.item()))
+        progress(0.1 + 0.8 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {losses[-1]:.3f}")
+    merged = peft_model.merge_and_unload()
+    after = _evaluate(merged, tok, eval_sources, st, progress, 0.92, "fine-tuned dense")
+    return {"method": "dense+lora", "settings": st.to_dict(), "eval_before": before, "eval_after": after,
+            "losses": losses, "tokens_trained": st.steps * st.batch_size * st.seq_len}
+
+
+def _data(st: PruneSettings, tok: Any, model: Any) -> tuple[Any, dict[str, list[str]]]:
+    """Training blocks and evaluation texts. Only what the run can read is tokenized: per source, a seeded
+    random subset of documents holding the tokens of every step's batch (a source may be drawn for all of
+    them), and the prefix of each evaluation source that ``eval_tokens`` scores."""
+    from ..data import Mixture, load_sources, texts_for_tokens
+
+    need = st.steps * st.batch_size * st.seq_len + st.seq_len
+    train = {name: texts_for_tokens(texts, tok, need, seed=st.seed + i)
+             for i, (name, texts) in enumerate(load_sources(list(st.data), split="train").items())}
+    packed = Mixture(train, name="training data").pack(tok, st.seq_len, model=model)
+    evals = load_sources(list(st.eval_data), split="validation")
+    if st.eval_tokens:
+        evals = {name: texts_for_tokens(texts, tok, st.eval_tokens) for name, texts in evals.items()}
+    return packed, evals
 
 
 def _protected(st: PruneSettings, model: Any, groups: list) -> dict[str, list[int]]:

@@ -20,17 +20,3 @@ def tiny_dir(tmp_path_factory, demo_tokenizer):
     model.save_pretrained(out)
     demo_tokenizer.save_pretrained(out)
     return out
-
-
-FAST = dict(steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
-            measure_latency=False, checkpoint_every=4)
-
-
-@pytest.fixture
-def fast_settings():
-    return dict(FAST)
-
-
-def random_ids(vocab: int, seed: int = 0, batch: int = 2, seq: int = 12) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, seq), generator=g)

@@ -33,8 +33,9 @@ def eval_rows(state: AppState) -> list[dict]:
         r = j.result or {}
         side = _sidecar(j.params.get("model", ""))
         prov = (side or {}).get("provenance") or {}
-        role = "dense" if side is None else "pruned" + (f" ({', '.join(f'{k}={v}' for k, v in prov.items())})"
-                                                        if prov else "")
+        shown = {k: v for k, v in prov.items() if not isinstance(v, (dict, list))}  # settings live in the run report
+        role = "dense" if side is None else "pruned" + (f" ({', '.join(f'{k}={v}' for k, v in shown.items())})"
+                                                        if shown else "")
         out.append({"job": j.id, "model": j.params.get("model", ""), "role": role, "report": r, "sidecar": side})
     return out
 

@@ -1,0 +1,164 @@
+"""The prune run end to end (library, CLI, resume after kill -9) and its refusals, on a tiny real LLaMA folder."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorashear import LorashearError, load_pruned
+from lorashear.prune import prune
+from lorashear.prune.run import PruneSettings
+
+# a whole run in ~1 s on the tiny model: warm-up 2, two periods of 3 steps, 2 steps after
+FAST = dict(kinds=("attention", "mlp", "hidden"), steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
+            measure_latency=False, checkpoint_every=4)
+
+
+def random_ids(vocab: int, seed: int = 0, batch: int = 2, seq: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=g)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lorashear", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _cli_args(model, out, **kw):
+    s = {**FAST, **kw}
+    args = [ "prune", model, "--out", out, "--ratio", s.pop("ratio", 0.2), "--no-progress", "--no-latency"]
+    for k, v in s.items():
+        if k == "measure_latency":
+            continue
+        args += [f"--{k.replace('_', '-')}", ",".join(v) if isinstance(v, tuple) else v]
+    return args
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    report = prune(tiny_dir, out, ratio=0.25, **FAST)
+    return out, report
+
+
+def test_run_writes_model_plan_report(finished):
+    out, report = finished
+    for name in ("model/config.json", "model/lorashear.json", "plan.json", "report.json", "run.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert set(report["eval_before"]) >= {"mean_short", "mean_long", "perplexity"}
+    assert report["history"] and all("loss" in r and "removed_params" in r for r in report["history"])
+
+
+def test_parameters_removed_are_the_plan_and_within_one_unit(finished):
+    out, report = finished
+    plan = json.loads((out / "plan.json").read_text())
+    assert report["params_removed"] == plan["params_removed"]
+    per_unit = max(g["params_per_unit"] for g in plan["groups"].values())
+    assert abs(plan["params_removed"] - plan["params_target"]) <= per_unit
+
+
+def test_saved_model_reloads_and_runs(finished, tiny_dir):
+    out, report = finished
+    model = load_pruned(out / "model")
+    assert sum(p.numel() for p in model.parameters() if True) >= report["params_after"]
+    ids = random_ids(model.config.vocab_size)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+    side = json.loads((out / "model" / "lorashear.json").read_text())
+    assert side["provenance"]["method"] == "lhspg" and side["provenance"]["settings"]["ratio"] == 0.25
+
+
+def test_same_seed_gives_the_same_weights(tiny_dir, tmp_path):
+    a = prune(tiny_dir, tmp_path / "a", **FAST)
+    b = prune(tiny_dir, tmp_path / "b", **FAST)
+    assert a["history"] == b["history"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(tmp_path / "a/model/model.safetensors")), load_file(str(tmp_path / "b/model/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
+    """kill -9 after the first checkpoint, then --resume: the same final weights as a run never interrupted."""
+    slow = dict(kinds=("attention", "mlp", "hidden"), steps=60, warmup_steps=4, periods=2, period_steps=8, batch_size=4,
+                seq_len=64, eval_tokens=512, checkpoint_every=5, threads=1)
+    full = _cli(*_cli_args(tiny_dir, tmp_path / "full", **slow))
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "lorashear", *map(str, _cli_args(tiny_dir, tmp_path / "cut", **slow))],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (tmp_path / "cut/checkpoints/step-10").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((tmp_path / "cut/run.json").read_text())["status"] == "running"  # really cut mid-run
+    assert not (tmp_path / "cut/model").exists()
+    resumed = _cli(*_cli_args(tiny_dir, tmp_path / "cut", **slow), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "full/model/model.safetensors"))
+    wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("args, message", [
+    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+    (["--ratio", "0"], "ratio must be in (0, 1)"),
+    (["--kinds", "attention,heads"], "unknown group kind"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--gamma", "0.2"], "gamma needs a knowledge report"),
+])
+def test_bad_options_exit_2_with_one_line(tiny_dir, tmp_path, capsys, args, message):
+    from lorashear.cli import main
+
+    assert main(["prune", str(tiny_dir), "--out", str(tmp_path / "o"), "--ratio", "0.2", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_knowledge_report_of_another_model_is_refused(tiny_dir, tmp_path):
+    from lorashear.knowledge import analyze
+
+    from lorashear.evaluate import load_model
+
+    demo, _ = load_model("demo", device="cpu")
+    report = analyze(demo, None, estimator="magnitude", source="demo")
+    path = report.save(tmp_path / "demo.parquet")
+    with pytest.raises(LorashearError, match="model"):
+        prune(tiny_dir, tmp_path / "o", knowledge=str(path), gamma=0.2, **FAST)
+    assert not (tmp_path / "o/model").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path):
+    r = _cli(*_cli_args(tiny_dir, tmp_path / "o", lr=1e30, steps=12, checkpoint_every=1))
+    assert r.returncode == 2
+    assert "loss became" in r.stderr and "last good checkpoint" in r.stderr, r.stderr
+    assert list((tmp_path / "o/checkpoints").glob("step-*"))
+    assert not (tmp_path / "o/model").exists()
+    assert json.loads((tmp_path / "o/run.json").read_text())["status"] == "failed"
+
+
+def test_output_folder_with_another_run_is_refused(finished, tiny_dir):
+    out, _ = finished
+    before = (out / "report.json").read_bytes()
+    with pytest.raises(LorashearError, match="already holds a different run"):
+        prune(tiny_dir, out, **{**FAST, "ratio": 0.3})
+    assert (out / "report.json").read_bytes() == before
+
+
+def test_settings_check_the_schedule_fits_the_steps():
+    with pytest.raises(LorashearError, match="schedule needs"):
+        PruneSettings(steps=10, warmup_steps=5, periods=2, period_steps=5)
