@@ -296,9 +296,11 @@ def _plan_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
     p.add_argument("model", help="model folder, 'demo'" + ("" if run else ", or a config JSON with --meta"))
     p.add_argument("--ratio", type=float, required=True, help="fraction of the model's parameters to remove, in (0, 1)")
     p.add_argument("--kinds", default="attention,mlp", help="group kinds that may be pruned: attention, mlp, hidden (default: attention,mlp)")
-    p.add_argument("--allocation", default="global", choices=("global", "uniform"),
-                   help="global: by saliency per parameter across layers; uniform: the same fraction in every layer")
-    p.add_argument("--layers", default=None, metavar="START:STOP", help="only prune these decoder layers, e.g. 4:30 or 0.1:0.9")
+    p.add_argument("--allocation", default=None if run else "global", choices=("global", "uniform"),
+                   help="global: by saliency per parameter across layers; uniform: the same fraction in every layer"
+                        + (" (default: the method's — uniform for llm-pruner, else global)" if run else ""))
+    p.add_argument("--layers", default=None, metavar="START:STOP", help="only prune these decoder layers, e.g. 4:30 or 0.1:0.9"
+                   + (" (default: all; llm-pruner: 0.125:0.9375, the paper's 4–29 of 32)" if run else ""))
     p.add_argument("--align", type=int, default=None, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--knowledge", default=None, metavar="REPORT", help="knowledge report (lorashear analyze) of this model")
     p.add_argument("--gamma", type=float, default=None, help="protect the top GAMMA of the report (needs --knowledge)")
@@ -311,21 +313,35 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
     p.add_argument("--data", action="append", metavar="SPEC", help="training text: demo (train split) or [NAME=]PATH; repeatable")
     p.add_argument("--eval-data", action="append", metavar="SPEC", help="evaluation text (default: demo, validation split)")
-    p.add_argument("--method", default="lhspg", help="pruning method (default: lhspg)")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps in all: warm-up, periods and after (default 200)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="LoRA warm-up steps (default: 10%% of --steps)")
-    p.add_argument("--periods", type=int, default=4, help="pruning periods (default 4)")
-    p.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 60%% of --steps over the periods)")
+    p.add_argument("--method", default="lhspg",
+                   help="pruning method: lhspg (default), or a baseline on the same groups and budget: llm-pruner, "
+                        "loraprune, flap, magnitude, random (lorashear.prune.methods.METHODS; docs/baselines.md)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps in all: warm-up, periods and after (default 200; "
+                   "0 = no training, for the one-shot methods flap, llm-pruner, magnitude, random)")
+    g = p.add_argument_group("lhspg options")
+    g.add_argument("--warmup-steps", type=int, default=None, help="LoRA warm-up steps (lhspg, loraprune; default: 10%% of --steps)")
+    g.add_argument("--periods", type=int, default=None, help="pruning periods (default 4)")
+    g.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 60%% of --steps over the periods)")
+    g.add_argument("--epsilon", type=float, default=None, help="half-space projection threshold ε in [0, 1) (default 0)")
+    g.add_argument("--saliency", default=None, choices=("lora-taylor", "magnitude"), help="LHSPG's per-unit saliency (default lora-taylor)")
+    g.add_argument("--score-every", type=int, default=None, help="update the saliency EMA every N steps (default 1)")
+    g.add_argument("--no-merge-survivors", dest="merge_survivors", action="store_const", const=False, default=None,
+                   help="do not merge surviving units' LoRA at period ends")
+    b = p.add_argument_group("baseline options")
+    b.add_argument("--taylor-variant", default=None,
+                   help="llm-pruner: element-wise first order (default), second order (diagonal Fisher), vector-wise")
+    b.add_argument("--aggregate", default=None, help="llm-pruner: per-unit aggregation (default sum)")
+    b.add_argument("--calib-samples", type=int, default=None, help="llm-pruner (default 10), flap (default 128): calibration windows of --seq-len tokens")
+    b.add_argument("--mask-every", type=int, default=None, help="loraprune: steps between mask updates (default 10)")
+    b.add_argument("--cooldown-steps", type=int, default=None, help="loraprune: steps after the last mask update (default: 10%% of --steps)")
+    b.add_argument("--no-bias-compensation", dest="bias_compensation", action="store_const", const=False, default=None,
+                   help="flap: no bias compensation")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-targets", default="all-linear", help="all-linear (every linear projection) or comma-separated module names")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--epsilon", type=float, default=0.0, help="half-space projection threshold ε in [0, 1)")
-    p.add_argument("--saliency", default="lora-taylor", choices=("lora-taylor", "magnitude"), help="LHSPG's per-unit saliency")
-    p.add_argument("--score-every", type=int, default=1, help="update the saliency EMA every N steps")
-    p.add_argument("--no-merge-survivors", action="store_true", help="do not merge surviving units' LoRA at period ends")
     p.add_argument("--distill", type=float, default=0.0, help="weight of a KL term against the dense model's logits")
     p.add_argument("--eval-tokens", type=int, default=16384, help="tokens per evaluation source (before and after)")
     p.add_argument("--no-latency", action="store_true", help="skip the dense/pruned latency measurement")
@@ -371,7 +387,7 @@ def _print_plan(plan) -> None:
           f"({plan.ratio_achieved:.4f}; target {plan.spec.ratio:g} = {plan.params_target:,}); scores: {plan.scores_from}")
 
 
-@command("prune", help="Prune a model structurally (LHSPG on LoRA) to a parameter ratio; write the smaller model, plan and run report.")
+@command("prune", help="Prune a model structurally (LHSPG on LoRA, or a baseline: --method) to a parameter ratio; write the smaller model, plan and run report.")
 @arguments(_prune_args)
 def _prune(args: argparse.Namespace) -> int:
     from .prune.run import PruneSettings, prune
@@ -388,7 +404,9 @@ def _prune(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, periods=args.periods, period_steps=args.period_steps, batch_size=args.batch_size,
         seq_len=args.seq_len, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, lr=args.lr,
         epsilon=args.epsilon, saliency=args.saliency, score_every=args.score_every,
-        merge_survivors=not args.no_merge_survivors, distill=args.distill, data=tuple(args.data or ["demo"]),
+        merge_survivors=args.merge_survivors, taylor_variant=args.taylor_variant, aggregate=args.aggregate,
+        calib_samples=args.calib_samples, mask_every=args.mask_every, cooldown_steps=args.cooldown_steps,
+        bias_compensation=args.bias_compensation, distill=args.distill, data=tuple(args.data or ["demo"]),
         eval_data=tuple(args.eval_data or ["demo"]), eval_tokens=args.eval_tokens, seed=args.seed, device=args.device,
         checkpoint_every=args.checkpoint_every, measure_latency=not args.no_latency)
     bar = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorashearError
+from ..prune.names import METHODS as METHOD_NAMES
 
 
 class JobParamError(LorashearError):
@@ -240,7 +241,8 @@ PRUNE = JobKind(
     params=(
         Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
         Param("ratio", "Target ratio of parameters to remove", "float", default=0.2, required=True, min=0.001, max=0.999),
-        Param("method", "Method", "choice", default="lhspg", choices=("lhspg",)),
+        Param("method", "Method", "choice", default="lhspg", choices=METHOD_NAMES,
+              help="lhspg, or a baseline on the same groups and budget (docs/baselines.md)"),
         Param("kinds", "Group kinds", "text", default="attention,mlp", help="comma-separated: attention, mlp, hidden"),
         Param("allocation", "Allocation", "choice", default="global", choices=("global", "uniform")),
         Param("layers", "Layer range", "text", help="START:STOP, e.g. 1:5 (blank: all layers)"),

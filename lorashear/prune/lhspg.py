@@ -21,8 +21,7 @@ checkpoint of model + optimizer resumes exactly.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,27 +29,23 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
-from ..knowledge.slices import is_lora_param
-from .plan import Plan, PlanSpec, candidate_groups, make_plan, period_share
-from .units import UnitSlice, unit_slices, zero_units
+from .plan import Plan, PlanSpec, make_plan, period_share
+from .masked import MaskedLoRA, lora_layers
+from .units import UnitSlice
 
 SALIENCY = ("lora-taylor", "magnitude", "report")
 
 
-class LHSPG(torch.optim.AdamW):
+class LHSPG(MaskedLoRA):
     """See the module docstring. ``model`` is a PEFT LoRA model; ``groups`` its groups (traced from the base)."""
+
+    method = "lhspg"
 
     def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, warmup_steps: int = 20,
                  periods: int = 4, period_steps: int = 30, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, epsilon: float = 0.0, saliency: str = "lora-taylor", ema: float = 0.9,
                  score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None,
                  report_scores: Mapping[str, np.ndarray] | None = None, rescore: bool = True):
-        lora = [p for n, p in model.named_parameters() if is_lora_param(n)]
-        if not lora:
-            raise LorashearError("LHSPG needs a PEFT LoRA model (no LoRA parameters found)")
-        base_grads = [n for n, p in model.named_parameters() if p.requires_grad and not is_lora_param(n)]
-        if base_grads:
-            raise LorashearError(f"base weights must be frozen for LHSPG; trainable: {base_grads[:3]}")
         if saliency not in SALIENCY:
             raise LorashearError(f"unknown saliency {saliency!r}; choose one of {', '.join(SALIENCY)}")
         if saliency == "report" and not report_scores:
@@ -62,29 +57,12 @@ class LHSPG(torch.optim.AdamW):
             raise LorashearError(f"periods must be an integer >= 1, got {periods!r}")
         if not 0.0 <= epsilon < 1.0:
             raise LorashearError(f"epsilon must be in [0, 1), got {epsilon!r}")
-        super().__init__(lora, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.model, self.groups, self.spec = model, list(groups), spec
-        self.cands = candidate_groups(self.groups, spec)
-        self.n_units = {g.id: g.n_units for g in self.cands}
-        self.slices: dict[str, list[UnitSlice]] = unit_slices(model, self.cands)
-        self.lora_layers = _lora_layers(model)
-        self.hp = dict(warmup_steps=warmup_steps, periods=periods, period_steps=period_steps, epsilon=float(epsilon),
-                       saliency=saliency, ema=float(ema), score_every=max(1, int(score_every)),
-                       merge_survivors=bool(merge_survivors), rescore=bool(rescore))
+        hp = dict(warmup_steps=warmup_steps, periods=periods, period_steps=period_steps, epsilon=float(epsilon),
+                  saliency=saliency, ema=float(ema), score_every=max(1, int(score_every)),
+                  merge_survivors=bool(merge_survivors), rescore=bool(rescore))
+        super().__init__(model, groups, spec, lr=lr, betas=betas, weight_decay=weight_decay, plan=plan, hp=hp)
         self.report_scores = {k: np.asarray(v, dtype=np.float64) for k, v in (report_scores or {}).items()}
-        self.sched: dict[str, Any] = {
-            "step": 0,  # optimizer steps taken
-            "scores": {},  # group id -> saliency EMA per unit (list of floats)
-            "plan": plan.to_dict() if plan is not None else None,
-            "quota": {gid: len(u) for gid, u in plan.removal.items()} if plan is not None else None,
-            "masked": {},  # group id -> units already zero
-            "period": None,  # {"index", "start", "units": {gid: [...]}}
-            "periods": [],  # units taken per period (the history)
-            "events": [],  # (step, what)
-        }
-        self._plan_obj = plan
         self._period_idx: list | None = None  # cached slice indices of the current period
-        self._masked_idx: list | None = None
 
     # ------------------------------------------------------------------------------------ schedule
     @property
@@ -104,21 +82,12 @@ class LHSPG(torch.optim.AdamW):
             return None
         return t // self.hp["period_steps"]
 
-    @property
-    def plan(self) -> Plan | None:
-        return self._plan_obj
+    def boundary(self, step: int) -> bool:
+        """A period ended with step ``step``."""
+        t = step - self.hp["warmup_steps"]
+        return 0 <= t < self.hp["periods"] * self.hp["period_steps"] and (t + 1) % self.hp["period_steps"] == 0
 
-    def removal(self) -> dict[str, list[int]]:
-        """Units that are zero now (masked), per group."""
-        return {gid: sorted(u) for gid, u in self.sched["masked"].items() if u}
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        t = self.sched["step"]
+    def _before(self, t: int) -> None:
         phase = self.phase(t)
         if phase != "after" and (t % self.hp["score_every"] == 0 or t == self.hp["warmup_steps"]):
             self._score()
@@ -128,12 +97,10 @@ class LHSPG(torch.optim.AdamW):
                 if self._plan_obj is None:
                     self._fix_plan()
                 self._start_period(p)
-        super().step()
-        self._hold_masked()
-        if phase == "pruning":
+
+    def _after(self, t: int) -> None:
+        if self.phase(t) == "pruning":
             self._shrink(t)
-        self.sched["step"] = t + 1
-        return loss
 
     # ------------------------------------------------------------------------------------ saliency
     def _score(self) -> None:
@@ -277,20 +244,8 @@ class LHSPG(torch.optim.AdamW):
             self._masked_idx = None
             if self.hp["merge_survivors"]:
                 self.merge_lora()
-            if per["index"] == self.hp["periods"] - 1 and self._plan_obj is not None:
-                self._plan_obj.removal = self.removal()
-                self._plan_obj.periods = [dict(p) for p in self.sched["periods"]]
-                self.sched["plan"] = self._plan_obj.to_dict()
-
-    def _hold_masked(self) -> None:
-        """Masked units stay exactly zero: AdamW moved their LoRA-B rows; put them back to zero."""
-        if not self.sched["masked"]:
-            return
-        if self._masked_idx is None:
-            self._masked_idx = [(us, us.indices(units)) for gid, units in self.sched["masked"].items() if units
-                                for us in self.slices[gid] if us.lora_b is not None]
-        for us, idx in self._masked_idx:
-            us.zero_lora_rows(idx)
+            if per["index"] == self.hp["periods"] - 1:
+                self._finish_plan()
 
     @torch.no_grad()
     def merge_lora(self) -> None:
@@ -308,49 +263,8 @@ class LHSPG(torch.optim.AdamW):
                 for p in (a, b):
                     self.state.pop(p, None)
 
-    # ------------------------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        sd = super().state_dict()
-        sd["lhspg"] = {"sched": json.dumps(self.sched), "hp": json.dumps(self.hp)}
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        sd = dict(state_dict)
-        extra = sd.pop("lhspg", None)
-        super().load_state_dict(sd)
-        if extra is not None:
-            hp = json.loads(extra["hp"])
-            if hp != self.hp:
-                raise LorashearError(f"checkpoint was written with other LHSPG settings: {hp} vs {self.hp}")
-            self.sched = json.loads(extra["sched"])
-            if self.sched.get("plan"):
-                from .plan import plan_from_dict
-
-                self._plan_obj = plan_from_dict(self.sched["plan"])
-            self._period_idx = None
-            self._masked_idx = None
-
-    def metrics(self) -> dict[str, float]:
-        """Per-step numbers for the run report and the Jobs view."""
-        out: dict[str, float] = {"period": float(self.period_index() + 1) if self.period_index() is not None else 0.0}
-        removed = self.removal()
-        for kind in self.spec.kinds:
-            tot = sum(g.n_units for g in self.cands if g.kind == kind)
-            if tot:
-                out[f"sparsity_{kind}"] = sum(len(removed.get(g.id, [])) for g in self.cands if g.kind == kind) / tot
-        return out
+    def _loaded(self) -> None:
+        self._period_idx = None
 
 
-def _lora_layers(model: nn.Module) -> dict[int, nn.Module]:
-    """id(lora_B weight or lora_embedding_B) -> the PEFT LoRA layer that owns it."""
-    from peft.tuners.lora import LoraLayer
-
-    out = {}
-    for mod in model.modules():
-        if isinstance(mod, LoraLayer):
-            for name in mod.active_adapters:
-                if name in getattr(mod, "lora_B", {}):
-                    out[id(mod.lora_B[name].weight)] = mod
-                if name in getattr(mod, "lora_embedding_B", {}):
-                    out[id(mod.lora_embedding_B[name])] = mod
-    return out
+_lora_layers = lora_layers

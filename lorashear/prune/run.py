@@ -29,11 +29,11 @@ import torch
 
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
-from .plan import KINDS, PlanSpec, check_ratio, count_removed, parse_layers
+from .methods import METHOD_OPTIONS, METHODS, check_options, get_method
+from .plan import ALLOCATIONS, KINDS, PlanSpec, check_ratio, count_removed, parse_layers
 
 RUN_FORMAT = "lorashear.prune-run/1"
 REPORT_FORMAT = "lorashear.prune-report/1"
-METHODS = ("lhspg",)
 Progress = Callable[[float, str], None]
 Metric = Callable[[int, dict], None]
 
@@ -43,17 +43,18 @@ class PruneSettings:
     """Everything that defines a run (``run.json``); two runs with equal settings give equal weights on CPU."""
 
     ratio: float = 0.2
-    method: str = "lhspg"
+    method: str = "lhspg"  # one of methods.METHODS
     kinds: tuple[str, ...] = ("attention", "mlp")
-    allocation: str = "global"
-    layers: str | None = None  # "4:30" or "0.1:0.9"
+    allocation: str | None = None  # global, or uniform; default: the method's (llm-pruner: uniform), else global
+    layers: str | None = None  # "4:30" or "0.1:0.9"; default: the method's (llm-pruner: 0.125:0.9375), else all
     align: int | None = None
     knowledge: str | None = None  # knowledge report path: protected units with gamma
     gamma: float | None = None
     gamma_level: str = "group"
-    steps: int = 200  # optimizer steps in all (warm-up, periods, and after)
+    steps: int = 200  # optimizer steps in all (warm-up, periods, and after); 0 only for training-free methods
+    # --- lhspg (warmup_steps also loraprune); None = not given, resolved in __post_init__
     warmup_steps: int | None = None  # default: 10 % of steps
-    periods: int = 4
+    periods: int | None = None  # default 4
     period_steps: int | None = None  # default: 60 % of steps split over the periods
     batch_size: int = 4
     seq_len: int = 128
@@ -61,10 +62,17 @@ class PruneSettings:
     lora_alpha: float = 16.0
     lora_targets: str = "all-linear"
     lr: float = 2e-4
-    epsilon: float = 0.0
-    saliency: str = "lora-taylor"
-    score_every: int = 1
-    merge_survivors: bool = True
+    epsilon: float | None = None  # default 0.0
+    saliency: str | None = None  # default lora-taylor
+    score_every: int | None = None  # default 1
+    merge_survivors: bool | None = None  # default True
+    # --- llm-pruner / flap / loraprune
+    taylor_variant: str | None = None  # llm-pruner: first (default), second, vector
+    aggregate: str | None = None  # llm-pruner: sum (default), prod, max, last
+    calib_samples: int | None = None  # llm-pruner: 10, flap: 128 calibration windows of seq_len tokens
+    mask_every: int | None = None  # loraprune: 10
+    cooldown_steps: int | None = None  # loraprune: 10 % of steps
+    bias_compensation: bool | None = None  # flap: True
     distill: float = 0.0
     data: tuple[str, ...] = ("demo",)
     eval_data: tuple[str, ...] = ("demo",)
@@ -76,15 +84,28 @@ class PruneSettings:
     measure_latency: bool = True
 
     def __post_init__(self) -> None:
+        from ..knowledge.estimators import AGGREGATIONS, TAYLOR_VARIANTS
+
         self.ratio = check_ratio(self.ratio)
         self.kinds = tuple(self.kinds)
         self.data, self.eval_data, self.eval_protocols = tuple(self.data), tuple(self.eval_data), tuple(self.eval_protocols)
-        if self.method not in METHODS:
-            raise LorashearError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        m = get_method(self.method)
+        check_options(m, {k: getattr(self, k) for k in METHOD_OPTIONS})
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise LorashearError(f"unknown group kind(s) {bad or '(none)'}; choose from {', '.join(KINDS)}")
-        for name in ("steps", "batch_size", "seq_len", "lora_r", "periods", "checkpoint_every"):
+        for name, default in m.defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.allocation is None:
+            self.allocation = "global"
+        if self.allocation not in ALLOCATIONS:
+            raise LorashearError(f"unknown allocation {self.allocation!r}; choose global or uniform")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < (1 if m.trains else 0):
+            raise LorashearError(f"steps must be a positive integer, got {self.steps!r}" if m.trains else
+                                 f"steps must be an integer >= 0 (0: no training), got {self.steps!r}")
+        for name in ("batch_size", "seq_len", "lora_r", "checkpoint_every") + tuple(
+                n for n in ("periods", "calib_samples", "mask_every") if getattr(self, n) is not None):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise LorashearError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -94,6 +115,25 @@ class PruneSettings:
             raise LorashearError(f"distill weight must be >= 0, got {self.distill!r}")
         if self.gamma is not None and not self.knowledge:
             raise LorashearError("gamma needs a knowledge report (--knowledge REPORT)")
+        if self.taylor_variant is not None and self.taylor_variant not in TAYLOR_VARIANTS:
+            raise LorashearError(f"unknown Taylor variant {self.taylor_variant!r}; choose one of {', '.join(TAYLOR_VARIANTS)}")
+        if self.aggregate is not None and self.aggregate not in AGGREGATIONS:
+            raise LorashearError(f"unknown aggregation {self.aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
+        if m.name == "lhspg":
+            self._lhspg_schedule()
+        elif m.name == "loraprune":
+            self.warmup_steps = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+            self.cooldown_steps = self.cooldown_steps if self.cooldown_steps is not None else self.steps // 10
+            if self.warmup_steps < 0 or self.cooldown_steps < 0 or self.warmup_steps + self.cooldown_steps >= self.steps:
+                raise LorashearError(f"loraprune needs warmup-steps {self.warmup_steps} + cooldown-steps "
+                                     f"{self.cooldown_steps} < --steps {self.steps}")
+
+    def _lhspg_schedule(self) -> None:
+        self.periods = 4 if self.periods is None else self.periods
+        self.epsilon = 0.0 if self.epsilon is None else float(self.epsilon)
+        self.saliency = "lora-taylor" if self.saliency is None else self.saliency
+        self.score_every = 1 if self.score_every is None else self.score_every
+        self.merge_survivors = True if self.merge_survivors is None else bool(self.merge_survivors)
         w = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
         ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 6 // 10) // self.periods)
         if w < 0 or ps < 1:
@@ -168,6 +208,11 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     device, _ = pick_device(st.device)
     model, tok = load_model(source, device=device)
     torch.manual_seed(st.seed)
+    method = get_method(st.method)
+    method_info: dict[str, Any] = {"method": method.name, "summary": method.summary,
+                                   "options": {k: getattr(st, k) for k in method.options}, "calibration_tokens": 0}
+    if method.prepare is not None:
+        method_info["prepare"] = method.prepare(model, st)
     progress(0.03, "tracing groups")
     groups = find_groups(trace(model))
     n_layers = getattr(model.config, "num_hidden_layers", None) or 1 + max((g.layer for g in groups if g.layer is not None), default=0)
@@ -181,8 +226,13 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         import copy
 
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    plan0 = None
+    if method.setup is not None:  # one-shot methods: scores on the dense model, the plan, any compensation
+        progress(0.08, f"{method.name}: scoring units on the dense model")
+        plan0, info = method.setup(model, groups, spec, st, tok)
+        method_info.update(info)
     peft_model = _add_lora(model, st)
-    opt = _optimizer(peft_model, groups, spec, st)
+    opt = method.optimizer(peft_model, groups, spec, st, plan0)
     start, history = 0, {"steps": [], "events": []}
     if resume:
         ck = _latest_checkpoint(out)
@@ -214,8 +264,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         history["steps"].append(row)
         metric(t + 1, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
         progress(0.1 + 0.7 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {row['loss']:.3f} ({row['phase']})")
-        period_end = opt.phase(t) == "pruning" and opt.sched["period"] is None
-        if (t + 1) % st.checkpoint_every == 0 or period_end or t + 1 == st.steps:
+        if (t + 1) % st.checkpoint_every == 0 or opt.boundary(t) or t + 1 == st.steps:
             history["events"] = opt.sched["events"]
             last_good = _save_checkpoint(out, t + 1, peft_model, opt, history)
     progress(0.82, "compressing")
@@ -242,6 +291,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "removed_by_layer": plan.by_layer(), "removed_over_time": _removed_over_time(history, groups),
         "eval_before": before_eval, "eval_after": after_eval, "history": history["steps"],
         "events": opt.sched["events"], "tokens_trained": st.steps * st.batch_size * st.seq_len,
+        "optimizer_steps": st.steps, "scores_from": plan.scores_from, "method_info": method_info,
+        "calibration_tokens": method_info.get("calibration_tokens", 0),
     }
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
@@ -330,14 +381,6 @@ def _add_lora(model: Any, st: PruneSettings) -> Any:
         return get_peft_model(model, cfg)
     except ValueError as exc:
         raise LorashearError(f"cannot add LoRA adapters: {str(exc).splitlines()[0]}") from None
-
-
-def _optimizer(peft_model: Any, groups: list, spec: PlanSpec, st: PruneSettings):
-    from .lhspg import LHSPG
-
-    return LHSPG(peft_model, groups, spec, warmup_steps=st.warmup_steps, periods=st.periods, period_steps=st.period_steps,
-                 lr=st.lr, epsilon=st.epsilon, saliency=st.saliency, score_every=st.score_every,
-                 merge_survivors=st.merge_survivors)
 
 
 def _evaluate(model: Any, tok: Any, sources: dict, st: PruneSettings, progress: Progress, at: float, what: str) -> dict:

@@ -1,0 +1,297 @@
+"""The pruning methods of ``lorashear prune --method``: one registry for the CLI, the job kind and ``PruneSettings``.
+
+Every method is the same run (``run.py``: data stream, plan, LoRA settings, step and token budget, compress,
+``save_pruned``, report) with a different *optimizer* over the LoRA factors — a ``MaskedLoRA`` subclass that
+zeroes units at its scheduled steps and holds them at zero — and, for the one-shot methods, scores computed on
+the dense model before LoRA is added. What each does, and where it follows the published code: ``docs/baselines.md``.
+
+* ``lhspg`` — LoRAShear's LHSPG (``lhspg.py``): saliency EMA during warm-up, progressive periods.
+* ``llm-pruner`` — one-shot; Taylor importance (``knowledge.estimators.taylor``: element-wise first order,
+  second order with the diagonal Fisher, or vector-wise; aggregated sum / prod / max / last) on
+  ``calib_samples`` calibration windows (default 10); defaults to ``uniform`` allocation over layers
+  ``0.125:0.9375`` (the paper's 4–29 of 32) when the user sets neither; then LoRA recovery.
+* ``loraprune`` — iterative; the LoRA-gradient criterion ``|Ĝ ⊙ W'|`` with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)``,
+  normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule.
+* ``flap`` — one-shot, training-free: fluctuation importance standardised per kind, bias compensation
+  (``flap.py``); ``steps=0`` reports it with no training at all.
+* ``magnitude`` / ``random`` — one-shot by ‖W_u‖² / seeded uniform scores: the floors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LorashearError
+from ..groups import Group
+from .masked import MaskedLoRA
+from .names import METHODS as NAMES, TRAINING_FREE
+from .plan import Plan, PlanSpec, candidate_groups, make_plan
+
+# options that apply to some methods only (PruneSettings fields; None = not given)
+METHOD_OPTIONS = ("warmup_steps", "periods", "period_steps", "epsilon", "saliency", "score_every", "merge_survivors",
+                  "taylor_variant", "aggregate", "calib_samples", "mask_every", "cooldown_steps", "bias_compensation")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    trains: bool  # the schedule happens during training: needs steps >= 1
+    options: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults of shared settings the user left unset
+    prepare: Callable[[nn.Module, Any], dict] | None = None  # before tracing (FLAP: bias fields)
+    setup: Callable[..., tuple[Plan, dict]] | None = None  # scores on the dense model -> plan (one-shot methods)
+    optimizer: Callable[..., MaskedLoRA] | None = None
+
+
+# ------------------------------------------------------------------------------------------ optimizers
+class OneShot(MaskedLoRA):
+    """All of the plan's units are zero from step 0 on; LoRA trains the survivors (recovery)."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, plan: Plan, *, method: str,
+                 lr: float = 2e-4, **kw: Any):
+        super().__init__(model, groups, spec, lr=lr, plan=plan, hp={"method": method}, **kw)
+        self.method = method
+        self.mask(plan.removal, f"{method}: one-shot")
+
+    def phase(self, step: int | None = None) -> str:
+        return "recovery"
+
+
+class LoRAPrune(MaskedLoRA):
+    """LoRAPrune's progressive pruning: ``warmup_steps`` of LoRA training with the importance EMA; the plan is
+    fixed from the EMA at the end of warm-up (counts per group, the run's allocation); then every
+    ``mask_every`` steps each group's masked count follows the cubic schedule
+    ``n_g(t) = round(q_g · (1 − (1 − (t − t_w)/(t_e − t_w))³))`` toward its quota ``q_g``, taking its
+    lowest-EMA unmasked units; the last update (``t_e``, all quotas met) is ``cooldown_steps`` before the end."""
+
+    method = "loraprune"
+
+    def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, steps: int, warmup_steps: int,
+                 cooldown_steps: int, mask_every: int = 10, ema: float = 0.9, lr: float = 2e-4, plan: Plan | None = None,
+                 **kw: Any):
+        for name, v, lo in (("steps", steps, 1), ("warmup_steps", warmup_steps, 0), ("cooldown_steps", cooldown_steps, 0),
+                            ("mask_every", mask_every, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise LorashearError(f"{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+        if warmup_steps + cooldown_steps >= steps:
+            raise LorashearError(f"loraprune needs warm-up {warmup_steps} + cool-down {cooldown_steps} < --steps {steps}")
+        hp = dict(steps=steps, warmup_steps=warmup_steps, cooldown_steps=cooldown_steps, mask_every=mask_every, ema=float(ema))
+        super().__init__(model, groups, spec, lr=lr, plan=plan, hp=hp, **kw)
+        from ..knowledge.slices import ParamIndex
+
+        index = ParamIndex(model)
+        self.score_slices = {g.id: [s for s in index.slices(g, ("producer", "consumer")) if s.lora is not None]
+                             for g in self.cands}
+
+    @property
+    def last_update(self) -> int:
+        return self.hp["steps"] - self.hp["cooldown_steps"] - 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.last_update + 1
+
+    def update_steps(self) -> list[int]:
+        tw, te, k = self.hp["warmup_steps"], self.last_update, self.hp["mask_every"]
+        return sorted({t for t in range(tw + k, te, k)} | {te})
+
+    def target_fraction(self, t: int) -> float:
+        tw, te = self.hp["warmup_steps"], self.last_update
+        if t < tw:
+            return 0.0
+        if t >= te:
+            return 1.0
+        return 1.0 - (1.0 - (t - tw) / (te - tw)) ** 3
+
+    def phase(self, step: int | None = None) -> str:
+        t = self.sched["step"] if step is None else step
+        if t < self.hp["warmup_steps"]:
+            return "warmup"
+        return "pruning" if t <= self.last_update else "after"
+
+    def boundary(self, step: int) -> bool:
+        return step == self.last_update
+
+    def _before(self, t: int) -> None:
+        if t > self.last_update:
+            return
+        self._score()
+        if t == self.hp["warmup_steps"] and self._plan_obj is None:
+            scores = {gid: np.asarray(v) for gid, v in self.sched["scores"].items()}
+            self._plan_obj = make_plan(self.model, self.groups, self.spec, scores,
+                                       scores_from=f"LoRAPrune importance EMA after {t} warm-up steps")
+            self.sched["plan"] = self._plan_obj.to_dict()
+            self.sched["quota"] = {gid: len(u) for gid, u in self._plan_obj.removal.items()}
+        if t in set(self.update_steps()):
+            f = self.target_fraction(t)
+            protected = {gid: set(u) for gid, u in self.spec.protected.items()}
+            take: dict[str, list[int]] = {}
+            for gid, q in self.sched["quota"].items():
+                want = min(q, int(math.floor(q * f + 0.5)))
+                have = set(self.sched["masked"].get(gid, []))
+                if want <= len(have):
+                    continue
+                s = np.asarray(self.sched["scores"].get(gid, np.zeros(self.n_units[gid])), dtype=np.float64)
+                order = [int(u) for u in np.lexsort((np.arange(len(s)), np.where(np.isnan(s), np.inf, s)))
+                         if int(u) not in have and int(u) not in protected.get(gid, set())]
+                take[gid] = order[: want - len(have)]
+            if take:
+                self.mask(take, f"mask update at {f:.3f} of the target")
+            if t == self.last_update:
+                self._finish_plan()
+
+    def _score(self) -> None:
+        from ..knowledge.estimators import _lora_importance
+
+        cache: dict[int, Any] = {}
+        new: dict[str, np.ndarray] = {}
+        any_grad = False
+        for gid, sls in self.score_slices.items():
+            acc = torch.zeros(self.n_units[gid], dtype=torch.float64)
+            for s in sls:
+                key = id(s.tensor)
+                if key not in cache:
+                    cache[key] = _lora_importance(s.lora, s.tensor, unbias=False)
+                imp = cache[key]
+                if imp is None:
+                    continue
+                any_grad = True
+                v = s.reduce(imp, self.n_units[gid])
+                acc += v / (v.norm() + 1e-8)  # L2-normalised per module (LoRAPrune's code)
+            new[gid] = acc.numpy()
+        if not any_grad:
+            return
+        beta = self.hp["ema"]
+        for gid, v in new.items():
+            old = self.sched["scores"].get(gid)
+            self.sched["scores"][gid] = (v if old is None else beta * np.asarray(old) + (1 - beta) * v).tolist()
+
+
+# ---------------------------------------------------------------------------------- one-shot scoring
+def _calibration(model: nn.Module, tok: Any, st: Any) -> tuple[torch.Tensor, dict]:
+    from ..knowledge.calibration import calibration_data
+
+    return calibration_data(tok, list(st.data), n_samples=st.calib_samples, seq_len=st.seq_len, seed=st.seed,
+                            model=model, split="train")
+
+
+def _plan(model, groups, spec, scores, source) -> Plan:
+    return make_plan(model, groups, spec, scores, scores_from=source)
+
+
+def _setup_llm_pruner(model, groups, spec, st, tok):
+    from ..knowledge.estimators import taylor
+
+    samples, info = _calibration(model, tok, st)
+    cands = candidate_groups(groups, spec)
+    sc = taylor(model, cands, samples, variant=st.taylor_variant, aggregate=st.aggregate)
+    plan = _plan(model, groups, spec, sc.units, f"LLM-Pruner Taylor ({st.taylor_variant}, {st.aggregate}) on "
+                 f"{info['n_samples']} × {info['seq_len']} calibration tokens, dense model")
+    return plan, {"calibration": info, "calibration_tokens": info["tokens"], "calibration_loss": sc.notes.get("base_loss")}
+
+
+def _setup_magnitude(model, groups, spec, st, tok):
+    from ..knowledge.estimators import magnitude
+
+    cands = candidate_groups(groups, spec)
+    scores = {gid: v ** 2 for gid, v in magnitude(model, cands).units.items()}  # squared norms add over parameters
+    return _plan(model, groups, spec, scores, "weight magnitude ‖x_u‖² of the dense model"), {}
+
+
+def _setup_random(model, groups, spec, st, tok):
+    rng = np.random.default_rng(st.seed)
+    cands = sorted(candidate_groups(groups, spec), key=lambda g: g.id)
+    scores = {g.id: rng.random(g.n_units) for g in cands}
+    return _plan(model, groups, spec, scores, f"uniform random scores (seed {st.seed})"), {}
+
+
+def _prepare_flap(model, st) -> dict:
+    from .flap import add_biases
+
+    if not st.bias_compensation:
+        return {"biases": "none added: bias compensation off", "params_added": 0}
+    return add_biases(model, st.kinds)
+
+
+def _setup_flap(model, groups, spec, st, tok):
+    from . import flap
+
+    samples, info = _calibration(model, tok, st)
+    cands = candidate_groups(groups, spec)
+    raw, z, stats = flap.fluctuation(model, cands, samples)
+    plan = _plan(model, groups, spec, flap.plan_scores(cands, z),
+                 f"FLAP fluctuation (WIFV, standardised per kind) on {info['n_samples']} × {info['seq_len']} calibration tokens")
+    out = {"calibration": info, "calibration_tokens": info["tokens"]}
+    if st.bias_compensation:
+        out["bias_compensation"] = flap.compensate(cands, plan.removal, stats)
+    return plan, out
+
+
+def _opt_lhspg(peft_model, groups, spec, st, plan):
+    from .lhspg import LHSPG
+
+    return LHSPG(peft_model, groups, spec, warmup_steps=st.warmup_steps, periods=st.periods, period_steps=st.period_steps,
+                 lr=st.lr, epsilon=st.epsilon, saliency=st.saliency, score_every=st.score_every,
+                 merge_survivors=st.merge_survivors)
+
+
+def _opt_loraprune(peft_model, groups, spec, st, plan):
+    return LoRAPrune(peft_model, groups, spec, steps=st.steps, warmup_steps=st.warmup_steps,
+                     cooldown_steps=st.cooldown_steps, mask_every=st.mask_every, lr=st.lr)
+
+
+def _opt_one_shot(name: str):
+    def make(peft_model, groups, spec, st, plan):
+        return OneShot(peft_model, groups, spec, plan, method=name, lr=st.lr)
+    return make
+
+
+LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("lhspg", "LoRAShear's LHSPG: saliency warm-up, progressive periods with half-space projection", True,
+           ("warmup_steps", "periods", "period_steps", "epsilon", "saliency", "score_every", "merge_survivors"),
+           optimizer=_opt_lhspg),
+    Method("llm-pruner", "LLM-Pruner: one-shot Taylor importance on calibration samples, then LoRA recovery", False,
+           ("taylor_variant", "aggregate", "calib_samples"),
+           defaults={"allocation": "uniform", "layers": LLM_PRUNER_LAYERS, "calib_samples": 10,
+                     "taylor_variant": "first", "aggregate": "sum"},
+           setup=_setup_llm_pruner, optimizer=_opt_one_shot("llm-pruner")),
+    Method("loraprune", "LoRAPrune: LoRA-gradient importance EMA, cubic mask schedule during LoRA training", True,
+           ("warmup_steps", "cooldown_steps", "mask_every"), defaults={"mask_every": 10}, optimizer=_opt_loraprune),
+    Method("flap", "FLAP: fluctuation importance and bias compensation, training-free (then LoRA unless --steps 0)", False,
+           ("calib_samples", "bias_compensation"), defaults={"calib_samples": 128, "bias_compensation": True},
+           prepare=_prepare_flap, setup=_setup_flap, optimizer=_opt_one_shot("flap")),
+    Method("magnitude", "one-shot by weight magnitude ‖W_u‖², then LoRA recovery (a floor)", False,
+           setup=_setup_magnitude, optimizer=_opt_one_shot("magnitude")),
+    Method("random", "one-shot by seeded random scores, then LoRA recovery (a floor)", False,
+           setup=_setup_random, optimizer=_opt_one_shot("random")),
+)}
+METHODS = tuple(REGISTRY)
+assert METHODS == NAMES and tuple(m for m, v in REGISTRY.items() if not v.trains) == TRAINING_FREE
+
+
+def get_method(name: str) -> Method:
+    m = REGISTRY.get(name)
+    if m is None:
+        raise LorashearError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return m
+
+
+def option_flag(name: str) -> str:
+    return "--" + ("no-merge-survivors" if name == "merge_survivors" else "no-bias-compensation"
+                   if name == "bias_compensation" else name.replace("_", "-"))
+
+
+def check_options(method: Method, given: Mapping[str, Any]) -> None:
+    """One-line refusal of an option the method does not take."""
+    for name in METHOD_OPTIONS:
+        if given.get(name) is not None and name not in method.options:
+            users = [m.name for m in REGISTRY.values() if name in m.options]
+            raise LorashearError(f"{option_flag(name)} does not apply to method {method.name} (it applies to: {', '.join(users)})")
