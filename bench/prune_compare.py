@@ -1,0 +1,204 @@
+"""LHSPG against the baselines on the same groups, data, plan rules and budget; run by hand, prints the table.
+
+    python bench/prune_compare.py [--model demo] [--ratios 0.2,0.5] [--seeds 0,1,2] [--steps 200]
+                                  [--methods lhspg,llm-pruner,loraprune,flap,flap-0,magnitude,random]
+                                  [--eval-tokens 16384] [--threads N] [--json OUT] [--resume-json OUT]
+
+Every row is one ``lorashear.prune.prune`` run (or ``finetune_dense`` for the dense references) in a fresh
+process, so wall time and peak memory (``ru_maxrss``) are the run's own. All runs: ``--steps`` optimizer steps ×
+batch 4 × 128 tokens (200 × 4 × 128 = 102,400 training tokens by default), LoRA r = 8, α = 16 on every linear
+projection, lr 2e-4, the demo training stream, the same seed's batches; every method at its own defaults
+otherwise (LLM-Pruner: element-wise first order, sum, uniform over layers 0.125:0.9375, 10 calibration windows;
+LoRAPrune: warm-up/cool-down 10 %, mask every 10 steps; FLAP: 128 calibration windows, bias compensation;
+``flap-0``: FLAP with ``--steps 0``, no training at all). Calibration tokens (one-shot methods) are extra and
+reported. Perplexity per source on the demo validation split under both protocols (``short``: 128-token windows,
+``long``: the model's context), mean ± std over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LABELS = {"dense": "dense", "dense+lora": "dense + same LoRA budget", "lhspg": "LHSPG",
+          "llm-pruner": "LLM-Pruner (elem. 1st, sum)", "loraprune": "LoRAPrune", "flap": "FLAP + LoRA budget",
+          "flap-0": "FLAP, no training", "magnitude": "magnitude + LoRA", "random": "random + LoRA"}
+DEFAULT_METHODS = ("lhspg", "llm-pruner", "loraprune", "flap", "flap-0", "magnitude", "random")
+
+
+def _one(spec: dict) -> dict:
+    """One run in this (fresh) process; returns the row."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    from lorashear.prune.run import PruneSettings, finetune_dense, prune
+
+    base = dict(steps=spec["steps"], batch_size=4, seq_len=128, seed=spec["seed"], eval_tokens=spec["eval_tokens"],
+                measure_latency=False, checkpoint_every=10**9)
+    t = time.time()
+    method = spec["method"]
+    if method in ("dense", "dense+lora"):
+        from lorashear.evaluate import count_parameters, load_model
+        from lorashear.prune.run import _data, _evaluate
+
+        st = PruneSettings(**base)
+        model, tok = load_model(spec["model"], device="cpu")
+        params = count_parameters(model)
+        if method == "dense":
+            _, sources = _data(st, tok, model)
+            ev = _evaluate(model, tok, sources, st, lambda f, s: None, 0.0, "dense")
+        else:
+            ev = finetune_dense(spec["model"], st)["eval_after"]
+        info = {}
+    else:
+        kw = dict(base, ratio=spec["ratio"], method="flap" if method == "flap-0" else method)
+        if method == "flap-0":
+            kw["steps"] = 0
+        with tempfile.TemporaryDirectory() as d:
+            rep = prune(spec["model"], Path(d) / "run", **kw)
+        ev, params = rep["eval_after"], rep["params_after"]
+        info = {"ratio_achieved": rep["ratio_achieved"], "params_before": rep["params_before"],
+                "calibration_tokens": rep["calibration_tokens"], "tokens_trained": rep["tokens_trained"],
+                "scores_from": rep["scores_from"], "allocation": rep["settings"]["allocation"],
+                "layers": rep["settings"]["layers"]}
+    ppl = {f"{r['source']}/{r['protocol']}": r["ppl"] for r in ev["perplexity"]}
+    return {**spec, "ppl": ppl, "mean_short": ev["mean_short"], "mean_long": ev["mean_long"], "params": params,
+            "seconds": round(time.time() - t, 1), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads(), **info}
+
+
+def _spawn(spec: dict) -> dict:
+    r = subprocess.run([sys.executable, __file__, "_one", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return {**spec, "error": err}
+    return json.loads(lines[-1])
+
+
+def _ms(vals: list[float], fmt: str = "{:.2f}") -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return fmt.format(vals[0])
+    return f"{fmt.format(statistics.mean(vals))} ± {fmt.format(statistics.stdev(vals))}"
+
+
+def table(rows: list[dict]) -> str:
+    ok = [r for r in rows if "error" not in r]
+    sources = sorted({k.split("/")[0] for r in ok for k in r["ppl"]})
+    out = []
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"]})
+    for ratio in ratios:
+        out.append(f"\n### ρ = {ratio}\n")
+        head = ["method", "params", "removed"] + [f"{s} short" for s in sources] + ["mean short"] + \
+               [f"{s} long" for s in sources] + ["mean long", "seconds", "peak MiB", "seeds"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for m in ["dense", "dense+lora"] + [m for m in LABELS if m not in ("dense", "dense+lora")]:
+            rs = [r for r in ok if r["method"] == m and (r["ratio"] in (0.0, ratio))]
+            errs = [r for r in rows if r["method"] == m and r["ratio"] == ratio and "error" in r]
+            if not rs and not errs:
+                continue
+            if not rs:
+                out.append(f"| {LABELS[m]} | failed: {errs[0]['error'][:120]} |")
+                continue
+            cells = [LABELS[m], f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} M",
+                     _ms([r.get("ratio_achieved") for r in rs], "{:.4f}") if m not in ("dense", "dense+lora") else "0"]
+            for prot in ("short", "long"):
+                cells += [_ms([r["ppl"].get(f"{s}/{prot}") for r in rs]) for s in sources]
+                cells.append("**" + _ms([r[f"mean_{prot}"] for r in rs]) + "**")
+            cells += [_ms([r["seconds"] for r in rs], "{:.0f}"), _ms([r["peak_rss_mib"] for r in rs], "{:.0f}"),
+                      ",".join(str(r["seed"]) for r in rs)]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def verdict(rows: list[dict]) -> str:
+    """Does LHSPG have the lowest mean perplexity (short protocol) at each ratio, outside one std?"""
+    ok = [r for r in rows if "error" not in r]
+    lines = []
+    for ratio in sorted({r["ratio"] for r in ok if r["ratio"]}):
+        by = {}
+        for r in ok:
+            if r["ratio"] == ratio and r["method"] not in ("dense", "dense+lora"):
+                by.setdefault(r["method"], []).append(r["mean_short"])
+        if "lhspg" not in by:
+            continue
+        mean = {m: statistics.mean(v) for m, v in by.items()}
+        sd = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in by.items()}
+        best = min(mean, key=mean.get)
+        others = {m: v for m, v in mean.items() if m != "lhspg"}
+        runner = min(others, key=others.get) if others else None
+        if best == "lhspg" and runner:
+            clear = mean["lhspg"] + sd["lhspg"] < mean[runner] - sd[runner]
+            lines.append(f"ρ={ratio}: LHSPG lowest ({mean['lhspg']:.2f}) vs {runner} {mean[runner]:.2f} — "
+                         + ("outside one std" if clear else "NOT outside one std"))
+        else:
+            lines.append(f"ρ={ratio}: LHSPG is NOT the lowest: {best} {mean[best]:.2f} vs LHSPG {mean['lhspg']:.2f} "
+                         f"(rank {sorted(mean, key=mean.get).index('lhspg') + 1} of {len(mean)})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_one":
+        print(json.dumps(_one(json.loads(sys.argv[2]))), flush=True)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--ratios", default="0.2,0.5")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--eval-tokens", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="write every row here (rows already in it are not run again)")
+    args = ap.parse_args()
+    ratios = [float(x) for x in args.ratios.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in LABELS]
+    if bad:
+        sys.exit(f"unknown method(s) {bad}; choose from {', '.join(LABELS)}")
+    rows: list[dict] = []
+    if args.json and Path(args.json).is_file():
+        rows = json.loads(Path(args.json).read_text())
+    done = {(r["method"], r["ratio"], r["seed"]) for r in rows if "error" not in r}
+    rows = [r for r in rows if "error" not in r]
+    common = dict(model=args.model, steps=args.steps, eval_tokens=args.eval_tokens, threads=args.threads)
+    plan = []
+    for seed in seeds:
+        plan += [dict(common, method=m, ratio=0.0, seed=seed) for m in ("dense", "dense+lora")]
+        plan += [dict(common, method=m, ratio=ratio, seed=seed) for ratio in ratios for m in methods]
+    for spec in plan:
+        if (spec["method"], spec["ratio"], spec["seed"]) in done:
+            continue
+        t = time.time()
+        row = _spawn(spec)
+        rows.append(row)
+        print(f"[seed {spec['seed']} ρ={spec['ratio']}] {spec['method']}: "
+              + (f"mean short {row['mean_short']:.2f} long {row['mean_long']:.2f} ({time.time() - t:.0f} s)"
+                 if "error" not in row else f"FAILED {row['error']}"), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    import torch
+
+    print(f"\nmodel {args.model}; {args.steps} steps × 4 × 128 tokens per run; seeds {seeds}; "
+          f"device cpu, threads {rows[0].get('threads') if rows else torch.get_num_threads()}")
+    print(table(rows))
+    print("\n" + verdict(rows))
+
+
+if __name__ == "__main__":
+    main()
