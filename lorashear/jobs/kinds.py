@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorashearError
-from ..prune.names import METHODS as METHOD_NAMES
+from ..prune.names import METHODS as METHOD_NAMES, TRAINING_FREE
 
 
 class JobParamError(LorashearError):
@@ -231,6 +231,8 @@ def _prune_check(clean: dict[str, Any]) -> dict[str, str]:
         errors["kinds"] = f"unknown group kind(s) {bad or '(none)'}; use attention, mlp, hidden"
     if clean.get("gamma") is not None and not clean.get("knowledge"):
         errors["gamma"] = "γ needs a knowledge report"
+    if clean.get("steps") == 0 and (clean.get("method") or "lhspg") not in TRAINING_FREE:
+        errors["steps"] = f"0 steps (no training) only for {', '.join(TRAINING_FREE)}"
     return errors
 
 
@@ -250,7 +252,8 @@ PRUNE = JobKind(
         Param("knowledge", "Knowledge report", "file", help="protect the top γ of this report"),
         Param("gamma", "γ: protect the top fraction of node groups", "float", min=0.0, max=0.999),
         Param("data", "Training data", "text", default="demo", help="comma-separated: demo or NAME=PATH"),
-        Param("steps", "Optimizer steps (in all)", "int", default=200, min=1, max=10_000_000),
+        Param("steps", "Optimizer steps (in all)", "int", default=200, min=0, max=10_000_000,
+              help="0: no training (one-shot methods only: llm-pruner, flap, magnitude, random)"),
         Param("batch_size", "Batch size", "int", default=4, min=1, max=4096),
         Param("seq_len", "Tokens per sequence", "int", default=128, min=2, max=1_000_000),
         Param("lr", "Learning rate", "float", default=2e-4, min=1e-8, max=1.0),

@@ -18,7 +18,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ratio=params["ratio"], method=method, kinds=kinds, **only,
         allocation=params.get("allocation") or None, layers=params.get("layers") or None,
         align=params.get("align"), knowledge=params.get("knowledge") or None, gamma=params.get("gamma"),
-        steps=params.get("steps") or 200, batch_size=params.get("batch_size") or 4, seq_len=params.get("seq_len") or 128,
+        steps=200 if params.get("steps") is None else params["steps"], batch_size=params.get("batch_size") or 4, seq_len=params.get("seq_len") or 128,
         lr=params.get("lr") or 2e-4, seed=params.get("seed") or 0,
         data=tuple(s.strip() for s in (params.get("data") or "demo").split(",") if s.strip()),
         eval_tokens=params.get("eval_tokens") or 16384,

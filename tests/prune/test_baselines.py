@@ -255,3 +255,11 @@ def test_layer_range_outside_the_model(tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (the model loader's progress bar comes first)
     assert err.startswith("lorashear prune: error:") and "outside the model's 2 layers" in err, err
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_job_form_checks_steps_zero_per_method():
+    from lorashear.jobs.kinds import _prune_check
+
+    assert "steps" in _prune_check({"kinds": "attention,mlp", "method": "lhspg", "steps": 0})
+    assert "steps" in _prune_check({"kinds": "attention,mlp", "method": "loraprune", "steps": 0})
+    assert "steps" not in _prune_check({"kinds": "attention,mlp", "method": "flap", "steps": 0})
