@@ -164,7 +164,18 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write every row here (rows already in it are not run again)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense and dense + LoRA rows (e.g. a second "
+                    "process for other ratios; merge the JSON files with --table)")
+    ap.add_argument("--table", default=None, metavar="A.json,B.json", help="only print the table of these row files")
     args = ap.parse_args()
+    if args.table:
+        rows = [r for f in args.table.split(",") for r in json.loads(Path(f).read_text())]
+        print(f"model {rows[0]['model']}; {rows[0]['steps']} steps × 4 × 128 tokens per run; seeds "
+              f"{sorted({r['seed'] for r in rows})}; eval tokens per source {rows[0]['eval_tokens']}; device cpu, "
+              f"threads {rows[0].get('threads')}")
+        print(table(rows))
+        print("\n" + verdict(rows))
+        return
     ratios = [float(x) for x in args.ratios.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -179,7 +190,8 @@ def main() -> None:
     common = dict(model=args.model, steps=args.steps, eval_tokens=args.eval_tokens, threads=args.threads)
     plan = []
     for seed in seeds:
-        plan += [dict(common, method=m, ratio=0.0, seed=seed) for m in ("dense", "dense+lora")]
+        if not args.no_dense:
+            plan += [dict(common, method=m, ratio=0.0, seed=seed) for m in ("dense", "dense+lora")]
         plan += [dict(common, method=m, ratio=ratio, seed=seed) for ratio in ratios for m in methods]
     for spec in plan:
         if (spec["method"], spec["ratio"], spec["seed"]) in done:
