@@ -21,6 +21,7 @@ _EXPORTS = {
              "demo_instructions", "load_instructions", "load_texts", "pack", "tokenize_instructions"],
     "evaluate": ["CostReport", "PerplexityResult", "evaluate_model", "evaluate_perplexity", "load_model",
                  "measure_cost", "perplexity", "pick_device"],
+    "prune": ["LHSPG", "Plan", "PlanSpec", "PruneSettings", "load_plan", "make_plan", "prune"],
     "knowledge": ["KnowledgeReport", "analyze", "calibration_data", "load_report", "rank_agreement", "save_report",
                   "select_unprunable"],
 }
@@ -64,4 +65,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .groups import Group, Member, find_groups, load_groups, save_groups  # noqa: F401
     from .knowledge import (KnowledgeReport, analyze, calibration_data, load_report, rank_agreement,  # noqa: F401
                             save_report, select_unprunable)
+    from .prune import LHSPG, Plan, PlanSpec, PruneSettings, load_plan, make_plan, prune  # noqa: F401
     from .trace import OpGraph, load_graph, module_tree, trace  # noqa: F401

@@ -437,3 +437,76 @@ def _prune(args: argparse.Namespace) -> int:
               f"{b['cost']['latency_ms']:.1f} ms dense → {a['cost']['latency_ms']:.1f} ms pruned")
     print(f"wrote {args.out}/model (the pruned model), plan.json, report.json")
     return 0
+
+
+# ------------------------------------------------------------------------------------------- recovery
+def _recover_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pruned", help="a pruned model folder (written by lorashear prune)")
+    p.add_argument("--dense", default=None, help="the dense model it was pruned from (default: the source its sidecar names)")
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
+    p.add_argument("--data", action="append", metavar="SPEC", help="sources: demo, or NAME=PATH (train); repeatable")
+    p.add_argument("--val", action="append", metavar="NAME=PATH", help="validation text of a NAME=PATH source")
+    p.add_argument("--mixture", default="dynamic", choices=("dynamic", "static"),
+                   help="dynamic: weights follow the per-source deviation from dense; static: uniform weights")
+    p.add_argument("--eta", type=float, default=1.0, help="temperature of the weight update (default 1.0)")
+    p.add_argument("--floor", type=float, default=0.1, help="share c of the mixture spread evenly over all sources (default 0.1)")
+    p.add_argument("--tokens", type=int, default=200 * 4 * 128, help="stage-1 token budget (default 102,400)")
+    p.add_argument("--round-steps", type=int, default=25, help="optimizer steps per round (default 25)")
+    p.add_argument("--stop-deviation", type=float, default=None, help="stop when every source's loss is within this many nats of dense")
+    p.add_argument("--val-tokens", type=int, default=8192, help="validation tokens per source for each round's loss")
+    p.add_argument("--instructions", default="demo", help="Alpaca-format instructions for stage 2 ('demo', a path, or 'none')")
+    p.add_argument("--instruct-steps", type=int, default=100, help="stage-2 steps (0 skips stage 2)")
+    p.add_argument("--instruct-eval-every", type=int, default=20)
+    p.add_argument("--instruct-patience", type=int, default=2, help="evaluations without improvement before stopping")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--eval-tokens", type=int, default=16384, help="tokens per source for the before/after perplexity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("recover", help="Recover a pruned model: adaptive multi-source LoRA rounds, then instruction tuning; write the model and its trajectory.")
+@arguments(_recover_args)
+def _recover(args: argparse.Namespace) -> int:
+    from .recover.run import RecoverSettings, recover
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    st = RecoverSettings(
+        data=tuple(args.data or ["demo"]), val_data=tuple(args.val or ()), mixture=args.mixture, eta=args.eta,
+        floor=args.floor, tokens=args.tokens, round_steps=args.round_steps, stop_deviation=args.stop_deviation,
+        val_tokens=args.val_tokens, instructions=None if args.instructions == "none" else args.instructions,
+        instruct_steps=args.instruct_steps, instruct_eval_every=args.instruct_eval_every,
+        instruct_patience=args.instruct_patience, batch_size=args.batch_size, seq_len=args.seq_len, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lr=args.lr, eval_tokens=args.eval_tokens, seed=args.seed, device=args.device)
+
+    def progress(fraction: float, stage: str) -> None:
+        if not args.no_progress:
+            print(f"[{fraction * 100:5.1f}%] {stage}", file=sys.stderr, flush=True)
+
+    rep = recover(args.pruned, args.out, st, dense=args.dense, resume=args.resume, progress=progress)
+    srcs = list(rep["reference_loss"])
+    print("source      " + "  ".join(f"{s:>12}" for s in srcs))
+    for p in st.eval_protocols:
+        for tag, ev in (("pruned", rep["eval_before"]), ("recovered", rep["eval_after"])):
+            vals = {r["source"]: r["ppl"] for r in ev["perplexity"] if r["protocol"] == p}
+            print(f"{tag + ' ' + p:12s}" + "  ".join(f"{vals[s]:>12.2f}" for s in srcs))
+    last = rep["rounds"][-1]
+    print(f"rounds {len(rep['rounds'])}, tokens {rep['tokens_stage1']:,}; final weights "
+          + ", ".join(f"{s}={w:.2f}" for s, w in last["weights"].items()))
+    if rep["instruct"]["history"]:
+        h = rep["instruct"]["history"]
+        print(f"instruction validation loss {h[0]['val_loss']:.3f} → best {rep['instruct']['best']['val_loss']:.3f} "
+              f"(step {rep['instruct']['best']['step']}){'; ' + rep['instruct']['stopped'] if rep['instruct']['stopped'] else ''}")
+    print(f"wrote {args.out}/model, trajectory.json, report.json")
+    return 0

@@ -269,8 +269,26 @@ PRUNE = JobKind(
 )
 RECOVER = JobKind(
     name="recover", label="Recover",
-    description="Dynamic knowledge recovery: adaptive multi-source mixture, then instruction tuning.",
-    unavailable_reason="not available yet: the recovery library call has not landed",
+    description="Dynamic knowledge recovery of a pruned model: LoRA rounds on a multi-source mixture whose weights "
+                "follow each source's deviation from the dense model, then instruction tuning with early stopping.",
+    params=(
+        Param("pruned", "Pruned model directory", "dir", required=True, help="written by a Prune job (its run/model)"),
+        Param("dense", "Dense model directory", "dir", help="blank: the source the pruned model's sidecar names"),
+        Param("data", "Sources", "text", default="demo", help="demo (three sources with validation splits)"),
+        Param("mixture", "Mixture", "choice", default="dynamic", choices=("dynamic", "static")),
+        Param("eta", "Temperature η", "float", default=1.0, min=0.0, max=100.0),
+        Param("floor", "Floor c", "float", default=0.1, min=0.0, max=1.0),
+        Param("tokens", "Stage-1 token budget", "int", default=102400, min=1),
+        Param("round_steps", "Steps per round", "int", default=25, min=1),
+        Param("instructions", "Instructions (stage 2)", "text", default="demo", help="demo, a path, or none"),
+        Param("instruct_steps", "Instruction steps", "int", default=100, min=0),
+        Param("eval_tokens", "Evaluation tokens per source", "int", default=16384, min=256),
+        Param("seed", "Seed", "int", default=0, min=0),
+        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
+    ),
+    entry="lorashear.jobs.recover_job:run",
+    requires=("lorashear.recover:recover",),
+    resumable=True,
 )
 EXPORT = JobKind(
     name="export", label="Export",

@@ -141,8 +141,8 @@ class LHSPG(MaskedLoRA):
                 if imp is None:
                     continue
                 any_grad = True
-                # _lora_importance works in (out, in); a producer slice is always the output axis (its axis 0)
-                acc.index_add_(0, us.unit_of, imp[0].detach().double().cpu())
+                # per-index sums keyed by the weight's own axes; a producer slice is the output axis
+                acc.index_add_(0, us.unit_of, imp[us.axis].detach().double().cpu())
             out[gid] = acc.numpy()
         return out if any_grad else None
 

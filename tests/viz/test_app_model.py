@@ -77,7 +77,7 @@ def test_form_rejects_invalid_parameters_with_messages(app_state):
     assert errs == ["must be a number", "must be ≥ 0"]
     msg, errs, job = submit_form(app_state, "graph", ["source", "meta"], ["/no/such/model", []])
     assert job is None and errs[0] == "/no/such/model does not exist"
-    msg, errs, job = submit_form(app_state, "recover", [], [])
+    msg, errs, job = submit_form(app_state, "export", [], [])
     assert job is None and "not available yet" in msg.children
 
 

@@ -1,0 +1,426 @@
+"""Knowledge recovery of a pruned model: rounds of LoRA training on a data mixture that follows where the pruned
+model lags behind its dense origin (stage 1), then instruction tuning with early stopping (stage 2).
+
+``recover`` is the one library call behind ``lorashear recover``, the registry's ``recover`` job and the app.
+Output folder::
+
+    OUT/model/            the recovered model (LoRA merged, ``save_pruned``; provenance chained to the pruned model
+                          and its dense origin)
+    OUT/trajectory.json   per round: weights, per-source loss / perplexity / deviation from dense, tokens used
+    OUT/report.json       perplexity per source (both protocols) before and after, instruction validation loss
+    OUT/run.json          settings and status
+    OUT/checkpoints/      after every round and every instruction evaluation; ``resume=True`` continues exactly
+
+Rule and defaults: ``docs/recovery.md``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import LorashearError
+from ..jsonio import write_json_atomic
+from .mixture import check_rule, update_weights
+
+RUN_FORMAT = "lorashear.recover-run/1"
+MIXTURES = ("dynamic", "static")
+Progress = Callable[[float, str], None]
+Metric = Callable[[int, dict], None]
+
+
+@dataclass
+class RecoverSettings:
+    """Everything that defines a recovery run (``run.json``)."""
+
+    data: tuple[str, ...] = ("demo",)  # sources with train and validation splits
+    val_data: tuple[str, ...] = ()  # NAME=PATH validation files for user sources (demo brings its own)
+    mixture: str = "dynamic"
+    eta: float = 1.0
+    floor: float = 0.1
+    tokens: int = 200 * 4 * 128  # stage-1 training token budget (never exceeded)
+    round_steps: int = 25
+    stop_deviation: float | None = None  # stop when every source's deviation (nats) is below this
+    val_tokens: int = 8192  # validation tokens per source for the per-round loss
+    batch_size: int = 4
+    seq_len: int = 128
+    instructions: str | None = "demo"  # Alpaca-format data ('demo' or a path); None skips stage 2
+    instruct_steps: int = 100
+    instruct_eval_every: int = 20
+    instruct_patience: int = 2
+    instruct_max_length: int = 256
+    instruct_val_examples: int = 64
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "all-linear"
+    lr: float = 2e-4
+    eval_tokens: int | None = 16384
+    eval_protocols: tuple[str, ...] = ("short", "long")
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data, self.val_data, self.eval_protocols = tuple(self.data), tuple(self.val_data), tuple(self.eval_protocols)
+        if self.mixture not in MIXTURES:
+            raise LorashearError(f"unknown mixture {self.mixture!r}; choose dynamic or static")
+        check_rule(self.eta, self.floor)
+        for name in ("tokens", "round_steps", "val_tokens", "batch_size", "seq_len", "lora_r", "instruct_eval_every",
+                     "instruct_patience", "instruct_max_length", "instruct_val_examples"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise LorashearError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.tokens < self.batch_size * self.seq_len:
+            raise LorashearError(f"token budget {self.tokens} is smaller than one batch ({self.batch_size} × {self.seq_len})")
+        if not isinstance(self.instruct_steps, int) or self.instruct_steps < 0:
+            raise LorashearError(f"instruct-steps must be an integer >= 0, got {self.instruct_steps!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LorashearError(f"lr must be a positive number, got {self.lr!r}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _sources(st: RecoverSettings) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(train, validation) texts per source; every source must have a validation split."""
+    from ..data import load_sources, parse_data_spec
+
+    train = load_sources(list(st.data), split="train")
+    val: dict[str, list[str]] = {}
+    for spec in st.data:
+        if spec == "demo" or spec.startswith("demo:"):
+            val.update(load_sources(["demo"], split="validation"))
+    for spec in st.val_data:
+        name, _, _ = parse_data_spec(spec)
+        if name not in train:
+            raise LorashearError(f"validation source {name!r} has no training source of that name (sources: {', '.join(train)})")
+        val.update(load_sources([spec]))
+    missing = [s for s in train if s not in val]
+    if missing:
+        raise LorashearError(f"source(s) {', '.join(missing)} have no validation split: give --val NAME=PATH for each")
+    return train, {s: val[s] for s in train}
+
+
+def check_origin(pruned_dir: Path, side: dict | None, dense: Any) -> None:
+    """The dense model must be the pruned model's origin: same class, and the parameter count the sidecar recorded
+    before pruning, and every pruned tensor no larger than the dense one."""
+    from ..evaluate import count_parameters
+
+    if side is None:
+        raise LorashearError(f"{pruned_dir}: not a pruned model (no lorashear.json sidecar)")
+    n = count_parameters(dense)
+    before = side.get("params_before")
+    shapes = {k: list(v.shape) for k, v in dense.state_dict().items()}
+    bigger = [k for k, s in (side.get("param_shapes") or {}).items()
+              if k in shapes and (len(s) != len(shapes[k]) or any(a > b for a, b in zip(s, shapes[k])))]
+    src = (side.get("provenance") or {}).get("source")
+    if type(dense).__name__ != side.get("model_class") or (before is not None and before != n) or bigger:
+        raise LorashearError(f"the dense model is not the origin of {pruned_dir}: the sidecar says it was pruned from a "
+                             f"{side.get('model_class')} with {before:,} parameters ({src or 'source unknown'}); "
+                             f"the given dense model is a {type(dense).__name__} with {n:,}")
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | None = None, *, dense: str | Path | None = None,
+            resume: bool = False, progress: Progress | None = None, metric: Metric | None = None, **overrides: Any) -> dict:
+    """Recover ``pruned`` (a folder written by ``lorashear prune`` / ``save_pruned``) against ``dense`` (default: the
+    source the sidecar names) into ``out``; returns the report."""
+    from ..export import read_sidecar
+
+    st = replace(settings, **overrides) if settings is not None else RecoverSettings(**overrides)
+    pruned, out = Path(pruned), Path(out)
+    if not pruned.is_dir():
+        raise LorashearError(f"{pruned}: no such pruned model folder")
+    side = read_sidecar(pruned)
+    if dense is None:
+        dense = (side or {}).get("provenance", {}).get("source")
+        if not dense:
+            raise LorashearError(f"{pruned}: the sidecar does not name the dense model; give --dense")
+    run_file = out / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise LorashearError(f"{out}: nothing to resume (no run.json)")
+        prev = json.loads(run_file.read_text())
+        if prev.get("settings") != st.to_dict():
+            raise LorashearError(f"{out}: holds a recovery with other settings; resume with the same options")
+    elif out.exists() and any(out.iterdir()):
+        raise LorashearError(f"{out}: already holds {'a different run' if run_file.is_file() else 'other files'}; "
+                             "choose an empty --out (or --resume)")
+    progress = progress or (lambda f, s: None)
+    metric = metric or (lambda step, values: None)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"format": RUN_FORMAT, "pruned": str(pruned), "dense": str(dense), "settings": st.to_dict(),
+            "status": "running", "message": None}
+    write_json_atomic(run_file, info)
+    try:
+        report = _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric)
+    except BaseException as exc:
+        info.update(status="failed", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        write_json_atomic(run_file, info)
+        raise
+    info.update(status="finished")
+    write_json_atomic(run_file, info)
+    return report
+
+
+def _per_source(model: Any, tok: Any, val: dict[str, list[str]], st: RecoverSettings) -> dict[str, float]:
+    """Mean next-token loss (nats) per source on its validation tokens (128-token windows)."""
+    from ..evaluate import evaluate_perplexity
+
+    rows = evaluate_perplexity(model, tok, val, protocols=("short",), max_tokens=st.val_tokens)
+    return {r.source: r.nll for r in rows}
+
+
+def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: RecoverSettings, resume: bool,
+         progress: Progress, metric: Metric) -> dict:
+    from ..data import Mixture, texts_for_tokens
+    from ..evaluate import load_model, pick_device
+    from ..prune.run import _add_lora, _evaluate
+
+    t0 = time.time()
+    device, _ = pick_device(st.device)
+    progress(0.01, "loading the pruned and the dense model")
+    model, tok = load_model(pruned, device=device)
+    train, val = _sources(st)
+    instr = _instructions(st, tok, model) if st.instructions and st.instruct_steps > 0 else None
+    ref_file = out / "dense_loss.json"
+    if resume and ref_file.is_file():
+        ref = json.loads(ref_file.read_text())
+    else:
+        dense, _ = load_model(dense_src, device=device)
+        check_origin(pruned, side, dense)
+        progress(0.03, "dense per-source validation loss")
+        ref = _per_source(dense, tok, val, st)
+        del dense
+        write_json_atomic(ref_file, ref)
+    val = {s: texts_for_tokens(t, tok, st.val_tokens) for s, t in val.items()}
+    need = st.tokens + st.seq_len
+    train = {s: texts_for_tokens(t, tok, need, seed=st.seed + i) for i, (s, t) in enumerate(train.items())}
+    packed = Mixture(train, name="recovery data").pack(tok, st.seq_len, model=model)
+    evals = {s: texts_for_tokens(t, tok, st.eval_tokens) for s, t in val.items()} if st.eval_tokens else val
+    before = _evaluate(model, tok, evals, _eval_st(st), progress, 0.05, "pruned")
+    peft_model = _add_lora(model, st)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
+    names = list(train)
+    state = {"stage": 1, "round": 0, "step": 0, "tokens": 0, "weights": {s: 1.0 / len(names) for s in names},
+             "trajectory": [], "instruct": {"step": 0, "best": None, "bad_evals": 0, "history": [], "stopped": None}}
+    if resume:
+        ck = _latest(out)
+        if ck is not None:
+            state = _load_ckpt(ck, peft_model, opt)
+            progress(0.1, f"resumed from {ck.name}")
+    per_batch = st.batch_size * st.seq_len
+    total_steps = st.tokens // per_batch
+    # ---------------------------------------------------------------- stage 1: rounds on the adaptive mixture
+    while state["stage"] == 1:
+        loss = _per_source(peft_model, tok, val, st)
+        dev = {s: loss[s] - ref[s] for s in names}
+        row = {"round": state["round"], "tokens": state["tokens"], "weights": dict(state["weights"]),
+               "loss": loss, "ppl": {s: math.exp(v) for s, v in loss.items()}, "deviation": dev}
+        state["trajectory"].append(row)
+        metric(state["step"], {**{f"deviation_{s}": v for s, v in dev.items()},
+                               **{f"weight_{s}": v for s, v in state["weights"].items()}})
+        done = state["step"] >= total_steps or (st.stop_deviation is not None and max(dev.values()) < st.stop_deviation)
+        if done:
+            row["stop"] = "token budget" if state["step"] >= total_steps else f"every deviation < {st.stop_deviation}"
+            state["stage"] = 2 if instr is not None else 3
+            _save_ckpt(out, state, peft_model, opt)
+            break
+        if st.mixture == "dynamic":
+            state["weights"] = update_weights(state["weights"], dev, eta=st.eta, floor=st.floor)
+            row["weights_next"] = dict(state["weights"])
+        n = min(st.round_steps, total_steps - state["step"])
+        peft_model.train()
+        for _ in range(n):
+            ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + state["step"], weights=state["weights"])
+            _train_step(peft_model, opt, {"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"])
+            state["step"] += 1
+            state["tokens"] += per_batch
+        state["round"] += 1
+        progress(0.1 + 0.55 * state["step"] / max(total_steps, 1),
+                 f"round {state['round']}: {state['tokens']:,}/{st.tokens:,} tokens, max deviation {max(dev.values()):.3f}")
+        _save_ckpt(out, state, peft_model, opt)
+    write_json_atomic(out / "trajectory.json", {"format": "lorashear.recovery-trajectory/1", "reference_loss": ref,
+                                                "mixture": st.mixture, "eta": st.eta, "floor": st.floor,
+                                                "rounds": state["trajectory"]})
+    # ---------------------------------------------------------------- stage 2: instruction tuning
+    if state["stage"] == 2:
+        _instruct(peft_model, opt, instr, state, st, out, device, progress, metric)
+    progress(0.85, "merging and saving")
+    merged = peft_model.merge_and_unload()
+    from ..compress import CompressReport
+    from ..export import save_pruned
+
+    n_params = sum(p.numel() for p in {id(p): p for p in merged.parameters()}.values())
+    creport = CompressReport(removed=(side or {}).get("removed", {}), params_before=(side or {}).get("params_before") or n_params,
+                             params_after=n_params, layer_sizes=(side or {}).get("layer_sizes", {}))
+    provenance = {"method": "recover", "source": str(dense_src), "pruned_model": str(pruned),
+                  "pruned_provenance": (side or {}).get("provenance", {}), "settings": st.to_dict()}
+    save_pruned(merged, out / "model", report=creport, tokenizer=tok, provenance=provenance)
+    after = _evaluate(merged, tok, evals, _eval_st(st), progress, 0.9, "recovered")
+    report = {"format": "lorashear.recovery-report/1", "pruned": str(pruned), "dense": str(dense_src),
+              "settings": st.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
+              "seconds": round(time.time() - t0, 1), "reference_loss": ref, "eval_before": before, "eval_after": after,
+              "rounds": state["trajectory"], "tokens_stage1": state["tokens"], "instruct": state["instruct"]}
+    write_json_atomic(out / "report.json", report)
+    progress(1.0, "done")
+    return report
+
+
+def _eval_st(st: RecoverSettings) -> Any:
+    """The few fields ``prune.run._evaluate`` reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(eval_protocols=st.eval_protocols, eval_tokens=st.eval_tokens, measure_latency=False)
+
+
+def _train_step(model: Any, opt: Any, batch: dict, step: int) -> float:
+    loss = model(**batch, use_cache=False).loss
+    if not torch.isfinite(loss):
+        raise LorashearError(f"loss became {loss.item()} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
+# ---------------------------------------------------------------------------------------- instruction stage
+def _instructions(st: RecoverSettings, tok: Any, model: Any) -> dict:
+    from ..data import demo_instructions, load_instructions, tokenize_instructions
+
+    if st.instructions == "demo":
+        train, val = demo_instructions("train"), demo_instructions("validation")
+    else:
+        path = Path(st.instructions)
+        if not path.exists():
+            raise LorashearError(f"{path}: no such instruction file")
+        examples = load_instructions(path)
+        if len(examples) < 2:
+            raise LorashearError(f"{path}: needs at least 2 instruction examples (a validation part is split off)")
+        k = max(1, min(len(examples) // 10, st.instruct_val_examples))
+        train, val = examples[k:], examples[:k]
+    return {"train": tokenize_instructions(train, tok, st.instruct_max_length, model=model),
+            "val": tokenize_instructions(val[: st.instruct_val_examples], tok, st.instruct_max_length, model=model),
+            "pad": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)}
+
+
+def _instruct_loss(model: Any, instr: dict, device: Any, batch_size: int) -> float:
+    from ..data import collate_instructions
+
+    model.eval()
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(instr["val"]), batch_size):
+            b = collate_instructions(instr["val"][i:i + batch_size], instr["pad"])
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device), use_cache=False).logits
+            labels = b["labels"][:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+            tot += float(nll)
+            n += int((labels != -100).sum())
+    model.train()
+    return tot / max(n, 1)
+
+
+def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSettings, out: Path, device: Any,
+              progress: Progress, metric: Metric) -> None:
+    """LoRA on the instruction set (prompt tokens carry no loss); evaluation every ``instruct_eval_every`` steps;
+    stop after ``instruct_patience`` evaluations without improvement and keep the best adapters."""
+    from ..data import collate_instructions
+
+    ins = state["instruct"]
+    if ins["best"] is None:
+        first = _instruct_loss(peft_model, instr, device, st.batch_size)
+        ins["history"].append({"step": 0, "val_loss": first})
+        ins["best"] = {"step": 0, "val_loss": first}
+        _save_best(out, peft_model)
+    g_n = len(instr["train"])
+    peft_model.train()
+    while ins["step"] < st.instruct_steps and ins["stopped"] is None:
+        gen = torch.Generator().manual_seed(st.seed * 1_000_003 + 10**9 + ins["step"])
+        pick = torch.randint(0, g_n, (st.batch_size,), generator=gen).tolist()
+        b = collate_instructions([instr["train"][i] for i in pick], instr["pad"])
+        _train_step(peft_model, opt, {k: v.to(device) for k, v in b.items()}, ins["step"])
+        ins["step"] += 1
+        if ins["step"] % st.instruct_eval_every == 0 or ins["step"] == st.instruct_steps:
+            v = _instruct_loss(peft_model, instr, device, st.batch_size)
+            ins["history"].append({"step": ins["step"], "val_loss": v})
+            metric(state["step"] + ins["step"], {"instruct_val_loss": v})
+            if v < ins["best"]["val_loss"]:
+                ins["best"] = {"step": ins["step"], "val_loss": v}
+                ins["bad_evals"] = 0
+                _save_best(out, peft_model)
+            else:
+                ins["bad_evals"] += 1
+                if ins["bad_evals"] >= st.instruct_patience:
+                    ins["stopped"] = f"early stop at step {ins['step']}: no improvement in {st.instruct_patience} evaluations"
+            progress(0.65 + 0.2 * ins["step"] / st.instruct_steps, f"instruction step {ins['step']}: validation loss {v:.3f}")
+            _save_ckpt(out, state, peft_model, opt)
+    # keep the best adapters
+    from safetensors.torch import load_file
+
+    best = load_file(str(out / "checkpoints" / "instruct-best.safetensors"))
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for n, t in best.items():
+            params[n].copy_(t.to(params[n].device))
+    state["stage"] = 3
+
+
+def _save_best(out: Path, peft_model: Any) -> None:
+    from safetensors.torch import save_file
+
+    from ..knowledge.slices import is_lora_param
+
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = out / "checkpoints" / ".instruct-best.tmp"
+    save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)}, str(tmp))
+    os.replace(tmp, out / "checkpoints" / "instruct-best.safetensors")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _latest(out: Path) -> Path | None:
+    ck = sorted((p for p in (out / "checkpoints").glob("ckpt-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    return ck[-1] if ck else None
+
+
+def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> None:
+    from safetensors.torch import save_file
+
+    from ..knowledge.slices import is_lora_param
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    k = len(list(root.glob("ckpt-*"))) and max(int(p.name.split("-")[1]) for p in root.glob("ckpt-*")) + 1
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".ckpt."))
+    try:
+        save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)},
+                  str(tmp / "lora.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+        os.replace(tmp, root / f"ckpt-{k}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted((p for p in root.glob("ckpt-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_ckpt(ck: Path, peft_model: Any, opt: Any) -> dict:
+    from safetensors.torch import load_file
+
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for n, t in load_file(str(ck / "lora.safetensors")).items():
+            params[n].copy_(t.to(params[n].device))
+    blob = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["rng"])
+    return json.loads((ck / "state.json").read_text())
