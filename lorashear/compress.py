@@ -326,8 +326,10 @@ def _update_config(model: nn.Module, groups: list[Group], removal: Removal, unif
     if cfg is None:
         return
     if getattr(cfg, "head_dim", None) is None and getattr(cfg, "num_attention_heads", None) and hasattr(cfg, "hidden_size"):
-        if "head_dim" in cfg.to_dict() or hasattr(type(cfg), "head_dim"):
-            cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        # write the head size every config omits when it is hidden_size / heads (Qwen2, OLMo2, Granite, …):
+        # once hidden or heads shrink, that quotient is no longer the head size the weights and the rotary
+        # inv_freq (a non-persistent buffer rebuilt from the config) were made with
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     for kind in ("hidden", "attention", "mlp"):
         gs = [g for g in groups if g.kind == kind and g.prunable]
         if not gs or not any(removal.get(g.id) for g in gs):
