@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .data import DEMO_MODEL_DIR, model_context, token_stream
+from .data import model_context, token_stream
 from .errors import LorashearError
 
 SHORT_WINDOW = 128
@@ -56,28 +56,13 @@ def load_model(
     path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a Hugging Face folder (``"demo"`` means the shipped demo model),
-    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. A folder written by
-    ``lorashear.export.save_pruned`` (it has the sidecar) goes through ``load_pruned``, which also loads
-    pruned models with per-layer sizes that the stock classes cannot build."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. The one loader
+    (``lorashear.loading.load_model``) does the work: pruned folders through ``load_pruned``, adapters,
+    refusal of anything that is not a causal LM."""
+    from .loading import load_model_and_tokenizer
 
-    from . import export
-
-    folder = DEMO_MODEL_DIR if str(path) == "demo" else Path(path).expanduser()
-    if not folder.is_dir():
-        raise LorashearError(f"model folder not found: {folder}")
-    if not (folder / "config.json").exists():
-        raise LorashearError(f"{folder} is not a Hugging Face model folder (no config.json)")
     dev, default_dtype = pick_device(device)
-    try:
-        if (folder / export.SIDECAR).exists():
-            model = export.load_pruned(folder, dtype=dtype or default_dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or default_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise LorashearError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from exc
-    return model.to(dev).eval(), tokenizer
+    return load_model_and_tokenizer(path, device=dev, dtype=dtype or default_dtype)
 
 
 def _device_of(model: Any) -> torch.device:

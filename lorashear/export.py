@@ -248,17 +248,15 @@ def load_pruned(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) ->
     converted exactly as for a stock model — on a model whose parameters were first resized to the saved
     shapes and whose recorded module attributes were restored.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .loading import _causal_lm_class, load_config
+    from .loading import _causal_lm_class, from_pretrained_checked, load_config
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LorashearError(f"{model_dir}: no such model directory")
     side = read_sidecar(model_dir)
-    if side is None or side.get("case") == "stock":
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     config = load_config(model_dir)
+    if side is None or side.get("case") == "stock":
+        return from_pretrained_checked(_causal_lm_class(config), model_dir, dtype=dtype).eval()
     if not any(model_dir.glob("*.safetensors")):
         raise LorashearError(f"{model_dir}: no *.safetensors weights")
     cls = _causal_lm_class(config)
@@ -269,10 +267,7 @@ def load_pruned(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) ->
         _reshape(self, shapes, module_attrs, model_dir)
 
     resized = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
-    try:
-        model = resized.from_pretrained(model_dir, config=config, dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise LorashearError(f"{model_dir}: weights do not match the sidecar: {str(exc).strip().splitlines()[0][:300]}") from None
+    model = from_pretrained_checked(resized, model_dir, config=config, dtype=dtype)
     model.__class__ = cls  # the subclass only changed construction
     return model.eval()
 
