@@ -133,9 +133,14 @@ def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = N
         config = load_config(path)
         cls = _causal_lm_class(config)
         _refuse_non_decoder(config, cls)
+        from .export import SIDECAR, _reshape, load_pruned, read_sidecar
+
         if meta or path.is_file():
-            return model_from_config(config, meta=meta)
-        from .export import SIDECAR, load_pruned
+            model = model_from_config(config, meta=meta)
+            side = read_sidecar(path) if path.is_dir() else None
+            if side and side.get("case") != "stock":  # a pruned folder's config alone describes the unpruned model
+                _reshape(model, side.get("param_shapes", {}), side.get("module_attrs", {}), path)
+            return model
 
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise LorashearError(f"{path}: has a config but no weights (*.safetensors); use --meta for structure only")

@@ -136,3 +136,13 @@ def test_graph_job_on_a_pruned_folder(pruned_demo, tmp_path):
     done = wait(registry, job.id, timeout_s=300)
     assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-2000:])
     assert done.result["prunable_groups"] > 0
+
+
+def test_meta_trace_of_a_non_uniformly_pruned_folder_has_the_pruned_shapes(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    small, report = compress(model, groups, {"model.layers.1.self_attn:heads": [0], "model.layers.0.mlp:channels": [1, 2, 3]})
+    assert save_pruned(small, tmp_path / "m", report=report)["case"] == "lorashear"
+    real = {g.id: g.n_units for g in find_groups(trace(tmp_path / "m"))}
+    meta = {g.id: g.n_units for g in find_groups(trace(tmp_path / "m", meta=True))}
+    assert meta == real and real["model.layers.0.mlp:channels"] == 45 and real["model.layers.0.self_attn:heads"] == 2
+    assert "model.layers.1.self_attn:heads" not in real  # one kv head left: nothing to choose from
