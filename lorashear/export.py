@@ -146,6 +146,11 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
         "params_before": report.params_before if report else None,
         "provenance": provenance or {},
         "adapter": ADAPTER if keep_adapter else None,
+        # what was proven: compress's masked-vs-compressed check, and this folder's reload (it only exists if it passed)
+        "checks": {"compress_verified": bool(report and report.verified),
+                   "compress_max_diff": report.max_diff if report else None,
+                   "compress_tolerance": report.tolerance if report else None,
+                   "round_trip_verified": bool(verify)},
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))

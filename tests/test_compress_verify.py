@@ -64,3 +64,13 @@ def test_bf16_model_is_verified_with_a_half_precision_tolerance():
     model = build("llama").to(torch.bfloat16)
     _, report = compress(model, groups, {g.id: [0, 2] for g in groups if g.prunable})
     assert report.verified and report.tolerance >= 5e-2 and report.max_diff <= report.tolerance
+
+
+def test_meta_model_compresses_without_a_numeric_check():
+    from lorashear.loading import model_from_config
+    from tiny_models import CONFIGS
+
+    _, _, groups = traced("llama")
+    meta = model_from_config(CONFIGS["llama"](), meta=True)
+    small, report = compress(meta, groups, {"model.layers.0.mlp:channels": [0, 1]})
+    assert not report.verified and small.model.layers[0].mlp.down_proj.weight.shape == (32, 46)

@@ -56,6 +56,7 @@ def test_non_uniform_removal_in_one_layer_only(name, kind, tmp_path):
     small, report = compress(model, groups, {g.id: [0]})
     side, back = round_trip(small, report, tmp_path / "m")
     assert side["case"] == "lorashear" and not report.uniform
+    assert side["checks"]["compress_verified"] and side["checks"]["round_trip_verified"]
     assert torch.equal(logits(back), logits(small))
 
 
