@@ -1,6 +1,9 @@
 """Sweep tiny random-init configs of many HF causal-LM architectures: every group that find_groups marks
-prunable must compress exactly (masked vs smaller model, fp32 max abs diff ≤ 1e-4); everything else must
-carry a reason. Prints one row per architecture. Run by hand:
+prunable must compress exactly (masked vs smaller model, fp32 max abs diff ≤ 1e-4) or be refused by
+compress's self-verification (CompressionNotExact, listed as "refused at compress"); everything else must
+carry a reason. The removal of the first prunable group alone (non-uniform) and the mixed removal are also
+saved with save_pruned, which reloads the folder and compares logits itself. A wrong result or any other
+exception is BAD. Prints one row per architecture. Run by hand:
 
     python bench/arch_sweep.py [model_type ...]
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 import copy
 import random
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -20,7 +25,7 @@ TINY = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, interm
             bos_token_id=0, eos_token_id=0, pad_token_id=1, rotary_dim=4, partial_rotary_factor=0.5,
             d_model=32, n_positions=64)
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "opt", "gpt_neox", "gptj",
-         "stablelm", "falcon", "bloom", "olmo", "olmo2", "cohere", "starcoder2", "gpt_bigcode", "mixtral", "qwen2_moe", "granite"]
+         "stablelm", "falcon", "bloom", "olmo", "olmo2", "cohere", "starcoder2", "gpt_bigcode", "mixtral", "qwen2_moe", "granite", "codegen", "xglm", "apertus", "olmoe"]
 
 
 def build(model_type: str):
@@ -35,11 +40,13 @@ def build(model_type: str):
                 setattr(cfg, k, v)
             except Exception:
                 pass
+    if isinstance(getattr(cfg, "layer_types", None), list):  # per-layer list sized for the default depth
+        cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
     return model_from_config(cfg, seed=0)
 
 
 def check(model_type: str) -> str:
-    from lorashear import compress, find_groups, mask_units, trace
+    from lorashear import CompressionNotExact, compress, find_groups, mask_units, save_pruned, trace
 
     model = build(model_type)
     t = time.time()
@@ -47,7 +54,7 @@ def check(model_type: str) -> str:
     dt = time.time() - t
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
     rng = random.Random(0)
-    bad, ok = [], []
+    bad, ok, refused_at_compress, saved = [], [], [], []
     prunable = [g for g in groups if g.prunable]
     for g in prunable + (["mixed"] if prunable else []):
         removal = ({h.id: sorted(rng.sample(range(h.n_units), max(1, h.n_units // 3))) for h in prunable} if g == "mixed"
@@ -60,12 +67,22 @@ def check(model_type: str) -> str:
             with torch.no_grad():
                 d = (masked(input_ids=ids).logits - small(input_ids=ids).logits).abs().max().item()
             (ok if d <= 1e-4 else bad).append(f"{name} ({d:.1e})")
+            if g == "mixed" or g is prunable[0]:  # uniform-ish and one-group (non-uniform) removals must save and reload
+                with tempfile.TemporaryDirectory() as tmp:
+                    small, report = compress(model, groups, removal)
+                    side = save_pruned(small, Path(tmp) / "m", report=report)  # proves the reload itself
+                    saved.append(f"{name}: {side['case']}")
+        except CompressionNotExact:
+            refused_at_compress.append(name)
         except Exception as exc:
             bad.append(f"{name} raised {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
     kinds = sorted({g.kind for g in prunable})
     refused = sorted({g.kind for g in groups if not g.prunable and g.kind in ("attention", "mlp", "hidden")})
     return (f"{'BAD ' if bad else 'ok  '}{model_type:<12} {dt:5.1f}s groups={len(groups):3d} prunable={len(prunable):2d} "
-            f"kinds={','.join(kinds) or '-'} refused-kinds={','.join(refused) or '-'}" + ("\n      " + "\n      ".join(bad) if bad else ""))
+            f"kinds={','.join(kinds) or '-'} refused-kinds={','.join(refused) or '-'}"
+            + (f"\n      saved and reloaded: {'; '.join(saved)}" if saved else "")
+            + (f"\n      refused at compress: {', '.join(refused_at_compress)}" if refused_at_compress else "")
+            + ("\n      " + "\n      ".join(bad) if bad else ""))
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from .errors import LorashearError
 _EXPORTS = {
     "trace": ["OpGraph", "load_graph", "module_tree", "trace"],
     "groups": ["Group", "Member", "find_groups", "load_groups", "save_groups"],
-    "compress": ["CompressReport", "compress", "mask_units"],
+    "compress": ["CompressReport", "CompressionNotExact", "compress", "mask_units"],
     "export": ["load_pruned", "save_pruned"],
     "data": ["DEMO_MODEL_DIR", "DEMO_SOURCES", "Mixture", "PackedMixture", "calibration_samples", "demo_corpus",
              "demo_instructions", "load_instructions", "load_texts", "pack", "tokenize_instructions"],
@@ -56,7 +56,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .compress import CompressReport, compress, mask_units  # noqa: F401
+    from .compress import CompressionNotExact, CompressReport, compress, mask_units  # noqa: F401
     from .data import (DEMO_MODEL_DIR, DEMO_SOURCES, Mixture, PackedMixture, calibration_samples,  # noqa: F401
                        demo_corpus, demo_instructions, load_instructions, load_texts, pack, tokenize_instructions)
     from .evaluate import (CostReport, PerplexityResult, evaluate_model, evaluate_perplexity,  # noqa: F401

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory, or a config JSON file")
+    p.add_argument("model", help="model directory (plain, pruned by lorashear, or a LoRA adapter), 'demo', or a config JSON file")
     p.add_argument("--meta", action="store_true", help="structure only: build on the meta device, load no weights")
     p.add_argument("--out", required=True, help="folder for graph.json and groups.json")
     p.add_argument("--width", type=int, default=100, help="characters of each reason to print")

@@ -4,6 +4,12 @@
 removes every member slice (producers, consumers, pass-through norm weights, LoRA rows/columns) with
 ``index_select``, rescales RMSNorm weight and eps so that the smaller mean equals the masked one, and
 brings module attributes and the config in line with the new sizes.
+
+``compress`` verifies itself by default: it masks the units on the model it is about to slice (the zeroed
+producer slices are removed anyway, so this costs no copy), runs it on a small seeded batch, compresses,
+runs the smaller model on the same batch and raises ``CompressionNotExact`` naming the groups (and, when
+cheap, the offending ones) if the logits disagree beyond tolerance. A module that derives sizes from its own
+constants (CodeGen's ``mp_num``) is caught here even where the graph cannot show it.
 """
 from __future__ import annotations
 
@@ -36,6 +42,44 @@ class CompressReport:
     layer_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     uniform: bool = True
     config_before: dict = field(default_factory=dict)  # what to save when the new sizes make no valid config
+    verified: bool = False  # masked and compressed logits compared on a seeded batch
+    max_diff: float | None = None
+    tolerance: float | None = None
+
+
+class CompressionNotExact(LorashearError):
+    """The compressed model does not compute what the masked model computes."""
+
+
+VERIFY_BATCH, VERIFY_SEQ = 2, 16
+
+
+def verify_tolerance(logits: torch.Tensor) -> float:
+    """Allowed max |masked − compressed|: 1e-4 in fp32 (the exactness bar), 5e-2 in half precision (the
+    smaller matrices sum in another order), both relative to the logits' scale when it exceeds 1."""
+    scale = max(1.0, float(logits.float().abs().max()))
+    return (1e-4 if logits.dtype in (torch.float32, torch.float64) else 5e-2) * scale
+
+
+def verification_batch(model: nn.Module, *, batch: int = VERIFY_BATCH, seq_len: int = VERIFY_SEQ, seed: int = 0) -> torch.Tensor:
+    """A small seeded batch of token ids within the model's vocabulary and context, on its device."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    vocab = int(getattr(cfg, "vocab_size", None) or 2)
+    ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, min(seq_len, int(ctx))), generator=gen)
+    return ids.to(next(model.parameters()).device)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(input_ids=ids, use_cache=False).logits
+    finally:
+        model.train(was_training)
 
 
 def validate_removal(groups: list[Group], removal: Removal) -> dict[str, Group]:
@@ -90,12 +134,24 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return owners
 
 
-def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace: bool = False) -> tuple[nn.Module, CompressReport]:
-    """Return a physically smaller model of the same class without the given units, and a report."""
+def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace: bool = False,
+             verify: bool = True) -> tuple[nn.Module, CompressReport]:
+    """Return a physically smaller model of the same class without the given units, and a report.
+
+    ``verify`` (default) checks the result against the masked model on a small seeded batch and raises
+    ``CompressionNotExact`` when they disagree; it costs two forward passes of 2×16 tokens and one logits
+    tensor of memory (measured in docs/groups.md). ``verify=False`` skips it for very large models.
+    """
     by_id = validate_removal(groups, removal)
     removal = {gid: sorted({int(u) for u in units}) for gid, units in removal.items() if units}
+    original = None if inplace else model
     if not inplace:
         model = copy.deepcopy(model)
+    reference = ids = None
+    if verify and removal and not any(p.is_meta for p in model.parameters()):  # a meta model has no numbers to check
+        ids = verification_batch(model)
+        mask_units(model, groups, removal)  # in place: the zeroed producer slices are about to be removed
+        reference = _logits(model, ids)
     params_before = sum(p.numel() for p in model.parameters())
     owners = _owners(model)
     attrs: dict[str, dict[str, float | int]] = {}
@@ -161,7 +217,47 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
     before = base.config.to_dict() if hasattr(base, "config") else {}
     _update_config(model, groups, removal, uniform)
     report = CompressReport(removal, params_before, sum(p.numel() for p in model.parameters()), attrs, layer_sizes, uniform, before)
+    if reference is not None:
+        report.tolerance = verify_tolerance(reference)
+        try:
+            out = _logits(model, ids)
+        except Exception as exc:  # a module that kept an old size fails outright instead of computing wrong numbers
+            raise CompressionNotExact(
+                f"the compressed model fails to run ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}) "
+                f"after removing units of {_names(removal)}" + _culprits(original, groups, removal)) from None
+        report.max_diff = float((out.float() - reference.float()).abs().max()) if out.shape == reference.shape else float("inf")
+        report.verified = True
+        if not report.max_diff <= report.tolerance:
+            raise CompressionNotExact(
+                f"compression is not exact: masked and compressed logits differ by {report.max_diff:.3g} "
+                f"(tolerance {report.tolerance:.1g}) after removing units of {_names(removal)}"
+                + _culprits(original, groups, removal) + "; a module of this architecture derives sizes that compress cannot rewrite")
     return model, report
+
+
+def _names(removal: Removal, limit: int = 6) -> str:
+    ids = list(removal)
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more groups" if len(ids) > limit else "")
+
+
+_BISECT_MAX_GROUPS, _BISECT_MAX_PARAMS = 32, 50_000_000
+
+
+def _culprits(original: nn.Module | None, groups: list[Group], removal: Removal) -> str:
+    """Which single groups are not exact on their own — when the untouched model is at hand and small
+    enough that one masked + compressed trial per group is cheap."""
+    if original is None or len(removal) <= 1:
+        return ""
+    n = sum(p.numel() for p in original.parameters())
+    if len(removal) > _BISECT_MAX_GROUPS or n > _BISECT_MAX_PARAMS:
+        return " (compress those groups one at a time to find the offending one)"
+    bad = []
+    for gid, units in removal.items():
+        try:
+            compress(original, groups, {gid: units}, verify=True)
+        except CompressionNotExact:
+            bad.append(gid)
+    return f"; on its own, not exact: {', '.join(bad)}" if bad else "; every group is exact on its own, only their combination is not"
 
 
 def _complement(n: int, idx: torch.Tensor) -> torch.Tensor:
@@ -230,8 +326,10 @@ def _update_config(model: nn.Module, groups: list[Group], removal: Removal, unif
     if cfg is None:
         return
     if getattr(cfg, "head_dim", None) is None and getattr(cfg, "num_attention_heads", None) and hasattr(cfg, "hidden_size"):
-        if "head_dim" in cfg.to_dict() or hasattr(type(cfg), "head_dim"):
-            cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        # write the head size every config omits when it is hidden_size / heads (Qwen2, OLMo2, Granite, …):
+        # once hidden or heads shrink, that quotient is no longer the head size the weights and the rotary
+        # inv_freq (a non-persistent buffer rebuilt from the config) were made with
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     for kind in ("hidden", "attention", "mlp"):
         gs = [g for g in groups if g.kind == kind and g.prunable]
         if not gs or not any(removal.get(g.id) for g in gs):

@@ -12,7 +12,9 @@ context, so lower perplexity); compare a pruned model with its dense parent unde
 
 Cost: ``count_parameters`` (unique tensors, tied weights once), ``macs_per_token`` (formula in its
 docstring), latency of one forward at batch 1, throughput of a batched forward, and peak memory (CUDA:
-``torch.cuda.max_memory_allocated``; CPU: peak resident-set growth during the forward, sampled by psutil).
+``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set size during the forward — Linux
+``VmHWM`` reset just before it through ``/proc/self/clear_refs``, else ``getrusage`` ``ru_maxrss`` since
+the process started; the method used is named in the report).
 
 Device policy (``pick_device``): CUDA with bf16 when a GPU is present, otherwise CPU with fp32.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .data import DEMO_MODEL_DIR, model_context, token_stream
+from .data import model_context, token_stream
 from .errors import LorashearError
 
 SHORT_WINDOW = 128
@@ -56,28 +57,13 @@ def load_model(
     path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a Hugging Face folder (``"demo"`` means the shipped demo model),
-    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. A folder written by
-    ``lorashear.export.save_pruned`` (it has the sidecar) goes through ``load_pruned``, which also loads
-    pruned models with per-layer sizes that the stock classes cannot build."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. The one loader
+    (``lorashear.loading.load_model``) does the work: pruned folders through ``load_pruned``, adapters,
+    refusal of anything that is not a causal LM."""
+    from .loading import load_model_and_tokenizer
 
-    from . import export
-
-    folder = DEMO_MODEL_DIR if str(path) == "demo" else Path(path).expanduser()
-    if not folder.is_dir():
-        raise LorashearError(f"model folder not found: {folder}")
-    if not (folder / "config.json").exists():
-        raise LorashearError(f"{folder} is not a Hugging Face model folder (no config.json)")
     dev, default_dtype = pick_device(device)
-    try:
-        if (folder / export.SIDECAR).exists():
-            model = export.load_pruned(folder, dtype=dtype or default_dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or default_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise LorashearError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from exc
-    return model.to(dev).eval(), tokenizer
+    return load_model_and_tokenizer(path, device=dev, dtype=dtype or default_dtype)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -281,31 +267,40 @@ class CostReport:
         return asdict(self)
 
 
-class _RssPeak:
-    """Sample this process's RSS in a thread; ``peak - baseline`` is the growth during the block."""
+def _vm_hwm() -> int | None:
+    """This process's peak resident set size in bytes (Linux ``VmHWM``), or None where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
-    def __init__(self, interval: float = 0.002):
-        import psutil
 
-        self._proc = psutil.Process()
-        self.interval = interval
-        self.base = self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+def _cpu_peak_rss(fn) -> tuple[int, str]:
+    """Run ``fn`` and return (peak RSS of the process in bytes, how it was measured). Never a sampled
+    figure: the kernel's own high-water mark, reset just before ``fn`` where Linux allows it."""
+    import resource
+    import sys
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "_RssPeak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        reset = _vm_hwm() is not None
+    except OSError:
+        reset = False
+    fn()
+    if reset:
+        peak = _vm_hwm()
+        if peak is not None:
+            return peak, ("cpu: peak resident set size of the process during the first batched forward (Linux VmHWM, "
+                          "reset just before it via /proc/self/clear_refs; includes the weights and the Python runtime)")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = maxrss if sys.platform == "darwin" else maxrss * 1024
+    return peak, ("cpu: peak resident set size of the process since it started (getrusage ru_maxrss; includes "
+                  "the weights, the Python runtime and everything the process did before this forward)")
 
 
 def _sync(dev: torch.device) -> None:
@@ -367,19 +362,7 @@ def measure_cost(
             peak = torch.cuda.max_memory_allocated(dev)
             method = "cuda: torch.cuda.max_memory_allocated during the batched forward (weights included)"
         else:
-            try:
-                with _RssPeak() as rss:
-                    model(input_ids=many, use_cache=False)
-                peak = rss.peak - rss.base
-                method = ("cpu: peak RSS growth over the pre-forward RSS during the first batched forward "
-                          "(psutil, sampled; memory the process already held and reuses is not counted)")
-            except ImportError:
-                import resource
-
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                model(input_ids=many, use_cache=False)
-                peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-                method = "cpu: growth of the process's max RSS high-water mark (resource.getrusage)"
+            peak, method = _cpu_peak_rss(lambda: model(input_ids=many, use_cache=False))
         latency = _time_forward(model, one, warmup, iters)
         batched = _time_forward(model, many, 1, iters)
     finally:

@@ -29,12 +29,20 @@ from .errors import LorashearError
 from .jsonio import write_json_atomic
 
 SIDECAR = "lorashear.json"
+ADAPTER = "adapter"  # subfolder of a pruned folder saved with merge_lora=False
 
 
-def _base(model: nn.Module) -> nn.Module:
-    """The plain transformers model: LoRA merged (on a copy) when ``model`` is a PEFT model."""
+def _base(model: nn.Module, merge: bool = True) -> nn.Module:
+    """The plain transformers model: LoRA merged (on a copy) when ``model`` is a PEFT model, or left out
+    (base weights only) when not ``merge``."""
+    if hasattr(model, "merge_and_unload") and not merge:
+        return copy.deepcopy(model).unload()
     if hasattr(model, "merge_and_unload"):
-        return copy.deepcopy(model).merge_and_unload()
+        try:
+            return copy.deepcopy(model).merge_and_unload()
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LorashearError(f"cannot merge the LoRA adapter into the base weights for saving: {msg}") from None
     return model
 
 
@@ -71,6 +79,10 @@ def config_overrides(model: nn.Module, config) -> tuple[dict[str, dict[str, Any]
     ref = model_from_config(copy.deepcopy(config), meta=True)
     have = _shapes(ref)
     mismatch = next((f"config gives {k} shape {have.get(k)}, pruned model has {v}" for k, v in _shapes(model).items() if have.get(k) != v), None)
+    if mismatch is None:  # non-persistent buffers (rotary inv_freq) are rebuilt from the config on load
+        ref_buffers = {k: list(b.shape) for k, b in ref.named_buffers()}
+        mismatch = next((f"config rebuilds buffer {k} with shape {ref_buffers.get(k)}, pruned model has {list(b.shape)}"
+                         for k, b in model.named_buffers() if ref_buffers.get(k, list(b.shape)) != list(b.shape)), None)
     ref_mods = dict(ref.named_modules())
     overrides: dict[str, dict[str, Any]] = {}
     for path, mod in model.named_modules():
@@ -85,10 +97,22 @@ def config_overrides(model: nn.Module, config) -> tuple[dict[str, dict[str, Any]
 
 
 def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport | None = None,
-                tokenizer: Any = None, provenance: dict | None = None) -> dict:
-    """Write the (LoRA-merged) model to ``out_dir`` atomically; returns the sidecar dict."""
+                tokenizer: Any = None, provenance: dict | None = None, verify: bool = True,
+                merge_lora: bool = True) -> dict:
+    """Write the (LoRA-merged) model to ``out_dir`` atomically; returns the sidecar dict.
+
+    With ``merge_lora=False`` a PEFT model keeps its adapter: the folder holds the pruned base weights and
+    ``adapter/`` the pruned LoRA adapter (``base_model_name_or_path`` = ``..``), which ``lorashear`` commands
+    open as ``OUT/adapter`` and PEFT as ``PeftModel.from_pretrained(load_pruned(OUT), OUT/"adapter")``.
+
+    ``verify`` (default) proves the round trip before the folder appears: the temporary folder is reloaded
+    the way a user will (stock ``from_pretrained`` for the stock case, ``load_pruned`` otherwise), its
+    non-persistent buffers and its logits on a small seeded batch are compared with ``model``'s, and a
+    mismatch is an error that leaves no folder behind.
+    """
     out_dir = Path(out_dir)
-    base = _base(model)
+    keep_adapter = not merge_lora and hasattr(model, "peft_config")
+    base = _base(model, merge=not keep_adapter)
     config = base.config
     invalid = _config_problem(config)
     if invalid:
@@ -121,6 +145,12 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
         "layer_sizes": report.layer_sizes if report else {},
         "params_before": report.params_before if report else None,
         "provenance": provenance or {},
+        "adapter": ADAPTER if keep_adapter else None,
+        # what was proven: compress's masked-vs-compressed check, and this folder's reload (it only exists if it passed)
+        "checks": {"compress_verified": bool(report and report.verified),
+                   "compress_max_diff": report.max_diff if report else None,
+                   "compress_tolerance": report.tolerance if report else None,
+                   "round_trip_verified": bool(verify)},
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -130,6 +160,15 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / SIDECAR, sidecar)
+        if keep_adapter:
+            model.save_pretrained(tmp / ADAPTER)
+            acfg_path = tmp / ADAPTER / "adapter_config.json"
+            acfg = json.loads(acfg_path.read_text())
+            acfg["base_model_name_or_path"] = ".."
+            write_json_atomic(acfg_path, acfg)
+        if verify:
+            base.config = saved_config
+            _check_round_trip(model, tmp, stock, tmp / ADAPTER if keep_adapter else None)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -139,6 +178,47 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
     finally:
         base.config = saved_config
     return sidecar
+
+
+def _check_round_trip(model: nn.Module, folder: Path, stock: bool, adapter: Path | None = None) -> None:
+    """Reload ``folder`` as a user would and compare it with the in-memory ``model``."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from .compress import _logits, verification_batch
+
+    param = next(model.parameters())
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        back = (AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype) if stock
+                else load_pruned(folder, dtype=param.dtype)).to(param.device).eval()
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise LorashearError(f"the saved folder does not reload ({'stock from_pretrained' if stock else 'load_pruned'}): {msg}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if adapter is not None:
+        from peft import PeftModel
+
+        back = PeftModel.from_pretrained(back, adapter).eval()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    have = dict(base.named_buffers())
+    back_base = back.get_base_model() if hasattr(back, "get_base_model") else back
+    for name, buf in back_base.named_buffers():
+        mine = have.get(name)
+        if mine is not None and (mine.shape != buf.shape or not torch.allclose(mine.float(), buf.float().to(mine.device), rtol=1e-6, atol=1e-7)):
+            raise LorashearError(f"the saved folder rebuilds buffer {name} differently from the pruned model "
+                                 f"(shape {list(buf.shape)} vs {list(mine.shape)}): the config does not describe it")
+    ids = verification_batch(model)
+    want, got = _logits(model, ids).float(), _logits(back, ids).float()
+    scale = max(1.0, float(want.abs().max()))
+    tol = (1e-5 if param.dtype in (torch.float32, torch.float64) else 2e-2) * scale
+    diff = float((want - got).abs().max()) if want.shape == got.shape else float("inf")
+    if not diff <= tol:
+        raise LorashearError(f"the saved folder does not reproduce the model: reloaded logits differ by {diff:.3g} "
+                             f"(tolerance {tol:.1g}); nothing was written")
 
 
 def _config_problem(config) -> str | None:
@@ -166,44 +246,52 @@ def read_sidecar(model_dir: str | Path) -> dict | None:
 
 
 def load_pruned(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Load any model written by ``save_pruned`` (or a plain HF model directory)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
+    """Load any model written by ``save_pruned`` (or a plain HF model directory).
 
-    from .loading import _causal_lm_class, load_config
+    The ``lorashear`` case goes through transformers' own ``from_pretrained`` too — so checkpoint layouts that
+    differ from the in-memory one (transformers 5 saves MoE experts one by one and fuses them on load) are
+    converted exactly as for a stock model — on a model whose parameters were first resized to the saved
+    shapes and whose recorded module attributes were restored.
+    """
+    from .loading import _causal_lm_class, from_pretrained_checked, load_config
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LorashearError(f"{model_dir}: no such model directory")
     side = read_sidecar(model_dir)
-    if side is None or side.get("case") == "stock":
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     config = load_config(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
+    if side is None or side.get("case") == "stock":
+        return from_pretrained_checked(_causal_lm_class(config), model_dir, dtype=dtype).eval()
+    if not any(model_dir.glob("*.safetensors")):
         raise LorashearError(f"{model_dir}: no *.safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    with no_init_weights():
-        model = _causal_lm_class(config)._from_config(config, dtype=dtype)
-    for name, shape in side["param_shapes"].items():
+    cls = _causal_lm_class(config)
+    shapes, module_attrs = side.get("param_shapes", {}), side.get("module_attrs", {})
+
+    def __init__(self, config, *args, **kwargs):
+        cls.__init__(self, config, *args, **kwargs)
+        _reshape(self, shapes, module_attrs, model_dir)
+
+    resized = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+    model = from_pretrained_checked(resized, model_dir, config=config, dtype=dtype)
+    model.__class__ = cls  # the subclass only changed construction
+    return model.eval()
+
+
+def _reshape(model: nn.Module, shapes: dict[str, list[int]], module_attrs: dict[str, dict], model_dir: Path) -> None:
+    """Give every parameter its saved shape and every module its recorded size attributes."""
+    for name, shape in shapes.items():
         owner, _, attr = name.rpartition(".")
-        mod = model.get_submodule(owner) if owner else model
-        if attr in mod._parameters and list(mod._parameters[attr].shape) != shape:
-            mod._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=dtype))
+        try:
+            mod = model.get_submodule(owner) if owner else model
+        except AttributeError:
+            raise LorashearError(f"{model_dir}: sidecar names parameter '{name}' that the config does not build") from None
+        old = mod._parameters.get(attr)
+        if old is not None and list(old.shape) != shape:
+            mod._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
     mods = dict(model.named_modules())
-    for path, attrs in side.get("module_attrs", {}).items():
+    for path, attrs in module_attrs.items():
         mod = mods.get(path)
         if mod is None:
             raise LorashearError(f"{model_dir}: sidecar names module '{path}' that the config does not build")
         for attr, val in attrs.items():
             setattr(mod, attr, tuple(val) if isinstance(val, list) else val)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    really_missing = [k for k in missing if k not in tied]  # tied keys (lm_head) are not stored twice
-    if unexpected or really_missing:
-        raise LorashearError(f"{model_dir}: weights do not match the sidecar (missing {really_missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval()

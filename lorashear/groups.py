@@ -96,6 +96,16 @@ class _Propagator:
         self.embed_out: list[Expr] = []
         self.output_axes: list[Expr] = []
         self.broadcast_atoms: list[int] = []  # created by expand / GQA repetition: copies, not units
+        self.inferred_splits: list[tuple[list[int], list[int], str]] = []  # (inferred atoms, fixed atoms, reason)
+
+    @staticmethod
+    def op_of(a: dict) -> str:
+        """The op name the rules dispatch on: ``max.other``/``min.other`` (two tensors, element-wise) are
+        ``maximum``/``minimum``, not the reductions ``max.dim``/``min.dim``."""
+        op = a["op"]
+        if op in ("max", "min") and str(a.get("target", "")).endswith(".other"):
+            return "maximum" if op == "max" else "minimum"
+        return op
 
     # --- values
     def fresh(self, shape, reason: str | None = None) -> list[Expr]:
@@ -144,6 +154,9 @@ class _Propagator:
                 except AxisConflict as exc:
                     out = None
                     self.opaque(name, a, f"inconsistent shapes at {a['op']} (node {name}): {exc}")
+                except Exception as exc:  # a bug in one rule refuses what that op touches, never the whole model
+                    out = None
+                    self.opaque(name, a, _rule_failure(name, a, exc))
                 if out is None and name not in self.vals:
                     self.opaque(name, a, f"unsupported op '{a['target']}' at node {name} ({a.get('module') or 'top'})")
                 elif out is not None:
@@ -160,7 +173,7 @@ class _Propagator:
             self.vals[name] = self.fresh(a.get("shape"), reason)
 
     def apply(self, name: str, a: dict):
-        op, args, kw = a["op"], a["args"], a.get("kwargs") or {}
+        op, args, kw = self.op_of(a), a["args"], a.get("kwargs") or {}
         alg = self.alg
         out_shape = a.get("shape")
         where = f"{op} at node {name}"
@@ -207,7 +220,11 @@ class _Propagator:
             return self.sdpa(name, args, kw)
         if op in _VIEW:
             x = self.val(args[0])
-            return alg.factor([atom for e in x for atom in e], out_shape)
+            out = alg.factor([atom for e in x for atom in e], out_shape)
+            sizes = args[1] if len(args) > 1 else None
+            if op in ("view", "reshape", "_unsafe_view") and isinstance(sizes, list) and -1 in sizes:
+                self.inferred_split(name, a, x, out, sizes)
+            return out
         if op in ("transpose", "swapaxes"):
             x = list(self.val(args[0]))
             d0, d1 = args[1] % len(x), args[2] % len(x)
@@ -292,6 +309,32 @@ class _Propagator:
                 self.role(args[2], 0, "passthrough")
             return list(x)
         return None  # unknown: caller marks it opaque
+
+    def inferred_split(self, name: str, a: dict, x: list[Expr], out: list[Expr], sizes: list) -> None:
+        """A view that splits one axis into an inferred (``-1``) size and a fixed one.
+
+        The graph records one of the two factors as a constant, but not which one the module's code holds
+        fixed: ``reshape(..., -1, head_dim)`` keeps the inner factor (heads shrink with pruning, exact),
+        CodeGen's ``reshape(..., mp_num, -1)`` keeps the outer one (export shows it the other way round).
+        So the classes inside the fixed factor are only safe when nothing removes their units: they are
+        refused with the reason. A fixed dimension that is a whole input axis (``view(-1, hidden)``) is not
+        a split and stays free. When the fixed factor holds part of an attention heads axis (CodeGen with
+        more heads than ``mp_num``), the heads on the inferred side are refused too (``find_groups``)."""
+        neg = sizes.index(-1)
+        neg_leaves = {self.alg.find(t) for t in self.alg.expand(out[neg])}
+        for e in x:
+            axis = {self.alg.find(t) for t in self.alg.expand(e)}
+            if not axis & neg_leaves:
+                continue
+            for j, oe in enumerate(out):
+                fixed = [t for t in self.alg.expand(oe) if self.alg.find(t) in axis]
+                if j == neg or not fixed or {self.alg.find(t) for t in self.alg.expand(oe)} == axis:
+                    continue
+                reason = (f"split by {a['op']} at node {name} ({a.get('module') or 'top'}) into an inferred (-1) "
+                          f"size and a fixed size {sizes[j]}: the module may hold either factor constant, which compress "
+                          "cannot rewrite")
+                self.alg.mark(fixed, reason)
+                self.inferred_splits.append((list(out[neg]), fixed, reason))
 
     def shape_of(self, ref):
         if isinstance(ref, dict) and "node" in ref:
@@ -467,6 +510,11 @@ class _Propagator:
         return out
 
 
+def _rule_failure(name: str, a: dict, exc: Exception) -> str:
+    msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"rule for {a.get('target', a.get('op'))} failed at node {name} ({a.get('module') or 'top'}): {type(exc).__name__}: {msg}"
+
+
 def _flatten(obj):
     if isinstance(obj, list):
         for v in obj:
@@ -532,12 +580,14 @@ class _ZeroFlow:
             carried = self.classes(v)
             try:
                 z = self.rule(name, a, carried)
-            except (IndexError, KeyError, TypeError):
+            except Exception as exc:  # a bug in one rule refuses the classes that op touches, never the model
                 z = set()
+                touched = carried.union(*(self.c(r) for r in _flatten([a.get("args"), a.get("kwargs")])))
+                self.violate(touched, _rule_failure(name, a, exc))
             self.zero[name] = z & carried
 
     def rule(self, name, a, carried) -> set[int]:
-        op, args = a["op"], a["args"]
+        op, args = self.p.op_of(a), a["args"]
         tensors = [r for r in _flatten(args) if self.p.is_tensor(r)]
         where = f"{op} at node {name} ({a.get('module') or 'top'})"
         if op == "getitem":
@@ -709,6 +759,11 @@ def find_groups(og: OpGraph) -> list[Group]:
     for kind, e in prop.attention_axes:
         for k in flow.axis_classes(e):
             kinds_seen.setdefault(k, set()).add(kind)
+    split_reasons: dict[int, list[str]] = {}
+    for inferred, fixed, why in prop.inferred_splits:
+        if any("attention" in kinds_seen.get(k, ()) for k in flow.axis_classes(fixed)):
+            for k in flow.axis_classes(inferred):
+                split_reasons.setdefault(k, []).append(f"{why} (the attention heads axis straddles the split)")
     hidden = set().union(*(flow.axis_classes(e) for e in prop.embed_out)) if prop.embed_out else set()
     output = set().union(*(flow.axis_classes(e) for e in prop.output_axes)) if prop.output_axes else set()
     broadcast = {alg.find(leaf) for a in prop.broadcast_atoms for leaf in alg.leaves(a)}
@@ -734,7 +789,7 @@ def find_groups(og: OpGraph) -> list[Group]:
         params = [m.param for m in mlist]
         producers = [m for m in mlist if m.role == "producer"]
         seen = kinds_seen.get(k, set())
-        reasons = list(alg.class_reasons(k)) + flow.violations.get(k, [])
+        reasons = list(alg.class_reasons(k)) + flow.violations.get(k, []) + split_reasons.get(k, [])
         if all(_is_lora(p) for p in params):
             kind = "lora_rank"
             reasons.insert(0, "LoRA rank axis: adapter-internal, never pruned")

@@ -1,5 +1,12 @@
 """Turn what a user points at (a model object, a model directory, a config file) into a causal-LM module.
 
+This is the one loader behind every command and job (``graph``, ``analyze``, ``eval``, ``app --model``,
+``prune``/``recover``): ``"demo"`` is the shipped demo model; a folder written by ``save_pruned`` (it has
+the ``lorashear.json`` sidecar) goes through ``load_pruned``; a PEFT adapter folder loads its base (itself
+through this loader) with the adapter on top; a config file builds the model on the meta device or
+random-init. A model that is not a decoder LM, or whose saved weights do not cover the causal-LM head it
+would be loaded as (a ``BertModel`` folder), is refused — never run with a randomly initialised head.
+
 Every user mistake here becomes a ``LorashearError`` that names the path and the cause, because this is
 the first thing every CLI command and the app do with user input.
 """
@@ -62,34 +69,124 @@ def model_from_config(config, *, meta: bool = False, seed: int | None = 0) -> nn
     return model.eval()
 
 
-def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+def _refuse_non_decoder(config, cls) -> None:
+    """Encoders that transformers can run as decoders (BERT, RoBERTa, …) only do so with ``is_decoder``:
+    without it the "causal LM" attends both ways and is no language model."""
+    import inspect
+
+    try:
+        needs_flag = "is_decoder" in inspect.getsource(cls.__init__)
+    except (OSError, TypeError):
+        needs_flag = False
+    if needs_flag and not getattr(config, "is_decoder", False):
+        saved = ", ".join(getattr(config, "architectures", None) or []) or "no architecture recorded"
+        raise LorashearError(f"model_type '{config.model_type}' ({saved}) is an encoder (is_decoder is false): "
+                             "not a decoder language model")
+
+
+def check_causal_lm(model: nn.Module, where: str = "") -> nn.Module:
+    """Refuse an in-memory Hugging Face model that is not its config's causal-LM class (e.g. a ``BertModel``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        return model  # not a Hugging Face model: the caller says what it needs
+    cls = _causal_lm_class(config)
+    if not isinstance(base, cls):
+        raise LorashearError(f"{where or type(base).__name__}: a {type(base).__name__} is not a causal LM "
+                             f"(the causal-LM class for '{config.model_type}' is {cls.__name__})")
+    _refuse_non_decoder(config, cls)
+    return model
+
+
+def from_pretrained_checked(cls, path: Path, *, config=None, dtype: torch.dtype | None = None) -> nn.Module:
+    """``cls.from_pretrained`` that refuses a checkpoint which leaves any weight to random init (the saved
+    model is another architecture or lacks the LM head)."""
+    kwargs = {"config": config} if config is not None else {}
+    try:
+        model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs)
+    except LorashearError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise LorashearError(f"{path}: cannot load the model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise LorashearError(
+            f"{path}: the saved weights do not cover {type(model).__name__} ({len(missing)} tensors missing, e.g. "
+            f"{', '.join(sorted(missing)[:3])}); it would run with randomly initialised weights — not a causal-LM checkpoint")
+    return model
+
+
+def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> nn.Module:
     """Return an eval-mode causal LM for ``source``.
 
-    ``source`` may be an ``nn.Module`` (returned as is), a model directory (weights loaded, or only the
+    ``source`` may be an ``nn.Module`` (returned as is, once checked to be a causal LM), ``"demo"``, a model
+    directory (plain Hugging Face, pruned by ``save_pruned``, or a PEFT adapter; weights loaded, or only the
     config when ``meta``), or a config JSON file (meta device when ``meta``, random init otherwise).
     """
     if isinstance(source, nn.Module):
-        return source.eval()
-    path = Path(source)
+        return check_causal_lm(source).eval()
+    path = resolve_source(source)
     if path.is_dir() and (path / "adapter_config.json").is_file():
-        return _load_adapter(path, meta=meta, dtype=dtype)
-    config = load_config(path)
-    _causal_lm_class(config)
-    if meta or path.is_file():
-        return model_from_config(config, meta=meta)
-    from transformers import AutoModelForCausalLM
+        model = _load_adapter(path, meta=meta, dtype=dtype)
+    else:
+        config = load_config(path)
+        cls = _causal_lm_class(config)
+        _refuse_non_decoder(config, cls)
+        from .export import SIDECAR, _reshape, load_pruned, read_sidecar
 
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise LorashearError(f"{path}: has a config but no weights (*.safetensors); use --meta for structure only")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise LorashearError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from None
+        if meta or path.is_file():
+            model = model_from_config(config, meta=meta)
+            side = read_sidecar(path) if path.is_dir() else None
+            if side and side.get("case") != "stock":  # a pruned folder's config alone describes the unpruned model
+                _reshape(model, side.get("param_shapes", {}), side.get("module_attrs", {}), path)
+            return model
+
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise LorashearError(f"{path}: has a config but no weights (*.safetensors); use --meta for structure only")
+        if (path / SIDECAR).is_file():
+            model = load_pruned(path, dtype=dtype or torch.float32)
+        else:
+            model = from_pretrained_checked(cls, path, dtype=dtype)
+    if device is not None:
+        model = model.to(device)
     return model.eval()
 
 
+def resolve_source(source: Any) -> Path:
+    """``"demo"`` → the shipped demo model's folder; anything else → an expanded path."""
+    if str(source) == "demo":
+        from .data import DEMO_MODEL_DIR
+
+        return Path(DEMO_MODEL_DIR)
+    return Path(source).expanduser()
+
+
+def load_model_and_tokenizer(source: Any, *, device: str | torch.device | None = None,
+                             dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` from a model folder (or ``"demo"``): the model through ``load_model``, the
+    tokenizer from the folder (an adapter folder without one: its base model's)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_source(source)
+    if not path.is_dir():
+        raise LorashearError(f"model folder not found: {path}")
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise LorashearError(f"{path} is not a Hugging Face model folder (no config.json)")
+    model = load_model(path, dtype=dtype, device=device)
+    tok_dir = path
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        tok_dir = Path(getattr(base, "name_or_path", "") or path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LorashearError(f"cannot load the tokenizer in {tok_dir}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return model, tokenizer
+
+
 def _load_adapter(path: Path, *, meta: bool, dtype: torch.dtype | None) -> nn.Module:
-    """A PEFT adapter directory: its base model (a local path) with the adapter on top."""
+    """A PEFT adapter directory: its base model (a local path, loaded through ``load_model``) with the adapter on top."""
     from peft import PeftConfig, PeftModel
 
     if meta:
@@ -103,5 +200,8 @@ def _load_adapter(path: Path, *, meta: bool, dtype: torch.dtype | None) -> nn.Mo
         base_path = (path / base_path) if (path / base_path).exists() else base_path
     if not base_path.exists():
         raise LorashearError(f"{path}: the adapter's base model '{pcfg.base_model_name_or_path}' is not a local path")
-    base = load_model(base_path, dtype=dtype)
-    return PeftModel.from_pretrained(base, path).eval()
+    base = load_model(base_path.resolve(), dtype=dtype)
+    try:
+        return PeftModel.from_pretrained(base, path).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise LorashearError(f"{path}: cannot load the adapter onto {base_path}: {str(exc).strip().splitlines()[0][:300]}") from None

@@ -7,7 +7,11 @@ without re-tracing the model.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,12 +107,22 @@ def export_model(model: nn.Module, *, batch: int = 2, seq_len: int = 16) -> torc
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
     seq_len = min(seq_len, int(max_pos))
     ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+    # torch prints the whole traced program (hundreds of lines) to stderr and its logs when export fails:
+    # hold both back and report one line; on success, pass on what was written
+    held = io.StringIO()
+    disabled = logging.root.manager.disable
     try:
-        with torch.no_grad():
-            return torch.export.export(_LogitsWrapper(model), (ids,), strict=False)
+        logging.disable(logging.WARNING)
+        with torch.no_grad(), contextlib.redirect_stderr(held), contextlib.redirect_stdout(held):
+            ep = torch.export.export(_LogitsWrapper(model), (ids,), strict=False)
     except Exception as exc:  # export failures are reported, not re-raised as tracebacks
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LorashearError(f"torch.export failed for {type(model).__name__}: {type(exc).__name__}: {first}") from None
+        raise LorashearError(f"torch.export failed for {type(model).__name__}: {type(exc).__name__}: {first[:300]}") from None
+    finally:
+        logging.disable(disabled)
+    if held.getvalue().strip():
+        sys.stderr.write(held.getvalue())
+    return ep
 
 
 def trace(source: Any, *, meta: bool = False, batch: int = 2, seq_len: int = 16) -> OpGraph:

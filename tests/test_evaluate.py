@@ -98,7 +98,7 @@ def test_macs_per_token_follows_the_documented_formula(demo_model):
 def test_measure_cost_reports_speed_and_memory_on_this_device(demo_model):
     cost = measure_cost(demo_model, seq_len=32, batch_size=2, warmup=1, iters=2)
     assert cost.parameters == count_parameters(demo_model)
-    assert cost.latency_ms > 0 and cost.throughput_tokens_per_s > 0 and cost.peak_memory_bytes >= 0
+    assert cost.latency_ms > 0 and cost.throughput_tokens_per_s > 0 and cost.peak_memory_bytes > 0
     assert cost.peak_memory_method.startswith(cost.device.split(":")[0])
 
 
@@ -153,3 +153,15 @@ def test_lm_eval_adapter_runs_a_local_task(tmp_path, demo_model, demo_tokenizer)
     res = run_lm_eval(demo_model, demo_tokenizer, ["lorashear_local_mc"], include_path=tmp_path,
                       include_defaults=False)
     assert 0.0 <= res["lorashear_local_mc"]["acc,none"] <= 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU measurement")
+def test_cpu_peak_memory_is_the_process_peak_rss_not_a_sampled_zero(demo_model):
+    from lorashear.evaluate import _cpu_peak_rss
+
+    weights = sum(p.numel() * p.element_size() for p in demo_model.parameters())
+    cost = measure_cost(demo_model, seq_len=16, batch_size=1, warmup=1, iters=1)
+    assert cost.peak_memory_bytes > weights and "peak resident set size" in cost.peak_memory_method
+    base, _ = _cpu_peak_rss(lambda: None)
+    peak, method = _cpu_peak_rss(lambda: torch.ones(64 * 2**20, dtype=torch.float32).sum())  # 256 MiB touched
+    assert peak - base >= 200 * 2**20, (peak, base, method)

@@ -52,3 +52,51 @@ def traced(arch: str, lora: bool = False):
 def ids(seed: int = 0, batch: int = 2, seq: int = 12) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 64, (batch, seq), generator=g)
+
+
+# families beyond ARCHS that break rules the ARCHS do not exercise (built the same way, on demand)
+def _extra_configs():
+    from transformers import (ApertusConfig, BertConfig, CodeGenConfig, GraniteConfig, MixtralConfig, Olmo2Config,
+                              OlmoeConfig, Qwen2MoeConfig, XGLMConfig)
+
+    moe = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, vocab_size=64, num_hidden_layers=2,
+               max_position_embeddings=64)
+    return {
+        # heads == mp_num: the qkv split looks exactly like GPT-NeoX's in the graph; only verification tells them apart
+        "codegen": lambda: CodeGenConfig(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
+                                         n_inner=48, bos_token_id=0, eos_token_id=0),
+        # heads > mp_num: the heads axis straddles the (mp_num, -1) split, which the group rules refuse
+        "codegen-8": lambda: CodeGenConfig(vocab_size=64, n_embd=64, n_layer=2, n_head=8, n_positions=64, rotary_dim=4,
+                                           n_inner=48, bos_token_id=0, eos_token_id=0),
+        "xglm": lambda: XGLMConfig(vocab_size=64, d_model=32, num_layers=2, attention_heads=4, ffn_dim=48,
+                                   max_position_embeddings=64),
+        "apertus": lambda: ApertusConfig(intermediate_size=48, **moe),  # xIELU activation (aten.min.other)
+        "olmo2": lambda: Olmo2Config(intermediate_size=48, **moe),
+        "granite": lambda: GraniteConfig(intermediate_size=48, **moe),
+        "mixtral": lambda: MixtralConfig(intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, head_dim=8, **moe),
+        "qwen2-moe": lambda: Qwen2MoeConfig(intermediate_size=48, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                                            num_experts=4, num_experts_per_tok=2, **moe),
+        "olmoe": lambda: OlmoeConfig(intermediate_size=48, num_experts=4, num_experts_per_tok=2, **moe),
+        "bert": lambda: BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=48, max_position_embeddings=64),
+    }
+
+
+def build_extra(name: str, seed: int = 0):
+    """A random-init model of one of the extra families (a causal LM, except ``bert``: a BertModel)."""
+    cfg = _extra_configs()[name]()
+    if name == "bert":
+        from transformers import BertModel
+
+        torch.manual_seed(seed)
+        return BertModel(cfg).eval()
+    return model_from_config(cfg, seed=seed)
+
+
+@functools.lru_cache(maxsize=None)
+def traced_extra(name: str):
+    from lorashear import find_groups, trace
+
+    model = build_extra(name)
+    og = trace(model)
+    return model, og, find_groups(og)

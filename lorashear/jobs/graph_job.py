@@ -12,7 +12,7 @@ from typing import Any
 from .worker import JobContext
 
 # the modules whose code decides what graph.json / groups.json contain
-_GRAPH_CODE = ("lorashear.trace", "lorashear.groups", "lorashear.axes", "lorashear.loading", "lorashear.jsonio")
+_GRAPH_CODE = ("lorashear.trace", "lorashear.groups", "lorashear.axes", "lorashear.loading", "lorashear.export", "lorashear.jsonio")
 
 
 def code_fingerprint() -> str:

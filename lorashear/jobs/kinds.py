@@ -158,7 +158,7 @@ def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- built-ins
 def _graph_check(clean: dict[str, Any]) -> dict[str, str]:
     src = Path(clean["source"])
-    if src.is_dir() and not (src / "config.json").exists():
+    if src.is_dir() and not (src / "config.json").exists() and not (src / "adapter_config.json").exists():
         return {"source": f"{src} has no config.json (not a Hugging Face model directory)"}
     if src.is_file() and src.suffix != ".json":
         return {"source": "a file source must be a config .json"}

@@ -1,0 +1,148 @@
+"""One loader behind every command and job: pruned folders open everywhere; non-causal-LMs are refused."""
+import json
+
+import pytest
+import torch
+from tiny_models import build, build_extra, traced
+from transformers import BertConfig, BertLMHeadModel
+
+from lorashear import LorashearError, compress, find_groups, save_pruned, trace
+from lorashear.cli import main
+from lorashear.data import DEMO_MODEL_DIR
+from lorashear.evaluate import load_model as eval_load_model
+from lorashear.jobs import Registry, submit, wait
+from lorashear.jobs.registry import FAILED, SUCCEEDED
+from lorashear.loading import load_model
+
+needs_demo = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").exists(), reason="demo model not built")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bert")
+    build_extra("bert").save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pruned_demo(tmp_path_factory):
+    """The demo model, non-uniformly pruned (heads in layer 0, channels in layer 2, hidden), with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    model = load_model("demo")
+    groups = find_groups(trace(model))
+    removal = {"model.layers.0.self_attn:heads": [1], "model.layers.2.mlp:channels": list(range(0, 640, 7)),
+               "model:hidden": [5, 6]}
+    small, report = compress(model, groups, removal)
+    d = tmp_path_factory.mktemp("pruned") / "demo-pruned"
+    side = save_pruned(small, d, report=report, tokenizer=AutoTokenizer.from_pretrained(DEMO_MODEL_DIR))
+    assert side["case"] == "lorashear"
+    return d, small
+
+
+def test_bert_model_folder_is_refused_by_the_loader(bert_dir):
+    with pytest.raises(LorashearError, match=r"\(BertModel\) is an encoder.*not a decoder language model") as info:
+        load_model(bert_dir)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])  # untied heads (a tied head is the embedding: complete)
+def test_decoder_folder_without_its_lm_head_is_refused(arch, tmp_path):
+    build(arch).base_model.save_pretrained(tmp_path)  # LlamaModel / GPT2Model: no head saved
+    with pytest.raises(LorashearError, match="the saved weights do not cover .*not a causal-LM checkpoint"):
+        load_model(tmp_path)
+    assert main(["graph", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+
+
+def test_encoder_with_full_lm_head_weights_is_still_not_a_decoder(tmp_path):
+    torch.manual_seed(0)
+    BertLMHeadModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=48)).save_pretrained(tmp_path)
+    with pytest.raises(LorashearError, match="is an encoder.*not a decoder language model"):
+        load_model(tmp_path)
+    with pytest.raises(LorashearError, match="is an encoder"):
+        load_model(tmp_path / "config.json", meta=True)
+
+
+def test_in_memory_bert_model_is_refused_before_tracing():
+    with pytest.raises(LorashearError, match="a BertModel is not a causal LM"):
+        trace(build_extra("bert"))
+
+
+@pytest.mark.parametrize("cmd", [["graph", "{d}", "--out", "{o}"], ["analyze", "{d}", "--estimator", "magnitude", "--out", "{o}/k.json"],
+                                 ["eval", "{d}", "--max-tokens", "300", "--no-cost"]])
+def test_every_command_refuses_a_bert_folder_in_one_line(cmd, bert_dir, tmp_path, capsys):
+    argv = [a.format(d=bert_dir, o=tmp_path) for a in cmd]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lorashear {cmd[0]}: error: ") and "not a decoder language model" in err and "\n" not in err
+
+
+def test_eval_job_refuses_a_bert_folder(bert_dir, tmp_path):
+    registry = Registry(tmp_path / "runs" / "jobs.sqlite")
+    job = submit(registry, "eval", {"model": str(bert_dir), "data": "demo", "protocol": "short", "max_tokens": "300",
+                                    "cost": [], "device": "cpu"}, tmp_path / "runs")
+    done = wait(registry, job.id, timeout_s=300)
+    assert done.status == FAILED and "not a decoder language model" in done.message and "\n" not in done.message
+
+
+def test_evaluate_load_model_keeps_its_signature_and_opens_pruned_folders(tmp_path):
+    model, _, groups = traced("qwen2")
+    small, report = compress(model, groups, {"model.layers.1.mlp:channels": [0, 1], "model:hidden": [4]})
+    save_pruned(small, tmp_path / "m", report=report)
+    (tmp_path / "m" / "tokenizer.json").write_text((DEMO_MODEL_DIR / "tokenizer.json").read_text())
+    (tmp_path / "m" / "tokenizer_config.json").write_text((DEMO_MODEL_DIR / "tokenizer_config.json").read_text())
+    back, tok = eval_load_model(tmp_path / "m", device="cpu", dtype=torch.float32)
+    x = torch.randint(0, 64, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=x).logits, small(input_ids=x).logits)
+    assert tok is not None
+
+
+def test_kept_adapter_folder_opens_through_the_loader(tmp_path):
+    model, _, groups = traced("llama-gqa", lora=True)
+    small, report = compress(model, groups, {"model.layers.0.mlp:channels": [3]})
+    save_pruned(small, tmp_path / "m", report=report, merge_lora=False)
+    back = load_model(tmp_path / "m" / "adapter")
+    x = torch.randint(0, 64, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=x).logits, small(input_ids=x).logits)
+
+
+@needs_demo
+def test_pruned_demo_folder_is_traced_analysed_evaluated_and_pruned_again(pruned_demo, tmp_path, capsys):
+    d, small = pruned_demo
+    assert main(["graph", str(d), "--out", str(tmp_path / "g")]) == 0
+    groups = json.loads((tmp_path / "g" / "groups.json").read_text())["groups"]
+    heads0 = next(g for g in groups if g["id"] == "model.layers.0.self_attn:heads")
+    assert heads0["n_units"] == 3 and heads0["prunable"]
+    assert main(["analyze", str(d), "--estimator", "magnitude", "--out", str(tmp_path / "k.json"), "--no-progress"]) == 0
+    assert main(["eval", str(d), "--max-tokens", "300", "--protocol", "short", "--no-cost", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out
+    # pruned again: trace the reloaded folder, remove more, and the result still saves and reloads exactly
+    again = load_model(d)
+    g2 = find_groups(trace(again))
+    smaller, report = compress(again, g2, {"model.layers.0.self_attn:heads": [0], "model.layers.3.mlp:channels": [1, 2]})
+    side = save_pruned(smaller, tmp_path / "again", report=report)
+    assert side["layer_sizes"]["0"]["attention"] == 2 and report.verified
+
+
+@needs_demo
+def test_graph_job_on_a_pruned_folder(pruned_demo, tmp_path):
+    d, _ = pruned_demo
+    registry = Registry(tmp_path / "runs" / "jobs.sqlite")
+    job = submit(registry, "graph", {"source": str(d), "meta": False}, tmp_path / "runs")
+    done = wait(registry, job.id, timeout_s=300)
+    assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-2000:])
+    assert done.result["prunable_groups"] > 0
+
+
+def test_meta_trace_of_a_non_uniformly_pruned_folder_has_the_pruned_shapes(tmp_path):
+    model, _, groups = traced("llama-gqa")
+    small, report = compress(model, groups, {"model.layers.1.self_attn:heads": [0], "model.layers.0.mlp:channels": [1, 2, 3]})
+    assert save_pruned(small, tmp_path / "m", report=report)["case"] == "lorashear"
+    real = {g.id: g.n_units for g in find_groups(trace(tmp_path / "m"))}
+    meta = {g.id: g.n_units for g in find_groups(trace(tmp_path / "m", meta=True))}
+    assert meta == real and real["model.layers.0.mlp:channels"] == 45 and real["model.layers.0.self_attn:heads"] == 2
+    assert "model.layers.1.self_attn:heads" not in real  # one kv head left: nothing to choose from
