@@ -150,6 +150,9 @@ def _memory_child(mode: str, hidden: int, layers: int, steps: int) -> None:
     from lorashear.prune import LHSPG, PlanSpec
     from lorashear.trace import trace
 
+    from lorashear.prune.memory import return_large_frees_to_os
+
+    return_large_frees_to_os()  # the allocator setting LHSPG applies, for both modes: same malloc, same comparison
     args = argparse.Namespace(hidden=hidden, layers=layers)
     model = model_from_config(_big_config(args), seed=0)
     n = sum(p.numel() for p in model.parameters())

@@ -63,6 +63,10 @@ class LHSPG(MaskedLoRA):
         super().__init__(model, groups, spec, lr=lr, betas=betas, weight_decay=weight_decay, plan=plan, hp=hp)
         self.report_scores = {k: np.asarray(v, dtype=np.float64) for k, v in (report_scores or {}).items()}
         self._period_idx: list | None = None  # cached slice indices of the current period
+        if saliency == "lora-taylor":  # its per-step chunks must not stay resident (see prune/memory.py)
+            from .memory import return_large_frees_to_os
+
+            return_large_frees_to_os()
 
     # ------------------------------------------------------------------------------------ schedule
     @property
