@@ -59,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
 # (each command: parse -> one library call -> print / write)
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's CPU threads (1 on a busy shared CPU keeps timings meaningful)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise LorashearError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (plain, pruned by lorashear, or a LoRA adapter), 'demo', or a config JSON file")
@@ -120,12 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     protocols = ("short", "long") if args.protocol == "both" else (args.protocol,)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
@@ -392,12 +398,7 @@ def _print_plan(plan) -> None:
 def _prune(args: argparse.Namespace) -> int:
     from .prune.run import PruneSettings, prune
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     settings = PruneSettings(
         ratio=args.ratio, method=args.method, kinds=_kinds(args.kinds), allocation=args.allocation, layers=args.layers,
         align=args.align, knowledge=args.knowledge, gamma=args.gamma, gamma_level=args.gamma_level, steps=args.steps,
@@ -476,12 +477,7 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
 def _recover(args: argparse.Namespace) -> int:
     from .recover.run import RecoverSettings, recover
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LorashearError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     st = RecoverSettings(
         data=tuple(args.data or ["demo"]), val_data=tuple(args.val or ()), mixture=args.mixture, eta=args.eta,
         floor=args.floor, tokens=args.tokens, round_steps=args.round_steps, stop_deviation=args.stop_deviation,
