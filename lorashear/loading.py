@@ -1,7 +1,9 @@
 """Turn what a user points at (a model object, a model directory, a config file) into a causal-LM module.
 
 This is the one loader behind every command and job (``graph``, ``analyze``, ``eval``, ``app --model``,
-``prune``/``recover``): ``"demo"`` is the shipped demo model; a folder written by ``save_pruned`` (it has
+``prune``/``recover``): ``"demo"`` is the shipped demo model; a named real model (``"smollm2-135m"``, see
+``models.py``) and a ``.gguf`` file are converted once into a cached Hugging Face folder (fp32 safetensors,
+config without its quantization entry, tokenizer from the same file) and load from there; a folder written by ``save_pruned`` (it has
 the ``lorashear.json`` sidecar) goes through ``load_pruned``; a PEFT adapter folder loads its base (itself
 through this loader) with the adapter on top; a config file builds the model on the meta device or
 random-init. A model that is not a decoder LM, or whose saved weights do not cover the causal-LM head it
@@ -12,7 +14,11 @@ the first thing every CLI command and the app do with user input.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,18 +160,128 @@ def load_model(source: Any, *, meta: bool = False, dtype: torch.dtype | None = N
 
 
 def resolve_source(source: Any) -> Path:
-    """``"demo"`` → the shipped demo model's folder; anything else → an expanded path."""
+    """``"demo"`` → the shipped demo model's folder; a named model (``models.NAMED``) → its cached folder
+    (converted on first use); a ``.gguf`` file → its cached converted folder; anything else → an expanded path."""
     if str(source) == "demo":
         from .data import DEMO_MODEL_DIR
 
         return Path(DEMO_MODEL_DIR)
-    return Path(source).expanduser()
+    from .models import NAMED, resolve_named
+
+    if str(source) in NAMED and not Path(str(source)).exists():
+        return resolve_named(str(source))
+    path = Path(source).expanduser()
+    if path.suffix.lower() == GGUF_SUFFIX:
+        return gguf_folder(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- GGUF
+GGUF_SUFFIX = ".gguf"
+CACHE_MARKER = "lorashear-source.json"  # written last: a cache folder without it is incomplete
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$LORASHEAR_CACHE``, else ``~/.cache/lorashear``."""
+    return Path(os.environ.get("LORASHEAR_CACHE") or "~/.cache/lorashear").expanduser()
+
+
+def cache_complete(folder: Path) -> bool:
+    return (folder / CACHE_MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def gguf_folder(path: Path) -> Path:
+    """The cached Hugging Face folder for the GGUF file ``path``, converted on first use. The cache key is the
+    file's absolute path, size and modification time: a changed file is converted again."""
+    if not path.is_file():
+        raise LorashearError(f"{path}: no such GGUF file")
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_root() / "gguf" / f"{path.stem}-{key}"
+    if not cache_complete(folder):
+        convert_gguf(path, folder)
+    return folder
+
+
+def gguf_architecture(path: Path) -> str:
+    """``general.architecture`` of a GGUF file (metadata only)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except (KeyError, IndexError, ValueError, OSError) as exc:
+        raise LorashearError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+
+
+def convert_gguf(path: Path, out: Path, *, source: str | None = None, install_hint: str = "pip install gguf") -> Path:
+    """De-quantize the GGUF file ``path`` (transformers' GGUF reader) into a plain fp32 Hugging Face folder
+    ``out``: safetensors + config (its ``quantization_config`` dropped, so ``compress`` and ``save_pruned``
+    treat it as any model) + the tokenizer the file carries. Written to a temporary folder and renamed, the
+    marker last, so an interrupted conversion is redone rather than half-used."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise LorashearError(f"{path}: reading GGUF files needs the 'gguf' package: {install_hint}") from None
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    t0 = time.perf_counter()
+    arch = gguf_architecture(path)
+    try:
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    except (ValueError, KeyError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "not supported" in msg or isinstance(exc, KeyError):
+            from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+            raise LorashearError(
+                f"{path}: GGUF architecture '{arch}' cannot be loaded by transformers {transformers.__version__} "
+                f"(it reads: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})") from None
+        raise LorashearError(f"{path}: cannot read the GGUF metadata: {msg[:300]}") from None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    cls = _causal_lm_class(config)
+    _refuse_non_decoder(config, cls)
+    try:
+        loaded = cls.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LorashearError(f"{path}: transformers cannot load this GGUF '{arch}' model: {msg[:300]}") from None
+    state = loaded.state_dict()
+    del loaded
+    # rebuilt from the config without the quantization entry: transformers refuses to save a "quantized" model
+    model = cls._from_config(config, dtype=torch.float32)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise LorashearError(f"{path}: the GGUF tensors do not fill {cls.__name__}: {str(exc).splitlines()[0][:300]}") from None
+    del state
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.eval().save_pretrained(tmp)
+    tok_error = None
+    try:
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+    except Exception as exc:  # noqa: BLE001 — a GGUF without a readable tokenizer still traces; say why in the marker
+        tok_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    st = path.stat()
+    marker = {"format": 1, "source": source or str(path.resolve()), "gguf": str(path.resolve()), "size": st.st_size,
+              "architecture": arch, "model_type": config.model_type, "dtype": "float32",
+              "transformers": transformers.__version__, "convert_s": round(time.perf_counter() - t0, 2),
+              "tokenizer_error": tok_error}
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    (out / CACHE_MARKER).write_text(json.dumps(marker, indent=1))
+    return out
 
 
 def load_model_and_tokenizer(source: Any, *, device: str | torch.device | None = None,
                              dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` from a model folder (or ``"demo"``): the model through ``load_model``, the
-    tokenizer from the folder (an adapter folder without one: its base model's)."""
+    """``(model, tokenizer)`` from a model folder (or ``"demo"``, a named model, a ``.gguf`` file): the model
+    through ``load_model``, the tokenizer from the folder (an adapter folder without one: its base model's)."""
     from transformers import AutoTokenizer
 
     path = resolve_source(source)

@@ -149,8 +149,10 @@ def startup_model(state: AppState, args: argparse.Namespace) -> None:
     """Point ``state`` at a graph job for the requested model (running one if needed)."""
     if args.config and not args.meta:
         raise LorashearError("--config has no weights: add --meta to browse the structure")
-    if args.model:
-        source, meta = Path(args.model), args.meta
+    if args.model:  # a named model or a .gguf file: its cached Hugging Face folder (converted once)
+        from lorashear.loading import resolve_source
+
+        source, meta = resolve_source(args.model), args.meta
     elif args.config:
         source, meta = Path(args.config), True
     else:

@@ -72,6 +72,9 @@ class JobKind:
         return True, ""
 
 
+MODEL_PARAMS = ("model", "source", "dense")  # also take a named model (models.NAMED) or a .gguf file
+
+
 def _check_one(p: Param, raw: Any) -> Any:
     """Convert and check one value; raise ValueError with a user-facing message."""
     if p.type == "bool":
@@ -110,6 +113,16 @@ def _check_one(p: Param, raw: Any) -> Any:
             raise ValueError(f"must be one of {', '.join(p.choices)}")
         return text
     if p.type in ("path", "file", "dir"):
+        if p.name in MODEL_PARAMS and isinstance(text, str):
+            from ..models import NAMED
+
+            if text in NAMED and not Path(text).exists():
+                return text  # a named model: the job resolves it (converting it once) through the one loader
+            if text.lower().endswith(".gguf"):
+                gpath = Path(text).expanduser()
+                if not gpath.is_file():
+                    raise ValueError(f"{text} does not exist")
+                return str(gpath.resolve())  # a GGUF file: converted once into a cached folder by the loader
         path = Path(text).expanduser()
         if not path.exists():
             raise ValueError(f"{text} does not exist")
@@ -160,8 +173,10 @@ def _graph_check(clean: dict[str, Any]) -> dict[str, str]:
     src = Path(clean["source"])
     if src.is_dir() and not (src / "config.json").exists() and not (src / "adapter_config.json").exists():
         return {"source": f"{src} has no config.json (not a Hugging Face model directory)"}
+    if src.is_file() and src.suffix.lower() == ".gguf":
+        return {}
     if src.is_file() and src.suffix != ".json":
-        return {"source": "a file source must be a config .json"}
+        return {"source": "a file source must be a config .json or a .gguf model"}
     if src.is_file() and not clean.get("meta"):
         return {"meta": "a config file has no weights: tick 'meta' for structure-only tracing"}
     return {}
