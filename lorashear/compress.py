@@ -28,6 +28,8 @@ Removal = dict[str, list[int]]  # group id -> units to remove
 # attention-module attributes that count heads or head*dim and must shrink with removed heads
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads",
                "embed_dim", "split_size", "all_head_size", "inner_dim")
+# ... and those that count query heads (per kv group or in all) when the i-th query head of every kv group goes
+_QUERY_HEAD_ATTRS = ("num_key_value_groups", "num_heads", "num_attention_heads", "n_head", "n_heads", "all_head_size")
 _MLP_ATTRS = ("intermediate_size", "ffn_dim", "n_inner")
 _HIDDEN_ATTRS = ("hidden_size", "d_model")
 _CONFIG_MLP = ("intermediate_size", "ffn_dim", "n_inner")
@@ -194,7 +196,7 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
     for gid, units in removal.items():
         g = by_id[gid]
         remaining, total = g.n_units - len(units), g.n_units
-        names = _HEAD_ATTRS if g.kind == "attention" else _MLP_ATTRS if g.kind == "mlp" else ()
+        names = {"attention": _HEAD_ATTRS, "query_heads": _QUERY_HEAD_ATTRS, "mlp": _MLP_ATTRS}.get(g.kind, ())
         if names:
             for path in _candidate_paths(model, g.module):
                 mod = model.get_submodule(path)
@@ -309,7 +311,7 @@ def _layer_sizes(groups: list[Group], removal: Removal) -> tuple[dict[str, dict[
     """Remaining units per layer and kind; uniform when every layer keeps the same count per kind."""
     sizes: dict[str, dict[str, int]] = {}
     for g in groups:
-        if g.kind in ("attention", "mlp", "hidden") and g.prunable:
+        if g.kind in ("attention", "query_heads", "mlp", "hidden") and g.prunable:
             key = "model" if g.layer is None else str(g.layer)
             sizes.setdefault(key, {})[g.kind] = g.n_units - len(removal.get(g.id, []))
     per_kind: dict[str, set[int]] = {}
@@ -330,7 +332,7 @@ def _update_config(model: nn.Module, groups: list[Group], removal: Removal, unif
         # once hidden or heads shrink, that quotient is no longer the head size the weights and the rotary
         # inv_freq (a non-persistent buffer rebuilt from the config) were made with
         cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
-    for kind in ("hidden", "attention", "mlp"):
+    for kind in ("hidden", "attention", "query_heads", "mlp"):
         gs = [g for g in groups if g.kind == kind and g.prunable]
         if not gs or not any(removal.get(g.id) for g in gs):
             continue
@@ -352,6 +354,12 @@ def _update_config(model: nn.Module, groups: list[Group], removal: Removal, unif
                 val = getattr(cfg, name, None)
                 if isinstance(val, int) and val % total == 0:
                     setattr(cfg, name, val * r // total)
+        elif kind == "query_heads":  # r of total query heads per kv group remain: only the query head count shrinks
+            if getattr(cfg, "head_dim", None) is None and hasattr(cfg, "num_attention_heads"):
+                cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+            val = getattr(cfg, "num_attention_heads", None)
+            if isinstance(val, int) and val % total == 0:
+                cfg.num_attention_heads = val * r // total
         elif kind == "mlp":
             for name in _CONFIG_MLP:
                 val = getattr(cfg, name, None)

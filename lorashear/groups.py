@@ -538,6 +538,9 @@ class _ZeroFlow:
         self.zero: dict[str, Any] = {}
         self.violations: dict[int, list[str]] = {}
         self.compensation: dict[int, list[dict]] = {}
+        # class -> (reason, weight param) where the class is contracted by a linear without being zero but the
+        # weight's input columns carry it: zeroing those columns (the consumer side) kills the unit there
+        self.consumer_reach: dict[int, list[tuple[str, str]]] = {}
 
     def classes(self, v) -> set[int]:
         if v is None:
@@ -619,7 +622,11 @@ class _ZeroFlow:
         if op == "linear":
             x = self.p.val(args[0])
             contracted = self.axis_classes(x[-1])
-            self.violate(contracted - self.z(args[0]), f"reaches {where} without being zero")
+            reaching = contracted - self.z(args[0])
+            self.violate(reaching, f"reaches {where} without being zero")
+            if isinstance(args[1], dict) and "param" in args[1]:
+                for k in reaching:
+                    self.consumer_reach.setdefault(k, []).append((f"reaches {where} without being zero", args[1]["param"]))
             out = self.z(args[0]) - contracted
             wz = self.z(args[1])
             bz = self.z(args[2]) if len(args) > 2 and args[2] is not None else None
@@ -790,6 +797,8 @@ def find_groups(og: OpGraph) -> list[Group]:
         producers = [m for m in mlist if m.role == "producer"]
         seen = kinds_seen.get(k, set())
         reasons = list(alg.class_reasons(k)) + flow.violations.get(k, []) + split_reasons.get(k, [])
+        if "attention" in seen and k in broadcast and not all(_is_lora(p) for p in params):
+            reasons = _query_head_proof(k, mlist, reasons, flow)
         if all(_is_lora(p) for p in params):
             kind = "lora_rank"
             reasons.insert(0, "LoRA rank axis: adapter-internal, never pruned")
@@ -833,6 +842,34 @@ def find_groups(og: OpGraph) -> list[Group]:
     order = {"hidden": 0, "attention": 1, "mlp": 2}
     groups.sort(key=lambda g: (g.layer if g.layer is not None else -1, order.get(g.kind, 3), g.id))
     return groups
+
+
+_BROADCAST_REASONS = ("broadcast copies by ", "query heads share a kv head inside sdpa")
+
+
+def _query_head_proof(k: int, mlist: list[Member], reasons: list[str], flow: _ZeroFlow) -> list[str]:
+    """The i-th query head of every kv group (GQA): a valid structure (``repeat_kv`` only needs the same number
+    of query heads per kv group), but zeroing its q rows does not zero its output (uniform attention over the
+    shared values). Its zero set is on the consumer side: the columns of every linear that contracts it
+    (``o_proj`` and its LoRA A). With those columns zero, the unit contributes nothing wherever it is
+    contracted; attention is per head, so removing its q rows too changes nothing else. Proven here when the
+    only objections are the kv broadcast itself and those contractions; ``mlist`` roles are rewritten in place
+    (contracting columns → producer, q rows/bias/LoRA-B → consumer). Returns the remaining reasons."""
+    reach = flow.consumer_reach.get(k, [])
+    reach_reasons = {r for r, _ in reach}
+    capped = len(flow.violations.get(k, [])) >= 6  # more violations may have been dropped: no proof
+    rest = [r for r in reasons if not r.startswith(_BROADCAST_REASONS) and r not in reach_reasons]
+    if rest or not reach or capped:
+        return reasons
+    zero_params = {p for _, p in reach}
+    for m in mlist:
+        if m.param in zero_params and m.axis == 1:
+            m.role = "producer"
+        elif m.role == "producer":
+            m.role = "consumer"
+    if not any(m.role == "producer" for m in mlist):
+        return reasons
+    return []
 
 
 def _assign_ids(groups: list[Group]) -> None:

@@ -74,7 +74,7 @@ def test_config_follows_uniform_removal():
     small, report = compress(model, groups, removal)
     cfg = small.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size) == (2, 1, 8, 40)
-    assert report.uniform and report.layer_sizes["0"] == {"attention": 1, "mlp": 40}
+    assert report.uniform and report.layer_sizes["0"] == {"attention": 1, "query_heads": 2, "mlp": 40}
 
 
 def test_compress_leaves_the_input_model_untouched():

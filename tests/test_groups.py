@@ -23,10 +23,11 @@ def test_llama_gqa_attention_unit_is_a_kv_head_with_its_query_heads():
     assert m["o_proj"].unit_indices([1]).tolist() == list(range(16, 32)) and m["o_proj"].axis == 1
 
 
-def test_llama_gqa_single_query_head_is_refused_because_kv_is_broadcast():
+def test_llama_gqa_query_head_unit_is_proven_by_its_o_proj_columns():
     _, _, groups = traced("llama-gqa")
     rep = by_id(groups)["model.layers.0.self_attn:query_heads"]
-    assert rep.kind == "query_heads" and rep.n_units == 2 and not rep.prunable and "expand" in rep.reason
+    assert rep.kind == "query_heads" and rep.n_units == 2 and rep.prunable, rep.reason
+    assert [m.param.split(".")[-2] for m in rep.producers()] == ["o_proj"]  # the zero set is on the consumer side
 
 
 def test_mha_attention_unit_is_one_head():
@@ -106,11 +107,13 @@ def test_lora_rows_follow_their_base_rows_and_rank_is_never_pruned(arch):
     _, _, lora = traced(arch, lora=True)
     assert sorted(g.id for g in plain if g.prunable) == sorted(g.id for g in lora if g.prunable)
     for g in lora:
+        # a GQA query-head unit is zeroed on its consumer side (o_proj columns, their LoRA-A columns included)
+        prod, cons = ("consumer", "producer") if g.kind == "query_heads" else ("producer", "consumer")
         for x in g.members:
             if ".lora_B." in x.param and g.prunable:
-                assert x.axis == 0 and x.role == "producer"
+                assert x.axis == 0 and x.role == prod
             if ".lora_A." in x.param and g.prunable:
-                assert x.axis == 1 and x.role == "consumer"
+                assert x.axis == 1 and x.role == cons
     ranks = [g for g in lora if g.kind == "lora_rank"]
     assert ranks and not any(g.prunable for g in ranks)
 

@@ -267,7 +267,7 @@ def _lora_targets(model: nn.Module, groups: list[Group]) -> list[str]:
             for name, mod in mods:
                 if isinstance(mod, nn.Embedding) and m.axis == 1:
                     out.add(name)
-                elif isinstance(mod, nn.Linear) and m.axis == 0 and len(mods) == 1:
+                elif isinstance(mod, nn.Linear) and m.axis in (0, 1) and len(mods) == 1:  # axis 1: query heads (o_proj columns)
                     out.add(name)
     return sorted(out)
 
