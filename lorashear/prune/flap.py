@@ -4,8 +4,9 @@ bias compensation that adds the removed units' mean contribution back into the c
 * **Importance** (FLAP's WIFV metric): for every consumer slice of a unit — the input columns of the linear
   layer that reads the unit (``o_proj`` for a head, ``down_proj`` for an MLP channel, every reader of a hidden
   channel) — the variance over calibration tokens of that input column times the squared norm of the weight
-  column, summed over the unit's columns and slices; then **standardised per kind** (z-score over all units of
-  the kind), so heads and channels rank on one scale.
+  column, summed over the unit's columns and slices; then **standardised per kind within each layer** (z-score
+  over the units of each group — one layer's heads, one layer's MLP channels — as FLAP's code standardises each
+  layer's score vector), so heads and channels of every layer rank on one scale.
 * **Bias compensation**: after the plan is fixed, ``bias += W[:, removed] @ mean_input[removed]`` on each
   consumer of a removed head / MLP channel: the pruned model outputs, on average, what the dense one did.
   LLaMA-style configs carry such biases only as ``attention_bias`` / ``mlp_bias`` (every projection of the
@@ -75,7 +76,7 @@ def _linear_owners(model: nn.Module) -> dict[int, list[nn.Linear]]:
 @torch.no_grad()
 def fluctuation(model: nn.Module, groups: Sequence[Group], samples: torch.Tensor, *, batch_size: int = 8
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """(raw WIFV score per unit, the same standardised per kind, input statistics for ``compensate``)."""
+    """(raw WIFV score per unit, the same standardised per group, input statistics for ``compensate``)."""
     idx = ParamIndex(model)
     owners = _linear_owners(model)
     slices = {g.id: [s for s in idx.slices(g, ("consumer",)) if s.axis == 1 and owners.get(id(s.tensor))] for g in groups}
@@ -113,12 +114,10 @@ def fluctuation(model: nn.Module, groups: Sequence[Group], samples: torch.Tensor
                     acc += s.reduce({1: var[id(m)].clamp_min(0) * col}, g.n_units)
         raw[g.id] = acc.numpy()
     std: dict[str, np.ndarray] = {}
-    for kind in {g.kind for g in groups}:
-        ids = [g.id for g in groups if g.kind == kind]
-        allv = np.concatenate([raw[i] for i in ids])
-        mu, sd = float(allv.mean()), float(allv.std())
-        for i in ids:
-            std[i] = (raw[i] - mu) / (sd if sd > 0 else 1.0)
+    for g in groups:  # per kind within each layer: FLAP's code standardises each layer's vector of a module kind
+        v = raw[g.id]
+        sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+        std[g.id] = (v - v.mean()) / (sd if sd > 0 else 1.0)
     return raw, std, {"mean": mean, "slices": slices, "owners": owners}
 
 

@@ -12,7 +12,7 @@ the dense model before LoRA is added. What each does, and where it follows the p
   ``0.125:0.9375`` (the paper's 4–29 of 32) when the user sets neither; then LoRA recovery.
 * ``loraprune`` — iterative; the LoRA-gradient criterion ``|Ĝ ⊙ W'|`` with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)``,
   normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule.
-* ``flap`` — one-shot, training-free: fluctuation importance standardised per kind, bias compensation
+* ``flap`` — one-shot, training-free: fluctuation importance standardised per layer and kind, bias compensation
   (``flap.py``); ``steps=0`` reports it with no training at all.
 * ``magnitude`` / ``random`` — one-shot by ‖W_u‖² / seeded uniform scores: the floors.
 """
@@ -226,7 +226,7 @@ def _setup_flap(model, groups, spec, st, tok):
     cands = candidate_groups(groups, spec)
     raw, z, stats = flap.fluctuation(model, cands, samples)
     plan = _plan(model, groups, spec, flap.plan_scores(cands, z),
-                 f"FLAP fluctuation (WIFV, standardised per kind) on {info['n_samples']} × {info['seq_len']} calibration tokens")
+                 f"FLAP fluctuation (WIFV, standardised per layer and kind) on {info['n_samples']} × {info['seq_len']} calibration tokens")
     out = {"calibration": info, "calibration_tokens": info["tokens"]}
     if st.bias_compensation:
         out["bias_compensation"] = flap.compensate(cands, plan.removal, stats)
