@@ -11,7 +11,9 @@ the dense model before LoRA is added. What each does, and where it follows the p
   ``calib_samples`` calibration windows (default 10); defaults to ``uniform`` allocation over layers
   ``0.125:0.9375`` (the paper's 4–29 of 32) when the user sets neither; then LoRA recovery.
 * ``loraprune`` — iterative; the LoRA-gradient criterion ``|Ĝ ⊙ W'|`` with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)``,
-  normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule.
+  normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule;
+  ``uniform`` allocation by default (the code prunes per layer: module-normalised scores do not compare across
+  groups of different sizes).
 * ``flap`` — one-shot, training-free: fluctuation importance standardised per layer and kind, bias compensation
   (``flap.py``); ``steps=0`` reports it with no training at all.
 * ``magnitude`` / ``random`` — one-shot by ‖W_u‖² / seeded uniform scores: the floors.
@@ -264,7 +266,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
                      "taylor_variant": "first", "aggregate": "sum"},
            setup=_setup_llm_pruner, optimizer=_opt_one_shot("llm-pruner")),
     Method("loraprune", "LoRAPrune: LoRA-gradient importance EMA, cubic mask schedule during LoRA training", True,
-           ("warmup_steps", "cooldown_steps", "mask_every"), defaults={"mask_every": 10}, optimizer=_opt_loraprune),
+           ("warmup_steps", "cooldown_steps", "mask_every"), defaults={"mask_every": 10, "allocation": "uniform"},
+           optimizer=_opt_loraprune),
     Method("flap", "FLAP: fluctuation importance and bias compensation, training-free (then LoRA unless --steps 0)", False,
            ("calib_samples", "bias_compensation"), defaults={"calib_samples": 128, "bias_compensation": True},
            prepare=_prepare_flap, setup=_setup_flap, optimizer=_opt_one_shot("flap")),

@@ -105,6 +105,7 @@ def test_llm_pruner_defaults_only_when_unset():
     st = PruneSettings(method="llm-pruner", allocation="global", layers="0:2")
     assert (st.allocation, st.layers) == ("global", "0:2")
     assert PruneSettings(method="lhspg").allocation == "global"
+    assert PruneSettings(method="loraprune").allocation == "uniform"
 
 
 # ------------------------------------------------------------------------------- LLM-Pruner's formula
