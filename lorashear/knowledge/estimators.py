@@ -52,8 +52,14 @@ class Scores:
     notes: dict = field(default_factory=dict)  # base loss, uncovered parameters, ...
 
 
+# Query-head units (GQA, the i-th query head of every kv group) overlap the kv-head units of the same layer on
+# q rows / o_proj columns: scoring both would count each layer's attention twice in the roll-ups (per-layer
+# totals, shares, the γ selection). Until the report keeps them apart, analysis scores the other kinds.
+ANALYSED_KINDS = ("attention", "mlp", "hidden")
+
+
 def _prunable(groups: list[Group]) -> list[Group]:
-    out = [g for g in groups if g.prunable]
+    out = [g for g in groups if g.prunable and g.kind in ANALYSED_KINDS]
     if not out:
         raise LorashearError("the model has no prunable groups: nothing to analyse")
     return out
