@@ -143,8 +143,10 @@ def verdict(rows: list[dict]) -> str:
         runner = min(others, key=others.get) if others else None
         if best == "lhspg" and runner:
             clear = mean["lhspg"] + sd["lhspg"] < mean[runner] - sd[runner]
+            one = min(len(by["lhspg"]), len(by[runner])) < 2
             lines.append(f"ρ={ratio}: LHSPG lowest ({mean['lhspg']:.2f}) vs {runner} {mean[runner]:.2f} — "
-                         + ("outside one std" if clear else "NOT outside one std"))
+                         + ("one seed: no std, not a significance claim" if one else
+                            "outside one std" if clear else "NOT outside one std"))
         else:
             lines.append(f"ρ={ratio}: LHSPG is NOT the lowest: {best} {mean[best]:.2f} vs LHSPG {mean['lhspg']:.2f} "
                          f"(rank {sorted(mean, key=mean.get).index('lhspg') + 1} of {len(mean)})")
