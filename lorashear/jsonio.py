@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import LorashearError
 
@@ -37,3 +37,36 @@ def read_json(path: str | Path, fmt: str, what: str) -> dict:
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise LorashearError(f"{path}: not a lorashear {what} file")
     return data
+
+
+def write_dir_atomic(final: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``final`` (replacing it): a reader
+    (or a resumed run) never sees a half-written folder, and a failure leaves nothing behind."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def numbered_dirs(root: str | Path, prefix: str) -> list[Path]:
+    """``root/PREFIXN`` folders in increasing N (checkpoints)."""
+    found = [p for p in Path(root).glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(prefix):]))
+
+
+def keep_newest(root: str | Path, prefix: str, n: int = 2) -> None:
+    """Delete all but the ``n`` newest ``root/PREFIXN`` folders."""
+    import shutil
+
+    for old in numbered_dirs(root, prefix)[:-n]:
+        shutil.rmtree(old, ignore_errors=True)

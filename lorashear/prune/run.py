@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -169,7 +166,9 @@ def _check_out(out: Path, settings: PruneSettings, resume: bool) -> dict | None:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    ck = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    from ..jsonio import numbered_dirs
+
+    ck = numbered_dirs(out / "checkpoints", "step-")
     return ck[-1] if ck else None
 
 
@@ -432,22 +431,15 @@ def _state_tensors(peft_model: Any, opt: Any) -> dict[str, torch.Tensor]:
 def _save_checkpoint(out: Path, step: int, peft_model: Any, opt: Any, history: dict) -> Path:
     from safetensors.torch import save_file
 
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}."))
-    try:
+    from ..jsonio import keep_newest, write_dir_atomic
+
+    def write(tmp: Path) -> None:
         save_file(_state_tensors(peft_model, opt), str(tmp / "weights.safetensors"))
         torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
-        final = root / f"step-{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+
+    final = write_dir_atomic(out / "checkpoints" / f"step-{step}", write)
+    keep_newest(out / "checkpoints", "step-", 2)
     return final
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -387,30 +385,28 @@ def _save_best(out: Path, peft_model: Any) -> None:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _latest(out: Path) -> Path | None:
-    ck = sorted((p for p in (out / "checkpoints").glob("ckpt-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    from ..jsonio import numbered_dirs
+
+    ck = numbered_dirs(out / "checkpoints", "ckpt-")
     return ck[-1] if ck else None
 
 
 def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> None:
     from safetensors.torch import save_file
 
+    from ..jsonio import keep_newest, write_dir_atomic
     from ..knowledge.slices import is_lora_param
 
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    k = len(list(root.glob("ckpt-*"))) and max(int(p.name.split("-")[1]) for p in root.glob("ckpt-*")) + 1
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".ckpt."))
-    try:
+    def write(tmp: Path) -> None:
         save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)},
                   str(tmp / "lora.safetensors"))
         torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state))
-        os.replace(tmp, root / f"ckpt-{k}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted((p for p in root.glob("ckpt-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+
+    previous = _latest(out)
+    k = int(previous.name.split("-")[1]) + 1 if previous is not None else 0
+    write_dir_atomic(out / "checkpoints" / f"ckpt-{k}", write)
+    keep_newest(out / "checkpoints", "ckpt-", 2)
 
 
 def _load_ckpt(ck: Path, peft_model: Any, opt: Any) -> dict:
