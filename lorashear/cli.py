@@ -301,7 +301,8 @@ def _app(args: argparse.Namespace) -> int:
 def _plan_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
     p.add_argument("model", help="model folder, 'demo'" + ("" if run else ", or a config JSON with --meta"))
     p.add_argument("--ratio", type=float, required=True, help="fraction of the model's parameters to remove, in (0, 1)")
-    p.add_argument("--kinds", default="attention,mlp", help="group kinds that may be pruned: attention, mlp, hidden (default: attention,mlp)")
+    p.add_argument("--kinds", default="attention,mlp", help="group kinds that may be pruned: attention (whole kv heads with their queries), "
+                   "query_heads (GQA: the i-th query head of every kv group), mlp, hidden (default: attention,mlp)")
     p.add_argument("--allocation", default=None if run else "global", choices=("global", "uniform"),
                    help="global: by saliency per parameter across layers; uniform: the same fraction in every layer"
                         + (" (default: the method's — uniform for llm-pruner, else global)" if run else ""))

@@ -241,9 +241,11 @@ ANALYZE = JobKind(
 def _prune_check(clean: dict[str, Any]) -> dict[str, str]:
     errors = {}
     kinds = [k.strip() for k in str(clean.get("kinds") or "").split(",") if k.strip()]
-    bad = [k for k in kinds if k not in ("attention", "mlp", "hidden")]
+    from ..prune.names import PLAN_KINDS
+
+    bad = [k for k in kinds if k not in PLAN_KINDS]
     if bad or not kinds:
-        errors["kinds"] = f"unknown group kind(s) {bad or '(none)'}; use attention, mlp, hidden"
+        errors["kinds"] = f"unknown group kind(s) {bad or '(none)'}; use {', '.join(PLAN_KINDS)}"
     if clean.get("gamma") is not None and not clean.get("knowledge"):
         errors["gamma"] = "γ needs a knowledge report"
     if clean.get("steps") == 0 and (clean.get("method") or "lhspg") not in TRAINING_FREE:
@@ -260,7 +262,7 @@ PRUNE = JobKind(
         Param("ratio", "Target ratio of parameters to remove", "float", default=0.2, required=True, min=0.001, max=0.999),
         Param("method", "Method", "choice", default="lhspg", choices=METHOD_NAMES,
               help="lhspg, or a baseline on the same groups and budget (docs/baselines.md)"),
-        Param("kinds", "Group kinds", "text", default="attention,mlp", help="comma-separated: attention, mlp, hidden"),
+        Param("kinds", "Group kinds", "text", default="attention,mlp", help="comma-separated: attention, query_heads (GQA), mlp, hidden"),
         Param("allocation", "Allocation", "choice", default="global", choices=("global", "uniform")),
         Param("layers", "Layer range", "text", help="START:STOP, e.g. 1:5 (blank: all layers)"),
         Param("align", "Align widths to a multiple of", "int", min=1, help="blank: no alignment"),

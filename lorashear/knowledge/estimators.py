@@ -20,7 +20,7 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,8 +58,8 @@ class Scores:
 ANALYSED_KINDS = ("attention", "mlp", "hidden")
 
 
-def _prunable(groups: list[Group]) -> list[Group]:
-    out = [g for g in groups if g.prunable and g.kind in ANALYSED_KINDS]
+def _prunable(groups: list[Group], kinds: Sequence[str] = ANALYSED_KINDS) -> list[Group]:
+    out = [g for g in groups if g.prunable and g.kind in kinds]
     if not out:
         raise LorashearError("the model has no prunable groups: nothing to analyse")
     return out
@@ -445,7 +445,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
 # --------------------------------------------------------------------------------------- full Taylor
 def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, variant: str = "first", aggregate: str = "sum",
            roles: tuple[str, ...] = ("producer", "consumer"), batch_size: int | None = None,
-           progress: Progress | None = None) -> Scores:
+           progress: Progress | None = None, kinds: Sequence[str] = ANALYSED_KINDS) -> Scores:
     """LLM-Pruner's Taylor importance from the true gradient of every weight the unit touches.
 
     ``variant``: ``first`` = Σ|W·∇W| (element-wise, LLM-Pruner's default), ``second`` = Σ|W·∇W − ½·W·H·W|
@@ -453,13 +453,14 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
     sample), ``vector`` = |Σ W·∇W| per slice. Slices are the unit's producer rows then its consumer columns
     (LLM-Pruner scores every coupled weight); ``aggregate`` combines them: sum (default), prod, max, or last
     (the last slice in data-flow order — a consumer, like LLM-Pruner's last-layer-only). Needs
-    weight-sized gradient buffers (two for ``second``) — the memory LoRA-Taylor avoids."""
+    weight-sized gradient buffers (two for ``second``) — the memory LoRA-Taylor avoids. ``kinds``: the group
+    kinds scored (a pruning method passes its plan's kinds, GQA query heads included)."""
     check_samples(samples)
     if variant not in TAYLOR_VARIANTS:
         raise LorashearError(f"unknown Taylor variant {variant!r}; choose one of {', '.join(TAYLOR_VARIANTS)}")
     if aggregate not in AGGREGATIONS:
         raise LorashearError(f"unknown aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
-    groups = _prunable(groups)
+    groups = _prunable(groups, kinds)
     idx = ParamIndex(model)
     slices = {g.id: idx.slices(g, tuple(roles)) for g in groups}
     tensors = {id(s.tensor): s.tensor for sls in slices.values() for s in sls}
@@ -523,9 +524,9 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
 # ----------------------------------------------------------------------------------------- magnitude
 @torch.no_grad()
 def magnitude(model: nn.Module, groups: list[Group], samples: torch.Tensor | None = None, *,
-              progress: Progress | None = None) -> Scores:
+              progress: Progress | None = None, kinds: Sequence[str] = ANALYSED_KINDS) -> Scores:
     """``‖W'_u‖₂``: the L2 norm of the unit's producer slices of the effective weights. Needs no data."""
-    groups = _prunable(groups)
+    groups = _prunable(groups, kinds)
     idx = ParamIndex(model)
     slices = {g.id: idx.slices(g, ("producer",)) for g in groups}
     total = len({id(s.tensor) for sls in slices.values() for s in sls})

@@ -3,7 +3,7 @@ bias compensation that adds the removed units' mean contribution back into the c
 
 * **Importance** (FLAP's WIFV metric): for every consumer slice of a unit — the input columns of the linear
   layer that reads the unit (``o_proj`` for a head, ``down_proj`` for an MLP channel, every reader of a hidden
-  channel) — the variance over calibration tokens of that input column times the squared norm of the weight
+  channel; for a GQA query head, whose zero set is its ``o_proj`` columns, those producer columns) — the variance over calibration tokens of that input column times the squared norm of the weight
   column, summed over the unit's columns and slices; then **standardised per kind within each layer** (z-score
   over the units of each group — one layer's heads, one layer's MLP channels — as FLAP's code standardises each
   layer's score vector), so heads and channels of every layer rank on one scale.
@@ -29,7 +29,7 @@ from ..knowledge.slices import ParamIndex
 
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
-COMPENSATED_KINDS = ("attention", "mlp")
+COMPENSATED_KINDS = ("attention", "query_heads", "mlp")
 
 
 def add_biases(model: nn.Module, kinds: Sequence[str]) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def add_biases(model: nn.Module, kinds: Sequence[str]) -> dict[str, Any]:
     from ..loading import model_from_config
 
     cfg = model.config
-    flags = {"attention_bias": ATTENTION_LINEARS} if "attention" in kinds else {}
+    flags = {"attention_bias": ATTENTION_LINEARS} if {"attention", "query_heads"} & set(kinds) else {}
     if "mlp" in kinds:
         flags["mlp_bias"] = MLP_LINEARS
     flags = {f: names for f, names in flags.items() if hasattr(cfg, f)}
@@ -73,13 +73,19 @@ def _linear_owners(model: nn.Module) -> dict[int, list[nn.Linear]]:
     return out
 
 
+def _input_roles(g: Group) -> tuple[str, ...]:
+    """Where a unit's input columns are: its consumers' — except a GQA query head, proven by its o_proj columns,
+    which are its producer slice (its q rows are the consumers, on the output axis)."""
+    return ("producer", "consumer") if g.kind == "query_heads" else ("consumer",)
+
+
 @torch.no_grad()
 def fluctuation(model: nn.Module, groups: Sequence[Group], samples: torch.Tensor, *, batch_size: int = 8
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """(raw WIFV score per unit, the same standardised per group, input statistics for ``compensate``)."""
     idx = ParamIndex(model)
     owners = _linear_owners(model)
-    slices = {g.id: [s for s in idx.slices(g, ("consumer",)) if s.axis == 1 and owners.get(id(s.tensor))] for g in groups}
+    slices = {g.id: [s for s in idx.slices(g, _input_roles(g)) if s.axis == 1 and owners.get(id(s.tensor))] for g in groups}
     mods = {id(m): m for sls in slices.values() for s in sls for m in owners[id(s.tensor)]}
     stats: dict[int, list] = {}
 

@@ -192,7 +192,7 @@ def _setup_llm_pruner(model, groups, spec, st, tok):
 
     samples, info = _calibration(model, tok, st)
     cands = candidate_groups(groups, spec)
-    sc = taylor(model, cands, samples, variant=st.taylor_variant, aggregate=st.aggregate)
+    sc = taylor(model, cands, samples, variant=st.taylor_variant, aggregate=st.aggregate, kinds=spec.kinds)
     plan = _plan(model, groups, spec, sc.units, f"LLM-Pruner Taylor ({st.taylor_variant}, {st.aggregate}) on "
                  f"{info['n_samples']} × {info['seq_len']} calibration tokens, dense model")
     return plan, {"calibration": info, "calibration_tokens": info["tokens"], "calibration_loss": sc.notes.get("base_loss")}
@@ -202,7 +202,7 @@ def _setup_magnitude(model, groups, spec, st, tok):
     from ..knowledge.estimators import magnitude
 
     cands = candidate_groups(groups, spec)
-    scores = {gid: v ** 2 for gid, v in magnitude(model, cands).units.items()}  # squared norms add over parameters
+    scores = {gid: v ** 2 for gid, v in magnitude(model, cands, kinds=spec.kinds).units.items()}  # squared norms add over parameters
     return _plan(model, groups, spec, scores, "weight magnitude ‖x_u‖² of the dense model"), {}
 
 

@@ -34,9 +34,10 @@ from torch import nn
 from ..errors import LorashearError
 from ..groups import Group
 from ..jsonio import read_json, write_json_atomic
+from .names import PLAN_KINDS
 
 PLAN_FORMAT = "lorashear.plan/1"
-KINDS = ("attention", "mlp", "hidden")
+KINDS = PLAN_KINDS
 ALLOCATIONS = ("global", "uniform")
 DEFAULT_KINDS = ("attention", "mlp")
 

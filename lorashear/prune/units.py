@@ -5,6 +5,11 @@ A unit's producer slices (``groups.Group.producers``) are rows of the base weigh
 embedding, or a bias). The effective weight of a LoRA-wrapped linear is ``W' = W + s·B·A``, and a producer
 row ``i`` of ``W'`` is ``W[i] + s·B[i]·A`` — so everything LHSPG does to a unit touches only the unit's rows of
 ``W`` and of ``B``: no weight-sized temporary and never a gradient on ``W``.
+
+A few units are proven on the *input* axis of a linear instead (GQA query heads: their ``o_proj`` columns are
+the zero set). Column ``j`` of ``W'`` is ``W[:, j] + s·B·A[:, j]``, so such a slice carries the columns of ``A``
+instead of the rows of ``B`` (``lora_side == "in"``); read, merged and zeroed the same way, in the same
+``[indices, rest]`` layout.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class UnitSlice:
     lora_b: torch.Tensor | None  # rows aligned with the indices along ``axis``
     lora_a: torch.Tensor | None
     scaling: float
+    lora_side: str = "out"  # "out": the indices are rows of B; "in": columns of A (a slice on the input axis)
 
     def indices(self, units: Sequence[int]) -> torch.Tensor:
         return torch.isin(self.unit_of, torch.as_tensor(list(units), dtype=torch.long)).nonzero().flatten()
@@ -44,6 +50,8 @@ class UnitSlice:
         if self.lora_b is None:
             return None
         i = idx.to(self.lora_b.device)
+        if self.lora_side == "in":
+            return (self.lora_b.detach().float() @ self.lora_a.detach().index_select(1, i).float()).T * self.scaling
         return (self.lora_b.detach().index_select(0, i).float() @ self.lora_a.detach().float()) * self.scaling
 
     def write(self, idx: torch.Tensor, values: torch.Tensor) -> None:
@@ -54,7 +62,12 @@ class UnitSlice:
         self.base.data.index_copy_(self.axis, idx.to(self.base.device), v)
 
     def zero_lora_rows(self, idx: torch.Tensor) -> None:
-        if self.lora_b is not None:
+        """Zero the LoRA factor entries of these indices (rows of B, or columns of A on the input side)."""
+        if self.lora_b is None:
+            return
+        if self.lora_side == "in":
+            self.lora_a.data.index_fill_(1, idx.to(self.lora_a.device), 0.0)
+        else:
             self.lora_b.data.index_fill_(0, idx.to(self.lora_b.device), 0.0)
 
 
@@ -70,6 +83,7 @@ def unit_slices(model: nn.Module, groups: Iterable[Group]) -> dict[str, list[Uni
 def _unit_slice(gid: str, s: Slice) -> UnitSlice:
     a = b = None
     scaling = 0.0
+    side = "out"
     layer = s.lora
     if layer is not None:
         names = [n for n in getattr(layer, "active_adapters", []) if n in getattr(layer, "lora_A", {}) or n in getattr(layer, "lora_embedding_A", {})]
@@ -79,18 +93,19 @@ def _unit_slice(gid: str, s: Slice) -> UnitSlice:
             name = names[0]
             embedding = name in getattr(layer, "lora_embedding_A", {})
             out_axis = 1 if embedding or getattr(layer, "fan_in_fan_out", False) else 0
-            if s.axis != out_axis:
-                raise LorashearError(f"{s.param}: a producer slice on the input axis of a LoRA layer cannot be merged row-wise")
+            if s.tensor.dim() != 2:
+                raise LorashearError(f"{s.param}: a LoRA layer whose weight is not 2-D cannot be pruned")
+            side = "out" if s.axis == out_axis else "in"
             if embedding:
                 a, b = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
             else:
                 a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
             scaling = float(layer.scaling[name])
-    return UnitSlice(gid, s.tensor, s.axis, s.unit_of, b, a, scaling)
+    return UnitSlice(gid, s.tensor, s.axis, s.unit_of, b, a, scaling, side)
 
 
 def zero_units(slices: Mapping[str, list[UnitSlice]], removal: Mapping[str, Sequence[int]]) -> None:
-    """Zero base rows and LoRA-B rows of the units: the effective producer weights of each unit become 0."""
+    """Zero base rows and their LoRA entries (B rows / A columns): the unit's effective producer weights become 0."""
     with torch.no_grad():
         for gid, units in removal.items():
             if not units:

@@ -289,3 +289,16 @@ def test_resume_after_interruption_reproduces_the_run(tiny_dir, tmp_path, method
     wa = load_file(str(tmp_path / "full/model/model.safetensors"))
     wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_prunes_gqa_query_heads_and_reloads(tiny_dir, tmp_path, method):
+    """Query-head units (o_proj columns as the zero set) work with every method: removed, exported, reloaded."""
+    kw = {**FAST, **EXTRA.get(method, {}), "kinds": ("query_heads",), "ratio": 0.01, "allocation": "global"}
+    report = prune(tiny_dir, tmp_path / "run", method=method, **kw)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    removed = {gid: g["removed"] for gid, g in plan["groups"].items() if g["kind"] == "query_heads"}
+    assert sum(removed.values()) >= 1 and report["params_removed"] == plan["params_removed"]
+    small = load_pruned(tmp_path / "run" / "model")
+    q_rows = [layer.self_attn.q_proj.out_features for layer in small.model.layers]
+    assert sum(q_rows) == 2 * 32 - 16 * sum(removed.values())  # 2 query heads of 8 rows per unit

@@ -147,3 +147,49 @@ def test_zero_periods_are_refused():
     _, _, groups = traced("llama-gqa")
     with pytest.raises(LorashearError, match="periods"):
         LHSPG(_peft(), groups, PlanSpec(0.2), warmup_steps=1, periods=0, period_steps=2)
+
+
+def test_input_axis_slice_reads_the_columns_of_the_lora_delta():
+    """A query-head unit's producer is o_proj columns: its LoRA part is s·B·A[:, j], read from the columns of A."""
+    _, _, groups = traced("llama-gqa")
+    model = _peft()
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            torch.nn.init.normal_(p.data, std=0.1)  # B ≠ 0, so the delta is not trivially zero
+    g = next(g for g in groups if g.kind == "query_heads")
+    us = next(u for u in unit_slices(model, [g])[g.id] if u.lora_b is not None)
+    assert us.lora_side == "in" and us.axis == 1
+    idx = us.indices([1])
+    layer = next(m for m in model.modules() if getattr(m, "base_layer", None) is not None
+                 and m.get_base_layer().weight is us.base)
+    full = layer.get_delta_weight("default").float()  # s·B·A, [out, in]
+    assert torch.allclose(us.delta(idx), full[:, idx].T, atol=1e-6)
+    us.zero_lora_rows(idx)
+    assert layer.get_delta_weight("default")[:, idx].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "mistral", "qwen2"])
+def test_query_heads_prune_exactly_with_the_other_kinds(arch):
+    """LHSPG shrinks a query head's o_proj columns (base and LoRA-A columns) to exact zero; the compressed model
+    equals the masked one, with kv heads, MLP channels and hidden channels pruned in the same run."""
+    from lorashear.prune import make_plan
+
+    _, _, groups = traced(arch)
+    model = _peft(arch)
+    spec = PlanSpec(0.3, kinds=("attention", "query_heads", "mlp", "hidden"))
+    # query heads scored least important, so the plan takes them first, then the other kinds by index
+    scores = {g.id: np.full(g.n_units, -1.0) for g in groups if g.kind == "query_heads"}
+    plan = make_plan(build(arch), groups, spec, scores)
+    opt = LHSPG(model, groups, spec, plan=plan, rescore=False, **SCHED)
+    _train(model, opt, opt.total_steps + 2)
+    removal = opt.removal()
+    kinds = {g.id: g.kind for g in groups}
+    assert {kinds[gid] for gid, units in removal.items() if units} >= {"query_heads", "mlp"}, removal
+    assert all(v == 0.0 for v in _unit_norms(model, groups, removal).values())
+    merged = copy.deepcopy(model).merge_and_unload().eval()
+    ids = _batch(99)
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        small, _ = compress(merged, groups, removal)
+        got = small(input_ids=ids).logits
+    assert (ref - got).abs().max().item() <= 1e-4
