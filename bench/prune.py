@@ -7,6 +7,8 @@
                                                                       each in a fresh process, random-init LLaMA ≥ 500M
     python bench/prune.py latency  [--hidden 1536 --layers 16]        CPU latency dense / pruned at ρ = 0.2 (plan by
                                                                       magnitude, compress), batch 1 and 8, ± --align
+    python bench/prune.py latency  --model smollm2-135m --pruned OUT/model[,OUT2/model]
+                                                                      a real model against its pruned folders
 
 Quality: for each budget (optimizer steps × batch 4 × 128 tokens, the whole run) and seed — (a) dense, (b) dense +
 the same LoRA budget (``finetune_dense``: same adapters, data stream, steps, lr), (c) LHSPG at each ratio and set of
@@ -187,24 +189,36 @@ def memory(args) -> None:
 
 # -------------------------------------------------------------------------------------------- latency
 def latency(args) -> None:
+    """Dense vs pruned forward latency, interleaved. Without ``--pruned``: a random-init LLaMA of ``--hidden`` /
+    ``--layers`` and its uniform ρ = 0.2 compressions (± align 64). With ``--pruned DIR[,DIR]``: ``--model`` (any
+    source the loader takes, e.g. ``smollm2-135m``) against those pruned folders (``lorashear prune --out``)."""
     from lorashear.compress import compress
     from lorashear.groups import find_groups
-    from lorashear.loading import model_from_config
+    from lorashear.loading import load_model, model_from_config
     from lorashear.prune.preview import plan_model
     from lorashear.trace import trace
 
-    model = model_from_config(_big_config(args), seed=0)
-    groups = find_groups(trace(model, seq_len=8))
+    if args.pruned:
+        model = load_model(args.model).eval()
+        what = f"{args.model} ({type(model).__name__})"
+        variants = {"dense": model}
+        for d in args.pruned.split(","):
+            variants[Path(d).parent.name if Path(d).name == "model" else Path(d).name] = load_model(d).eval()
+    else:
+        model = model_from_config(_big_config(args), seed=0)
+        what = "random-init LLaMA"
+        groups = find_groups(trace(model, seq_len=8))
+        variants = {"dense": model}
+        for align in (None, 64):
+            plan = plan_model(model, ratio=0.2, groups=groups, align=align, allocation="uniform")
+            small, _ = compress(model, groups, plan.removal)
+            variants[f"ρ=0.2 uniform{' align 64' if align else ''}"] = small
     n = sum(p.numel() for p in model.parameters())
-    variants = {"dense": model}
-    for align in (None, 64):
-        plan = plan_model(model, ratio=0.2, groups=groups, align=align, allocation="uniform")
-        small, _ = compress(model, groups, plan.removal)
-        variants[f"ρ=0.2 uniform{' align 64' if align else ''}"] = small
+    vocab = int(model.config.vocab_size)
     g = torch.Generator().manual_seed(0)
     res = {}
     for batch in (1, 8):
-        ids = torch.randint(0, 32000, (batch, 128), generator=g)
+        ids = torch.randint(0, vocab, (batch, 128), generator=g)
         times = {k: [] for k in variants}
         with torch.no_grad():
             for k, m in variants.items():
@@ -215,7 +229,9 @@ def latency(args) -> None:
                     m(input_ids=ids)
                     times[k].append(time.perf_counter() - t)
         res[batch] = {k: statistics.median(v) for k, v in times.items()}
-    print(f"random-init LLaMA {n:,} parameters, CPU fp32, threads {torch.get_num_threads()}, 128 tokens, median of {args.iters}, interleaved")
+    load = os.getloadavg()[0]
+    print(f"{what} {n:,} parameters, CPU fp32, threads {torch.get_num_threads()}, 128 tokens, median of {args.iters}, "
+          f"interleaved; load average at the end {load:.2f}")
     for batch, r in res.items():
         for k, v in r.items():
             params = sum(p.numel() for p in variants[k].parameters())
@@ -240,6 +256,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--pruned", default=None, help="latency: pruned folders to time against --model")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
