@@ -485,6 +485,23 @@ def parse_data_spec(spec: str) -> tuple[str, str, float]:
     return name, path, weight
 
 
+def check_data_spec(spec: str) -> None:
+    """Refuse what ``load_sources`` would refuse first, without reading any data (a job form checks its fields
+    with this before it launches): an unknown demo split, a malformed spec, a path that does not exist. A name
+    that is no local path is refused too: it could only be a hub dataset, which a form does not look up."""
+    spec = spec.strip()
+    if spec == "demo" or spec.startswith("demo:"):
+        if spec.partition(":")[2]:
+            _check_split(spec.partition(":")[2])
+        return
+    _, path, _ = parse_data_spec(spec)
+    if Path(path).expanduser().exists():
+        return
+    if _looks_like_hub_name(path):
+        raise LorashearError(f"{path!r} is not a local path, nor demo or demo:SPLIT (hub dataset names are not looked up here)")
+    raise LorashearError(f"data file not found: {Path(path).expanduser()}")
+
+
 def load_sources(specs: Sequence[str], *, field: str = "text", split: str | None = None) -> dict[str, list[str]]:
     """Named text sources from command-line style specs (weights, if any, are ignored here).
 

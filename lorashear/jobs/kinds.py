@@ -116,8 +116,11 @@ def _check_one(p: Param, raw: Any) -> Any:
         if p.name in MODEL_PARAMS and isinstance(text, str):
             from ..models import NAMED
 
-            if text in NAMED and not Path(text).exists():
-                return text  # a named model: the job resolves it (converting it once) through the one loader
+            here = Path(text)
+            if (text in NAMED or text == "demo") and not here.is_file() and not (here / "config.json").is_file():
+                # a named model (also when run from the repo root, where ./demo is the assets folder): the job
+                # resolves it (converting it once) through the one loader
+                return text
             if text.lower().endswith(".gguf"):
                 gpath = Path(text).expanduser()
                 if not gpath.is_file():
@@ -132,6 +135,52 @@ def _check_one(p: Param, raw: Any) -> Any:
             raise ValueError(f"{text} is not a directory")
         return str(path.resolve())
     return text
+
+
+def preflight(clean: dict[str, Any]) -> dict[str, str]:
+    """What a job would refuse in its first seconds, checked before it launches, with the CLI's messages: a model
+    folder without ``config.json`` (or a malformed one), a data spec that names nothing (``data=nonsense``,
+    ``NAME=/missing.jsonl``), a sequence length beyond the model's context. Reads configs only, never weights."""
+    from ..data import check_data_spec, check_seq_len
+    from ..errors import LorashearError
+    from ..loading import load_config
+
+    errors: dict[str, str] = {}
+    config = None
+    for name in ("model", "dense", "pruned"):
+        value = clean.get(name)
+        if value == "demo":
+            from ..data import DEMO_MODEL_DIR
+
+            value = str(DEMO_MODEL_DIR)
+        path = Path(value) if isinstance(value, str) else None
+        if path is None or not path.is_dir() or (path / "adapter_config.json").exists():
+            continue  # a named model, a .gguf file or an adapter: the loader checks those
+        if not (path / "config.json").is_file():
+            errors[name] = f"{path} is not a Hugging Face model folder (no config.json)"
+            continue
+        try:
+            cfg = load_config(path)
+        except LorashearError as exc:
+            errors[name] = str(exc)
+            continue
+        if config is None:
+            config = cfg
+    for name in ("data",):
+        value = clean.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            for spec in [s for s in value.split(",") if s.strip()]:
+                check_data_spec(spec)
+        except LorashearError as exc:
+            errors[name] = str(exc)
+    if config is not None and isinstance(clean.get("seq_len"), int):
+        try:
+            check_seq_len(clean["seq_len"], config)
+        except LorashearError as exc:
+            errors["seq_len"] = str(exc)
+    return errors
 
 
 def _blank(raw: Any) -> bool:
@@ -161,6 +210,8 @@ def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
             clean[p.name] = _check_one(p, value if value is not None else p.default)
         except ValueError as exc:
             errors[p.name] = str(exc)
+    for name, msg in preflight(clean).items():  # on the fields that passed their own checks
+        errors.setdefault(name, msg)
     if not errors and "check" in kind.extra:
         errors.update(kind.extra["check"](clean))
     if errors:
