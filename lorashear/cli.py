@@ -184,7 +184,8 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
                    help="ablation: units per ablated block, e.g. attention=1,mlp=16,hidden=16 (the default)")
     p.add_argument("--no-whole-groups", action="store_true", help="ablation: skip zeroing each layer's whole attention / MLP")
     p.add_argument("--gamma", type=float, default=None, help="mark the top GAMMA fraction (0 <= GAMMA < 1) unprunable")
-    p.add_argument("--select", default="unit", choices=("unit", "layer", "group"), help="what GAMMA counts: units (default), layers or groups")
+    p.add_argument("--select", default="group", choices=("unit", "layer", "group"),
+                   help="what GAMMA counts: node groups (one layer's attention or MLP; the paper's, default), layers or units")
     p.add_argument("--scope", default="global", choices=("global", "group"), help="units: rank across all groups (default) or within each group")
     p.add_argument("--by", default="density", choices=("density", "score"), help="rank by score per parameter (default) or by score")
     p.add_argument("--out", required=True, help="report file: .parquet (default when no suffix) or .json")

@@ -31,7 +31,9 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.1 + 0.85 * done / max(total, 1), f"{estimator}: {done}/{total}")
 
     report = analyze(model, samples, estimator=estimator, source=params["model"], data=data,
-                     gamma=params.get("gamma"), progress=progress, **options)
+                     gamma=params.get("gamma"), select_level=params.get("select", "group"),
+                     select_scope=params.get("scope", "global"), select_by=params.get("by", "density"),
+                     progress=progress, **options)
     ctx.progress(0.97, "saving the report")
     path = report.save(ctx.out_dir / "knowledge.parquet")
     kinds = report.by_kind()

@@ -24,7 +24,7 @@ from .selection import check_gamma, select_unprunable
 
 def analyze(model: nn.Module, samples: torch.Tensor | None = None, *, estimator: str = "lora_taylor",
             groups: list[Group] | None = None, source: str | None = None, data: dict | None = None,
-            gamma: float | None = None, select_level: str = "unit", select_scope: str = "global",
+            gamma: float | None = None, select_level: str = "group", select_scope: str = "global",
             select_by: str = "density", progress: Progress | None = None, **options: Any) -> KnowledgeReport:
     """Score every unit of every prunable group of ``model`` with ``estimator`` on ``samples``
     (``[n, seq_len]`` token ids; not needed for ``magnitude``) and return a ``KnowledgeReport``.

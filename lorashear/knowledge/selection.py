@@ -42,7 +42,7 @@ def _top(values: pd.Series, k: int) -> pd.Index:
     return values.index[order[:k]]
 
 
-def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "unit", scope: str = "global",
+def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "group", scope: str = "global",
                       by: str = "density") -> KnowledgeReport:
     """Return a copy of ``report`` with ``units.unprunable`` set and the rule recorded in ``meta["selection"]``.
 
@@ -52,6 +52,11 @@ def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "un
       score; every unit of a marked layer is unprunable (network-wide groups, e.g. hidden, are not in a layer);
     * ``level="group"``: the top round(γ·G) groups likewise.
     γ = 0 clears the selection.
+
+    The default is ``level="group"``: the paper (Algorithm 3) ranks *node groups* — one layer's attention, one
+    layer's MLP — and protects the top γ of those. Ranking single units across the network instead marks whole
+    kinds at once (per-parameter scores of heads and hidden channels dwarf MLP channels': "top 0.2 of all units"
+    marked 22 of 24 heads and 240 of 256 hidden channels but 562 of 3,840 MLP channels on the demo model).
     """
     gamma = check_gamma(gamma)
     if level not in LEVELS:

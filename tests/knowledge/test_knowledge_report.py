@@ -77,7 +77,7 @@ def test_a_file_that_is_not_a_report_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ selection
 @pytest.mark.parametrize("gamma", [0.0, 0.1, 0.25, 0.5])
 def test_unit_selection_marks_exactly_gamma_of_all_units_by_density(report, gamma):
-    sel = select_unprunable(report, gamma)
+    sel = select_unprunable(report, gamma, level="unit")
     u = sel.units
     k = int(math.floor(gamma * len(u) + 0.5))
     assert int(u["unprunable"].sum()) == k
@@ -87,7 +87,7 @@ def test_unit_selection_marks_exactly_gamma_of_all_units_by_density(report, gamm
 
 
 def test_unit_selection_per_group_marks_gamma_of_each_group(report):
-    sel = select_unprunable(report, 0.25, scope="group")
+    sel = select_unprunable(report, 0.25, level="unit", scope="group")
     for gid, rows in sel.units.groupby("group"):
         assert int(rows["unprunable"].sum()) == int(math.floor(0.25 * len(rows) + 0.5)), gid
 
@@ -105,7 +105,8 @@ def test_layer_selection_marks_whole_layers(report):
     assert sel.meta["selection"]["of"] == "layers" and sel.meta["selection"]["out_of"] == 6
 
 
-def test_group_selection_marks_whole_groups(report):
+def test_group_selection_is_the_default_and_marks_whole_groups(report):
+    assert select_unprunable(report, 0.3).meta["selection"] == select_unprunable(report, 0.3, level="group").meta["selection"]
     sel = select_unprunable(report, 0.3, level="group")
     per_group = sel.units.groupby("group")["unprunable"].agg(["all", "any"])
     assert (per_group["all"] == per_group["any"]).all()
