@@ -183,8 +183,8 @@ def content(state: AppState) -> list:
                             "a Recover job, or an Evaluate job per model in the Jobs tab; its numbers appear here.",
                             id="compare-unavailable")]
     protos = sorted({(p["source"], p["protocol"]) for e in rows for p in e["perplexity"]})
-    head = ["job", "model", "parameters", *[f"ppl {s} ({p})" for s, p in protos], "latency (ms)", "tokens/s",
-            "measured with", ""]
+    head = ["job", "model · measured with", "parameters", "latency (ms)", "tokens/s",
+            *[f"ppl {s} ({p})" for s, p in protos], ""]
     body = []
     for e in rows:
         c = e["cost"]
@@ -192,16 +192,17 @@ def content(state: AppState) -> list:
         lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else "—")
         thr = (f"{c['throughput_tokens_per_s']:,.0f} ({c.get('throughput_batch_size', '?')}×"
                f"{c.get('latency_seq_len', '?')})" if c else "—")
-        body.append([e["job"], html.Span([html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted")]),
+        body.append([e["job"],
+                     html.Span([html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
+                                html.Span(conditions_text(e["conditions"]), className="muted cmp-conditions")]),
                      html.Span(f"{e['params']:,}" if e["params"] is not None else "—", className="cmp-params"),
-                     *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos], lat, thr,
-                     html.Span(conditions_text(e["conditions"]), className="muted"),
+                     lat, thr, *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos],
                      html.Button("Browse", id={"type": "cmp-browse", "row": f"{e['job']}:{e['role']}"},
                                  className="btn small", disabled=not Path(e["model"] or "/nonexistent").is_dir(),
                                  title=e["model"])])
     out: list = [html.P("Timings depend on the machine as much as on the model: compare rows measured with the same "
                         "device, threads and load.", className="muted hint"),
-                 html.Div(table(head, body), id="compare-table")]
+                 html.Div(table(head, body), id="compare-table", className="scroll-x")]
     if protos:
         out.append(dcc.Graph(figure=_ppl_figure(rows), config={"displaylogo": False}))
     comp = layer_comparison(rows)
