@@ -94,6 +94,7 @@ def create_app(state: AppState) -> Dash:
 
     graph.register(app, get_model)
     groups.register(app, get_model)
+    groups.register_export(app, state, get_model)
     jobs.register(app, state)
     compare.register(app, state)
     knowledge.register(app, state)

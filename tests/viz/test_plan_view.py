@@ -83,3 +83,17 @@ def test_prune_params_are_the_plan_settings(app_state):
     from lorashear.jobs.kinds import PRUNE, validate
 
     validate(PRUNE, params)  # the form's values are valid prune-job parameters
+
+
+def test_hand_selection_is_checked_against_the_browsed_model(app_state):
+    from viz.views.groups import add_unit, check_selection
+
+    mv = _mv(app_state)
+    text = add_unit(add_unit("", "model.layers.1.self_attn:heads", 2), "model.layers.1.self_attn:heads", 0)
+    assert check_selection(mv, text) == ({"model.layers.1.self_attn:heads": [0, 2]}, "")
+    for text, msg in (('{"model.layers.1.self_attn:heads": [0, 1, 2, 3]}', "keep at least one"),
+                      ('{"model.layers.1.self_attn:heads": [7]}', "has units 0..3"),
+                      ('{"nope": [1]}', "no group 'nope'"),
+                      ('{"lm_head:vocab": [1]}', "not prunable"), ("{x", "not valid JSON")):
+        removal, why = check_selection(mv, text)
+        assert removal is None and msg in why and "\n" not in why, (text, why)
