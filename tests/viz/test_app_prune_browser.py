@@ -12,8 +12,7 @@ from viz.app import create_app
 
 from test_app_browser import open_tab, until
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,  # ~1-2 min on 2 busy cores: a real prune job and two traces
-              pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")]
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")]
 
 RUN = {"steps": "2", "batch_size": "1", "seq_len": "32", "eval_tokens": "1024"}
 
@@ -25,6 +24,7 @@ def _type(duo, css, value):
     box.send_keys(str(value))
 
 
+@pytest.mark.slow  # ~1.5 min on 2 busy cores: a real prune job (dense and pruned evaluation) and a second trace
 def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     from lorashear.prune.preview import plan_model
     from viz.views.compare import folder_layers
@@ -92,3 +92,32 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
         "if (n) api.ensureNodeVisible(n, 'middle'); return !!n;"), msg="grid row")
     units = dash_duo.wait_for_element(f'.ag-row[row-id="{cut}"] .ag-cell[col-id="units"]', timeout=30).text
     assert int(units) == lib.groups[cut]["kept"]
+
+
+def test_hand_selection_exports_from_the_groups_tab(dash_duo, app_state):
+    from lorashear.loading import load_model
+
+    gid = "model.layers.3.self_attn:heads"
+    dash_duo.start_server(create_app(app_state))
+    open_tab(dash_duo, "Groups")
+    dash_duo.wait_for_element("#groups-grid .ag-row", timeout=30)
+    until(lambda: dash_duo.driver.execute_script(
+        f"const api = dash_ag_grid.getApi('groups-grid'); const n = api && api.getRowNode({gid!r});"
+        "if (n) api.ensureNodeVisible(n, 'middle'); return !!n;"), msg="grid api")
+    dash_duo.find_element("#hand-export").click()  # nothing selected yet: a message under the field
+    dash_duo.wait_for_contains_text("#hand-units-err", "no unit selected", timeout=30)
+    dash_duo.wait_for_element(f'.ag-row[row-id="{gid}"] .ag-cell[col-id="kind"]', timeout=30).click()
+    dash_duo.wait_for_contains_text("#units-panel", "k_proj", timeout=30)
+    _type(dash_duo, "#unit-index", "2\n")
+    dash_duo.find_element("#hand-add").click()
+    until(lambda: dash_duo.find_element("#hand-units").get_attribute("value") == f'{{"{gid}": [2]}}',
+          msg="selection JSON")
+    dash_duo.find_element("#hand-export").click()
+    dash_duo.wait_for_contains_text("#job-head", "export", timeout=30)
+    until(lambda: "succeeded" in dash_duo.find_element("#job-head").text
+          or "failed" in dash_duo.find_element("#job-head").text, timeout=300, step=0.5, msg="export job")
+    job = app_state.registry.list(kind="export")[0]
+    assert job.status == "succeeded", (job.message, job.log_path.read_text()[-3000:])
+    small = load_model(job.artifacts["model"])
+    assert small.model.layers[3].self_attn.k_proj.weight.shape[0] * 4 == \
+        small.model.layers[2].self_attn.k_proj.weight.shape[0] * 3  # one of 4 kv heads gone, layer 3 only

@@ -126,6 +126,8 @@ def check_selection(mv: ModelView, text: str) -> tuple[dict[str, list[int]] | No
     The same rules ``compress`` applies in the job, checked here so the message lands next to the field."""
     from lorashear.jobs.export_job import parse_units
 
+    if not (text or "").strip():
+        return None, "no unit selected: select a group, choose a unit and press 'Add this unit'"
     try:
         removal = parse_units(text or "")
     except ValueError as exc:
