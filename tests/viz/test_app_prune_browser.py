@@ -3,6 +3,7 @@ the library's plan → a Prune job with a tiny step budget runs to completion in
 pruned with the exact parameter counts → the pruned model opens in the Graph / Groups views, smaller where the plan
 said."""
 import json
+import os
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -15,6 +16,15 @@ from test_app_browser import open_tab, until
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")]
 
 RUN = {"steps": "2", "batch_size": "1", "seq_len": "32", "eval_tokens": "1024"}
+
+
+def _shot(duo, name):
+    """With LORASHEAR_SCREENSHOTS=DIR, keep a screenshot of this step (docs/img is made this way)."""
+    out = os.environ.get("LORASHEAR_SCREENSHOTS")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        duo.driver.set_window_size(1500, 1100)
+        duo.driver.save_screenshot(os.path.join(out, f"{name}.png"))
 
 
 def _type(duo, css, value):
@@ -36,6 +46,14 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     dash_duo.wait_for_text_to_equal("#plan-params", want, timeout=60)
     assert f"{lib.params_removed:,}" in dash_duo.find_element("#plan-removed").text
     dash_duo.wait_for_element("#plan-heads-fig .heatmaplayer", timeout=30)
+    _shot(dash_duo, "app-plan")
+    open_tab(dash_duo, "Groups")  # the planned groups are marked in the grid
+    planned = next(iter(lib.removal))
+    dash_duo.wait_for_element("#groups-grid .ag-row", timeout=30)
+    until(lambda: dash_duo.driver.execute_script(
+        f"const api = dash_ag_grid.getApi('groups-grid'); const n = api && api.getRowNode({planned!r});"
+        "if (n) api.ensureNodeVisible(n, 'middle'); return n && n.data.planned;"), msg="planned mark in the grid")
+    open_tab(dash_duo, "Prune")
 
     # bad input: one line next to the field, the numbers go away until it is fixed
     _type(dash_duo, "#plan-layers", "7:9\n")
@@ -52,10 +70,11 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     dash_duo.find_element("#run-prune").click()
     dash_duo.wait_for_contains_text("#job-head", "prune", timeout=30)  # the app moved to the Jobs tab
     until(lambda: "succeeded" in dash_duo.find_element("#job-head").text
-          or "failed" in dash_duo.find_element("#job-head").text, timeout=400, step=0.5, msg="prune job to finish")
+          or "failed" in dash_duo.find_element("#job-head").text, timeout=900, step=0.5, msg="prune job to finish")
     job = app_state.registry.list(kind="prune")[0]
     assert job.status == "succeeded", (job.message, job.log_path.read_text()[-3000:])
     dash_duo.wait_for_element("#job-metrics-box .main-svg", timeout=30)  # the job's curves
+    _shot(dash_duo, "app-prune-job")
     plan = json.loads(open(job.artifacts["plan"]).read())
     assert plan["removal"] == lib.removal and plan["params_removed"] == lib.params_removed
     assert job.result["params_before"] == lib.params_total
@@ -64,6 +83,7 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     # Compare: dense next to pruned, exact counts, per-layer bars
     open_tab(dash_duo, "Compare")
     dash_duo.wait_for_element("#compare-heads .main-svg", timeout=30)
+    _shot(dash_duo, "app-compare")
     text = dash_duo.find_element("#compare-table").text
     assert f"{lib.params_total:,}" in text and f"{lib.params_total - lib.params_removed:,}" in text
     assert "thread" in text and "tokens/source" in text  # the conditions of the timings

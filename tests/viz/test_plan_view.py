@@ -97,3 +97,24 @@ def test_hand_selection_is_checked_against_the_browsed_model(app_state):
                       ('{"lm_head:vocab": [1]}', "not prunable"), ("{x", "not valid JSON")):
         removal, why = check_selection(mv, text)
         assert removal is None and msg in why and "\n" not in why, (text, why)
+
+
+def test_groups_grid_marks_the_planned_groups(app_state):
+    from viz.views.groups import planned_rows
+
+    mv = _mv(app_state)
+    data, _, _ = PV.compute(app_state, mv, DEFAULT)
+    rows = planned_rows(mv.group_rows(), data["plan"])
+    marked = {r["id"]: r["planned"] for r in rows if r["planned"]}
+    assert set(marked) == set(data["plan"]["removal"])
+    for gid, text in marked.items():
+        assert text == f"{len(data['plan']['removal'][gid])} of {mv.group_by_id[gid].n_units}"
+
+
+def test_recover_form_defaults_are_valid_recover_parameters(app_state, model_dir):
+    from lorashear.jobs.kinds import RECOVER, validate
+
+    from viz.views.prune import RECOVER_FIELDS
+
+    form = dict(zip(RECOVER_FIELDS, (str(model_dir), "102400", "25", "100", "16384")))
+    assert validate(RECOVER, form)["pruned"] == str(model_dir)

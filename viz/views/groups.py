@@ -21,6 +21,8 @@ COLUMNS = [
     {"field": "params", "headerName": "params", "type": "numericColumn", "filter": "agNumberColumnFilter",
      "width": 120},
     {"field": "prunable", "filter": "agTextColumnFilter", "width": 100},
+    {"field": "planned", "headerName": "plan removes", "filter": "agTextColumnFilter", "width": 130,
+     "headerTooltip": "units the Prune tab's current plan removes from this group"},
     {"field": "reason", "filter": "agTextColumnFilter", "minWidth": 300, "flex": 1, "tooltipField": "reason"},
     {"field": "members", "type": "numericColumn", "width": 100},
     {"field": "ops", "type": "numericColumn", "width": 80},
@@ -49,7 +51,7 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
     rows = mv.group_rows() if mv else []
     for r in rows:
         r.update((scores or {}).get(r["id"], {}))
-    columns = COLUMNS[:7] + (SCORE_COLUMNS if scores else []) + COLUMNS[7:]
+    columns = COLUMNS[:8] + (SCORE_COLUMNS if scores else []) + COLUMNS[8:]
     return html.Div([
         card("Groups", html.P("Sort and filter with the column headers; select rows (ctrl/shift for several) to "
                               "highlight their ops in the graph." + (f" Scores: {scores_from}." if scores else
@@ -60,7 +62,8 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
                  defaultColDef={"sortable": True, "resizable": True, "filter": True},
                  dashGridOptions={"rowSelection": {"mode": "multiRow", "enableClickSelection": True},
                                   "animateRows": False, "tooltipShowDelay": 300},
-                 rowClassRules={"row-unprunable": "params.data.prunable === 'no'"},
+                 rowClassRules={"row-unprunable": "params.data.prunable === 'no'",
+                                "row-planned": "!!params.data.planned"},
                  style={"height": "46vh", "width": "100%"},
              )),
         card("Units of the selected group",
@@ -203,3 +206,13 @@ def register_export(app, state, get_model) -> None:
         except LorashearError as exc:
             return html.Span(str(exc), className="error"), "", no_update, no_update
         return html.Span(f"Started job {job.id} (export).", className="ok"), "", job.id, "jobs"
+
+
+def planned_rows(rows: list[dict], plan: dict | None) -> list[dict]:
+    """The grid's rows with ``planned`` = "k of n" for every group the plan removes units from ("" otherwise)."""
+    groups = (plan or {}).get("groups", {})
+    out = []
+    for r in rows or []:
+        g = groups.get(r["id"])
+        out.append({**r, "planned": f"{g['removed']} of {g['n_units']}" if g and g["removed"] else ""})
+    return out

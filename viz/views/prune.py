@@ -184,7 +184,8 @@ def map_figure(layers: list[int], z: np.ndarray, protected: np.ndarray, what: st
                         hoverinfo="skip")
     fig.update_layout(height=max(220, 26 * len(layers) + 90), margin=dict(l=50, r=10, t=10, b=40),
                       template="plotly_white", xaxis_title=label if bins else f"{what} unit",
-                      yaxis=dict(title="layer", autorange="reversed", dtick=1), showlegend=bool(len(xs)))
+                      yaxis=dict(title="layer", autorange="reversed", dtick=1), showlegend=bool(len(xs)),
+                      xaxis=dict(dtick=None if bins else 1))
     return fig
 
 
@@ -272,12 +273,18 @@ def register(app, state: AppState, get_model) -> None:
         Output("plan-store", "data"), Output("plan-summary", "children"), Output("plan-layers-fig", "figure"),
         Output("plan-heads-fig", "figure"), Output("plan-channels-fig", "figure"), Output("plan-msg", "children"),
         *err_outputs,
-        *[Input(f"plan-{f}", "value") for f in PLAN_FIELDS], Input("model-key", "data"),
+        *[Input(f"plan-{f}", "value") for f in PLAN_FIELDS], Input("model-key", "data"), Input("tabs", "value"),
+        State("plan-store", "data"),
     )
-    def update(ratio, kinds, allocation, layers, align, knowledge, gamma, model_key):
+    def update(ratio, kinds, allocation, layers, align, knowledge, gamma, model_key, tab, current):
+        # only on the Prune tab: the first preview of a model builds its model object (seconds on a 7B config),
+        # which must not hold up the page load or the other tabs
+        skip = (no_update,) * (6 + len(PLAN_FIELDS))
+        if tab != "prune" or (ctx.triggered_id == "tabs" and current and current.get("model_job") == model_key):
+            return skip
         mv = get_model(model_key)
         if mv is None:
-            return (no_update,) * (6 + len(PLAN_FIELDS))
+            return skip
         values = dict(zip(PLAN_FIELDS, (ratio, kinds, allocation, layers, align, knowledge, gamma)))
         data, errors, msg = compute(state, mv, values)
         errs = [errors.get(f, "") for f in PLAN_FIELDS]
@@ -285,6 +292,16 @@ def register(app, state: AppState, get_model) -> None:
             return (None, html.P("No plan: fix the marked field.", className="muted"), no_update, no_update, no_update,
                     html.Span(msg, className="error") if msg else "", *errs)
         return (data, summary(data), *figures(mv, data), "", *errs)
+
+    @app.callback(Output("groups-grid", "rowTransaction"), Input("plan-store", "data"), State("groups-grid", "rowData"),
+                  prevent_initial_call=True)
+    def mark_grid(data, rows):
+        """Mark the planned groups in the Groups grid (a transaction: the user's selection and sort stay)."""
+        from .groups import planned_rows
+
+        if not rows:
+            return no_update
+        return {"update": planned_rows(rows, (data or {}).get("plan"))}
 
     @app.callback(
         Output("plan-action-msg", "children"), Output("plan-saved", "data"),
