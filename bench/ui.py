@@ -6,7 +6,10 @@ Measures (median of N runs, wall time in the browser):
   * expand   — tap on a collapsed block to its sub-modules drawn (a server round trip + cytoscape update);
     target <= 0.5 s; also a block's attention expanded to ops;
   * sort     — click on the groups table's "params" header to the first row of the sorted order drawn,
-    with every group in the table; target <= 0.5 s.
+    with every group in the table; target <= 0.5 s;
+  * plan     — a move of the Prune tab's ratio slider (one step, a target never previewed before) to the plan
+    preview's parameter line showing the new plan (the library's planner on the server, per-layer counts,
+    three figures); target <= 0.5 s. The first preview of a model (building its meta model) is not timed.
 
 Usage:  python bench/ui.py [--config configs/llama-2-7b.json] [--runs runs/bench-ui] [--repeat 5]
 The first run traces the config in a graph job (~30-40 s on 2 cores); later runs reuse it.
@@ -25,7 +28,7 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"overview_s": 2.0, "expand_s": 0.5, "sort_s": 0.5}
+TARGETS = {"overview_s": 2.0, "expand_s": 0.5, "sort_s": 0.5, "plan_s": 0.5}
 
 CY = ("const host = [document.getElementById('cy'), ...document.querySelectorAll('#cy div')]"
       ".find(d => d && d._cyreg && d._cyreg.cy); const cy = host ? host._cyreg.cy : null;")
@@ -118,6 +121,22 @@ def sort_groups(d, expected_first: str) -> float:
     return (t1 - t0) / 1000
 
 
+def plan_move(d) -> float:
+    """Move the ratio slider one step up with the keyboard (focus on its thumb, ArrowRight: +1 %; a committed move,
+    like releasing a drag); done when the parameter line changed and no callback is pending."""
+    from selenium.webdriver.common.keys import Keys
+
+    wait_js(d, "() => document.querySelector('#plan-params') && " + IDLE)
+    before = d.find_element("css selector", "#plan-params").text
+    thumb = d.find_element("css selector", "#plan-ratio [role=slider]")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", thumb)
+    d.execute_script("window.__t0 = performance.now();")
+    thumb.send_keys(Keys.ARROW_RIGHT)
+    t1 = wait_js(d, "() => { const e = document.querySelector('#plan-params'); return e && e.textContent !== %r && %s; }"
+                 % (before, IDLE))
+    return (t1 - d.execute_script("return window.__t0;")) / 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "llama-2-7b.json"))
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         first = min(groups, key=lambda g: (g.n_units * g.params_per_unit)).id
 
         overview(d, url)  # warm-up: browser cache, server caches
-        res: dict[str, list[float]] = {"overview_s": [], "expand_s": [], "expand_ops_s": [], "sort_s": []}
+        res: dict[str, list[float]] = {"overview_s": [], "expand_s": [], "expand_ops_s": [], "sort_s": [], "plan_s": []}
         for i in range(args.repeat):
             res["overview_s"].append(overview(d, url))
             open_tab(d, "Graph")
@@ -149,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             res["expand_ops_s"].append(expand(d, f"{layer}.self_attn"))  # attention -> its ops
             open_tab(d, "Groups")
             res["sort_s"].append(sort_groups(d, first))
+        open_tab(d, "Prune")
+        wait_js(d, "() => document.querySelector('#plan-params') && " + IDLE)  # the first preview builds the model
+        for _ in range(args.repeat):  # a new target each time (20 % -> 21 % -> ...): no cached plan
+            res["plan_s"].append(plan_move(d))
         summary = {k: round(statistics.median(v), 3) for k, v in res.items()}
-        summary.update({"groups": len(groups), "graph_nodes": job.result.get("nodes"), "repeat": args.repeat,
+        summary.update({"load_avg_1m": round(os.getloadavg()[0], 2), "groups": len(groups), "graph_nodes": job.result.get("nodes"), "repeat": args.repeat,
                         "config": os.path.relpath(args.config, ROOT)})
     finally:
         d.quit()

@@ -18,7 +18,7 @@ from lorashear.errors import LorashearError
 from . import model_view
 from .components import human
 from .session import AppState, default_runs_dir, demo_model_dir, ensure_graph, make_state
-from .views import compare, graph, groups, jobs, knowledge, overview
+from .views import compare, graph, groups, jobs, knowledge, overview, prune
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -71,6 +71,7 @@ def serve_layout(state: AppState):
             dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
             dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *_scores(state, mv))),
             dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
+            dcc.Tab(label="Prune", value="prune", children=prune.layout(state, mv)),
             dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
         ]),
@@ -93,19 +94,21 @@ def create_app(state: AppState) -> Dash:
 
     graph.register(app, get_model)
     groups.register(app, get_model)
+    groups.register_export(app, state, get_model)
     jobs.register(app, state)
     compare.register(app, state)
     knowledge.register(app, state)
+    prune.register(app, state, get_model)
 
     @app.callback(
         Output("sel", "data"), Output("groups-grid", "selectedRows"), Output("groups-grid", "scrollTo"),
         Input("groups-grid", "selectedRows"), Input("cy", "tapNode"), Input("sel-clear", "n_clicks"),
         Input({"type": "group-link", "gid": ALL}, "n_clicks"),
-        Input("kn-heads", "clickData"), Input("kn-channels", "clickData"),
-        State("sel", "data"), State("kn-report", "value"),
+        Input("kn-heads", "clickData"), Input("kn-channels", "clickData"), Input("plan-select", "n_clicks"),
+        State("sel", "data"), State("kn-report", "value"), State("plan-store", "data"),
         prevent_initial_call=True,
     )
-    def selection_hub(rows, tap, _clear, _links, head_click, channel_click, sel, report_job):
+    def selection_hub(rows, tap, _clear, _links, head_click, channel_click, _plan_sel, sel, report_job, plan):
         sel = dict(sel or {"groups": [], "node": None})
         trig = ctx.triggered_id
         if trig == "groups-grid":
@@ -121,6 +124,12 @@ def create_app(state: AppState) -> Dash:
                 return no_update, no_update, no_update
             sel["groups"] = [trig["gid"]]
             return sel, {"ids": [trig["gid"]]}, {"rowId": trig["gid"], "rowPosition": "middle"}
+        if trig == "plan-select":  # the planned groups light up in the grid and the graph
+            gids = sorted((plan or {}).get("plan", {}).get("removal", {}))
+            if not gids:
+                return no_update, no_update, no_update
+            sel["groups"] = gids
+            return sel, {"ids": gids}, {"rowId": gids[0], "rowPosition": "top"}
         if trig in ("kn-heads", "kn-channels"):
             gid = knowledge.group_of_click(state, report_job, head_click if trig == "kn-heads" else channel_click,
                                            "attention" if trig == "kn-heads" else "mlp")

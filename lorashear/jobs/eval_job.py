@@ -6,12 +6,15 @@ the progress bar moves per source; the report is the job's result and ``eval.jso
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from .worker import JobContext
 
 
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    import torch
+
     from lorashear.data import load_sources
     from lorashear.evaluate import EvalReport, evaluate_perplexity, load_model, measure_cost
 
@@ -33,6 +36,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.15 + 0.8 * len(sources) / steps, "measuring cost")
         report.cost = measure_cost(model)
     out = report.to_dict()
+    # the conditions of the timings (the Compare view shows them next to latency and throughput)
+    out.update(threads=torch.get_num_threads(), load_avg_1m=os.getloadavg()[0], max_tokens=params.get("max_tokens"))
     path = ctx.out_dir / "eval.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:

@@ -3,6 +3,7 @@ in the registry (the Jobs view plots loss, sparsity and removed parameters live)
 the newest checkpoint in its output folder."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .worker import JobContext
@@ -34,5 +35,6 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     for p in settings.eval_protocols:
         result[f"ppl_{p}_before"] = report["eval_before"][f"mean_{p}"]
         result[f"ppl_{p}_after"] = report["eval_after"][f"mean_{p}"]
+    result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
     return {"artifacts": {"model": str(out / "model"), "plan": str(out / "plan.json"), "report": str(out / "report.json")},
             "result": result}

@@ -2,6 +2,7 @@
 weights are recorded as metrics (the Jobs view plots them live)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .worker import JobContext
@@ -28,5 +29,6 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     for p in st.eval_protocols:
         result[f"ppl_{p}_before"] = rep["eval_before"][f"mean_{p}"]
         result[f"ppl_{p}_after"] = rep["eval_after"][f"mean_{p}"]
+    result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
     return {"artifacts": {"model": str(out / "model"), "trajectory": str(out / "trajectory.json"),
                           "report": str(out / "report.json")}, "result": result}

@@ -77,8 +77,16 @@ def test_form_rejects_invalid_parameters_with_messages(app_state):
     assert errs == ["must be a number", "must be ≥ 0"]
     msg, errs, job = submit_form(app_state, "graph", ["source", "meta"], ["/no/such/model", []])
     assert job is None and errs[0] == "/no/such/model does not exist"
-    msg, errs, job = submit_form(app_state, "export", [], [])
+    # a kind whose library call has not landed is refused with its reason (every built-in kind runs today)
+    from lorashear.jobs.kinds import JobKind
+
+    app_state.kinds["future"] = JobKind("future", "Future", "a kind without an entry point",
+                                        unavailable_reason="not available yet: lorashear.future has not landed")
+    msg, errs, job = submit_form(app_state, "future", [], [])
     assert job is None and "not available yet" in msg.children
+    msg, errs, job = submit_form(app_state, "export", ["model", "units", "plan", "verify"],
+                                 [str(app_state.form_defaults.get("model", "/")), "{oops", "", ["verify"]])
+    assert job is None and errs[1].startswith("not valid JSON")
 
 
 def test_views_say_what_is_not_available_without_results(tmp_path):

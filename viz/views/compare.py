@@ -1,107 +1,250 @@
-"""Compare dense, pruned and recovered models: parameters, perplexity per source, latency — from Evaluate
-jobs — and per-layer surviving heads/channels from the export sidecar of each evaluated model folder.
+"""Compare dense, pruned and recovered models side by side: exact parameters, per-layer sizes (dense bars next
+to pruned bars; heads and channels kept per layer, where one removed head is one bar step), perplexity per source,
+and latency / throughput **with the conditions that produced them** (device, dtype, CPU threads, load average,
+token budget, when) — a number measured on a busy CPU must not read as a property of the model.
 
-Only measured numbers are shown: rows come from succeeded Evaluate jobs in the registry; a model folder
-without an export sidecar (``lorashear.json``) is a dense model, one with it was written by ``save_pruned``.
+Only measured numbers are shown. Rows come from the registry's succeeded jobs:
+
+* a Prune job gives two rows — the dense model as the run measured it before pruning (``eval_before``) and the
+  pruned model (``eval_after``), same data, same token budget, same process;
+* a Recover job gives the recovered model (its ``eval_after``);
+* an Evaluate job gives its model (dense or pruned: a folder with an export sidecar was written by
+  ``save_pruned``);
+* an Export job gives a size-only row (it does not evaluate).
+
+Per-layer parameter counts are read from each folder's safetensors headers (shapes only, no weights loaded).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import plotly.graph_objects as go
-from dash import Input, Output, dcc, html, no_update
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
-from ..components import card, human, table, unavailable
+from ..components import card, table, unavailable
+from ..hierarchy import layer_of
 from ..session import AppState
+
 
 def _sidecar(model_dir: str) -> dict | None:
     from lorashear.errors import LorashearError
     from lorashear.export import read_sidecar
 
     try:
-        return read_sidecar(model_dir) if model_dir else None
+        return read_sidecar(model_dir) if model_dir and Path(model_dir).is_dir() else None
     except (LorashearError, OSError):
         return None
 
 
-def eval_rows(state: AppState) -> list[dict]:
-    """One entry per succeeded Evaluate job, newest first."""
-    out = []
-    for j in state.registry.list(kind="eval", status="succeeded"):
-        r = j.result or {}
-        side = _sidecar(j.params.get("model", ""))
-        prov = (side or {}).get("provenance") or {}
-        shown = {k: v for k, v in prov.items() if not isinstance(v, (dict, list))}  # settings live in the run report
-        role = "dense" if side is None else "pruned" + (f" ({', '.join(f'{k}={v}' for k, v in shown.items())})"
-                                                        if shown else "")
-        out.append({"job": j.id, "model": j.params.get("model", ""), "role": role, "report": r, "sidecar": side})
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "—"
+
+
+def _entry(job, role: str, model: str, ev: dict | None, *, threads: Any = None, params: int | None = None) -> dict:
+    ev = ev or {}
+    cost = ev.get("cost") or {}
+    res = job.result or {}
+    return {"job": job.id, "kind": job.kind, "role": role, "model": model,
+            "params": cost.get("parameters", params), "perplexity": ev.get("perplexity", []), "cost": cost,
+            "conditions": {"device": cost.get("device") or (job.params.get("device") or "auto"),
+                           "dtype": cost.get("dtype"), "threads": threads,
+                           "load": res.get("load_avg_1m"),
+                           "tokens": ev.get("max_tokens_per_source", job.params.get("max_tokens")),
+                           "when": _when(job.finished)}}
+
+
+def entries(state: AppState) -> list[dict]:
+    """Every measured model, newest job first (see the module docstring for where each row comes from)."""
+    out: list[dict] = []
+    for j in state.registry.list(status="succeeded"):
+        rep = None
+        if j.kind in ("prune", "recover") and Path(j.artifacts.get("report", "")).is_file():
+            rep = json.loads(Path(j.artifacts["report"]).read_text())
+        if j.kind == "prune" and rep:
+            out.append(_entry(j, f"pruned ({rep.get('method')}, {rep['ratio_achieved']:.1%} removed)",
+                              j.artifacts.get("model", ""), rep.get("eval_after"), threads=rep.get("threads"),
+                              params=rep.get("params_after")))
+            out.append(_entry(j, "dense (before pruning)", j.params.get("model", ""), rep.get("eval_before"),
+                              threads=rep.get("threads"), params=rep.get("params_before")))
+        elif j.kind == "recover" and rep:
+            out.append(_entry(j, f"recovered ({len(rep.get('rounds', []))} rounds)", j.artifacts.get("model", ""),
+                              rep.get("eval_after"), threads=rep.get("threads")))
+        elif j.kind == "eval":
+            side = _sidecar(j.params.get("model", ""))
+            role = "dense" if side is None else f"pruned ({(side.get('provenance') or {}).get('method', '?')})"
+            e = _entry(j, role, j.params.get("model", ""), j.result, threads=(j.result or {}).get("threads"),
+                       params=(side or {}).get("n_params"))
+            out.append(e)
+        elif j.kind == "export" and "model" in j.artifacts:
+            out.append(_entry(j, "exported (hand selection)", j.artifacts["model"], None,
+                              params=(j.result or {}).get("params_after")))
     return out
+
+
+# ------------------------------------------------------------------------------------------ per layer
+def folder_layers(model_dir: str) -> dict[str, Any]:
+    """Per-layer parameters of a model folder from its safetensors headers (no weights read), and the attention
+    units (kv heads) and MLP channels kept per layer: the export sidecar's ``layer_sizes`` for a pruned folder,
+    the config for a dense one. Keys of ``params``: the layer index, or ``outside`` (embeddings, final norm, head)."""
+    from safetensors import safe_open
+
+    folder = Path(model_dir)
+    params: dict[Any, int] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                n = 1
+                for d in fh.get_slice(name).get_shape():
+                    n *= int(d)
+                layer = layer_of(name.rsplit(".", 1)[0])
+                key = layer if layer is not None else "outside"
+                params[key] = params.get(key, 0) + n
+    side = _sidecar(model_dir)
+    heads: dict[int, int] = {}
+    channels: dict[int, int] = {}
+    if side and side.get("layer_sizes"):
+        for k, v in side["layer_sizes"].items():
+            if k.isdigit():
+                if "attention" in v:
+                    heads[int(k)] = int(v["attention"])
+                if "mlp" in v:
+                    channels[int(k)] = int(v["mlp"])
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        n_layers = int(cfg.get("num_hidden_layers") or 0)
+        kv = cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+        inter = cfg.get("intermediate_size")
+        for i in range(n_layers):  # layers the sidecar does not list kept their config sizes
+            if kv and i not in heads and side is None:
+                heads[i] = int(kv)
+            if inter and i not in channels and side is None:
+                channels[i] = int(inter)
+    return {"params": params, "heads": heads, "channels": channels}
+
+
+def layer_comparison(rows: list[dict]) -> dict[str, Any]:
+    """Per-layer series for each distinct model folder among ``rows`` (dense first), on shared layer labels."""
+    seen: dict[str, dict] = {}
+    for e in sorted(rows, key=lambda e: (not e["role"].startswith("dense"), e["job"])):
+        m = e["model"]
+        if m and m not in seen and Path(m).is_dir() and any(Path(m).glob("*.safetensors")):
+            seen[m] = {"label": f"{e['role'].split(' (')[0]} · job {e['job']}", "model": m, **folder_layers(m)}
+    layers = sorted({k for s in seen.values() for k in s["params"] if isinstance(k, int)})
+    for s in seen.values():
+        s["params_by_layer"] = [s["params"].get(i) for i in layers] + [s["params"].get("outside")]
+        s["heads_by_layer"] = [s["heads"].get(i) for i in layers]
+        s["channels_by_layer"] = [s["channels"].get(i) for i in layers]
+    return {"layers": layers, "series": list(seen.values())}
+
+
+def _bars(comp: dict, key: str, title: str, outside: bool = False) -> go.Figure:
+    xs = [f"L{i}" for i in comp["layers"]] + (["outside blocks"] if outside else [])
+    fig = go.Figure()
+    for s in comp["series"]:
+        fig.add_bar(name=s["label"], x=xs, y=s[key], hovertemplate="%{x}: %{y:,}<extra>" + s["label"] + "</extra>")
+    fig.update_layout(barmode="group", height=280, margin=dict(l=60, r=10, t=30, b=40), template="plotly_white",
+                      title=dict(text=title, font=dict(size=13)), legend=dict(orientation="h", y=-0.2))
+    return fig
 
 
 def _ppl_figure(rows: list[dict]) -> go.Figure:
     fig = go.Figure()
     for e in rows:
-        ppl = [p for p in e["report"].get("perplexity", [])]
-        xs = [f"{p['source']} ({p['protocol']})" for p in ppl]
-        fig.add_bar(name=f"job {e['job']} · {e['role']} · {Path(e['model']).name}", x=xs, y=[p["ppl"] for p in ppl])
+        ppl = e["perplexity"]
+        if ppl:
+            fig.add_bar(name=f"job {e['job']} · {e['role']}", x=[f"{p['source']} ({p['protocol']})" for p in ppl],
+                        y=[p["ppl"] for p in ppl])
     fig.update_layout(barmode="group", height=320, margin=dict(l=50, r=10, t=10, b=60), template="plotly_white",
                       yaxis_title="perplexity", legend=dict(orientation="h", y=1.15))
     return fig
 
 
-def _layers_figure(rows: list[dict]) -> go.Figure | None:
-    fig = go.Figure()
-    for e in rows:
-        sizes = (e["sidecar"] or {}).get("layer_sizes") or {}
-        layers = sorted((k for k in sizes if k.isdigit()), key=int)
-        for kind in ("attention", "mlp"):
-            ys = [sizes[k].get(kind) for k in layers]
-            if any(y is not None for y in ys):
-                fig.add_bar(name=f"job {e['job']} {kind}", x=[f"L{k}" for k in layers], y=ys)
-    if not fig.data:
-        return None
-    fig.update_layout(barmode="group", height=300, margin=dict(l=50, r=10, t=10, b=40), template="plotly_white",
-                      yaxis_title="units kept (heads / channels)")
-    return fig
+def conditions_text(c: dict) -> str:
+    """'cpu float32 · 2 threads · load 3.4 · 16,384 tokens/source · 2026-12-02 10:40' — what produced a timing."""
+    parts = [" ".join(str(x) for x in (c.get("device"), c.get("dtype")) if x)]
+    if c.get("threads"):
+        parts.append(f"{c['threads']} thread{'s' if c['threads'] != 1 else ''}")
+    if c.get("load") is not None:
+        parts.append(f"load {c['load']:.1f}")
+    if c.get("tokens"):
+        parts.append(f"{c['tokens']:,} tokens/source")
+    parts.append(c.get("when") or "—")
+    return " · ".join(p for p in parts if p)
 
 
 def content(state: AppState) -> list:
-    if importlib.util.find_spec("lorashear.evaluate") is None:
-        return [unavailable("evaluation (lorashear.evaluate) has not landed, so there are no Evaluate jobs.",
-                            id="compare-unavailable")]
-    rows = eval_rows(state)
+    rows = entries(state)
     if not rows:
-        return [unavailable("no finished Evaluate job yet — run one per model (dense, pruned, recovered) in the "
-                            "Jobs tab; its numbers appear here.", id="compare-unavailable")]
-    head = ["job", "model", "role", "parameters", "latency (ms)", "tokens/s"]
-    protos = sorted({(p["source"], p["protocol"]) for e in rows for p in e["report"].get("perplexity", [])})
-    head += [f"ppl {s} ({p})" for s, p in protos]
+        return [unavailable("no measured model yet — run a Prune job (it measures the dense and the pruned model), "
+                            "a Recover job, or an Evaluate job per model in the Jobs tab; its numbers appear here.",
+                            id="compare-unavailable")]
+    protos = sorted({(p["source"], p["protocol"]) for e in rows for p in e["perplexity"]})
+    head = ["job", "model · measured with", "parameters", "latency (ms)", "tokens/s",
+            *[f"ppl {s} ({p})" for s, p in protos], ""]
     body = []
     for e in rows:
-        cost = e["report"].get("cost") or {}
-        ppl = {(p["source"], p["protocol"]): p["ppl"] for p in e["report"].get("perplexity", [])}
-        body.append([e["job"], e["model"], e["role"],
-                     human(cost.get("parameters")) if cost else (human(e["sidecar"]["n_params"]) if e["sidecar"] else "—"),
-                     f"{cost['latency_ms']:.1f}" if cost else "—",
-                     f"{cost['throughput_tokens_per_s']:,.0f}" if cost else "—",
-                     *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos]])
-    out = [table(head, body), dcc.Graph(figure=_ppl_figure(rows), config={"displaylogo": False})]
-    layers = _layers_figure(rows)
-    out.append(html.H4("Per-layer surviving heads / channels"))
-    out.append(dcc.Graph(figure=layers, config={"displaylogo": False}) if layers else html.P(
-        "No evaluated model has an export sidecar yet (pruned models written by save_pruned carry one).",
-        className="muted"))
+        c = e["cost"]
+        ppl = {(p["source"], p["protocol"]): p["ppl"] for p in e["perplexity"]}
+        lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else "—")
+        thr = (f"{c['throughput_tokens_per_s']:,.0f} ({c.get('throughput_batch_size', '?')}×"
+               f"{c.get('latency_seq_len', '?')})" if c else "—")
+        body.append([e["job"],
+                     html.Span([html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
+                                html.Span(conditions_text(e["conditions"]), className="muted cmp-conditions")]),
+                     html.Span(f"{e['params']:,}" if e["params"] is not None else "—", className="cmp-params"),
+                     lat, thr, *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos],
+                     html.Button("Browse", id={"type": "cmp-browse", "row": f"{e['job']}:{e['role']}"},
+                                 className="btn small", disabled=not Path(e["model"] or "/nonexistent").is_dir(),
+                                 title=e["model"])])
+    out: list = [html.P("Timings depend on the machine as much as on the model: compare rows measured with the same "
+                        "device, threads and load.", className="muted hint"),
+                 html.Div(table(head, body), id="compare-table", className="scroll-x")]
+    if protos:
+        out.append(dcc.Graph(figure=_ppl_figure(rows), config={"displaylogo": False}))
+    comp = layer_comparison(rows)
+    if comp["series"]:
+        g = dict(config={"displaylogo": False})
+        out += [html.H4("Per layer: dense next to pruned"),
+                dcc.Graph(id="compare-params", figure=_bars(comp, "params_by_layer", "parameters", outside=True), **g),
+                html.Div([html.Div(dcc.Graph(id="compare-heads", figure=_bars(comp, "heads_by_layer",
+                                                                             "attention units (kv heads) kept"), **g),
+                                   className="half"),
+                          html.Div(dcc.Graph(id="compare-channels", figure=_bars(comp, "channels_by_layer",
+                                                                                "MLP channels kept"), **g),
+                                   className="half")], className="row")]
     return out
 
 
 def layout(state: AppState) -> html.Div:
-    return html.Div([card("Dense vs pruned vs recovered", html.Div(content(state), id="compare-content"))],
-                    id="compare-view")
+    return html.Div([card("Dense vs pruned vs recovered", html.Div(content(state), id="compare-content")),
+                     html.Span(id="compare-msg", className="msg")], id="compare-view")
 
 
 def register(app, state: AppState) -> None:
     @app.callback(Output("compare-content", "children"), Input("tabs", "value"), prevent_initial_call=True)
     def refresh(tab):
         return content(state) if tab == "compare" else no_update
+
+    @app.callback(Output("url", "href", allow_duplicate=True), Output("compare-msg", "children"),
+                  Input({"type": "cmp-browse", "row": ALL}, "n_clicks"), prevent_initial_call=True)
+    def browse(_clicks):
+        from lorashear.errors import LorashearError
+
+        from ..session import ensure_graph
+
+        if not any(t["value"] for t in ctx.triggered):  # buttons re-created, not clicked
+            return no_update, no_update
+        key = ctx.triggered_id["row"]
+        row = next((e for e in entries(state) if f"{e['job']}:{e['role']}" == key), None)
+        if row is None:
+            return no_update, no_update
+        try:
+            job = ensure_graph(state, row["model"], meta=False, echo=lambda m: None, timeout_s=600)
+        except LorashearError as exc:
+            return no_update, html.Span(str(exc).splitlines()[0], className="error")
+        state.model_job, state.model_error = job.id, None
+        return "/", no_update

@@ -1,9 +1,12 @@
 """Groups table (AG Grid): one row per group, sortable and filterable, multi-select into the shared
-selection; a drill-down shows one group's members and the exact slices of any unit."""
+selection; a drill-down shows one group's members and the exact slices of any unit; units picked here can be
+exported directly (an Export job: compress + save_pruned on exactly this hand selection)."""
 from __future__ import annotations
 
 import dash_ag_grid as dag
-from dash import Input, Output, State, dcc, html, no_update
+import json
+
+from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from ..components import card, human, kv_table, table
 from ..model_view import ModelView
@@ -18,6 +21,8 @@ COLUMNS = [
     {"field": "params", "headerName": "params", "type": "numericColumn", "filter": "agNumberColumnFilter",
      "width": 120},
     {"field": "prunable", "filter": "agTextColumnFilter", "width": 100},
+    {"field": "planned", "headerName": "plan removes", "filter": "agTextColumnFilter", "width": 130,
+     "headerTooltip": "units the Prune tab's current plan removes from this group"},
     {"field": "reason", "filter": "agTextColumnFilter", "minWidth": 300, "flex": 1, "tooltipField": "reason"},
     {"field": "members", "type": "numericColumn", "width": 100},
     {"field": "ops", "type": "numericColumn", "width": 80},
@@ -46,7 +51,7 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
     rows = mv.group_rows() if mv else []
     for r in rows:
         r.update((scores or {}).get(r["id"], {}))
-    columns = COLUMNS[:7] + (SCORE_COLUMNS if scores else []) + COLUMNS[7:]
+    columns = COLUMNS[:8] + (SCORE_COLUMNS if scores else []) + COLUMNS[8:]
     return html.Div([
         card("Groups", html.P("Sort and filter with the column headers; select rows (ctrl/shift for several) to "
                               "highlight their ops in the graph." + (f" Scores: {scores_from}." if scores else
@@ -57,7 +62,8 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
                  defaultColDef={"sortable": True, "resizable": True, "filter": True},
                  dashGridOptions={"rowSelection": {"mode": "multiRow", "enableClickSelection": True},
                                   "animateRows": False, "tooltipShowDelay": 300},
-                 rowClassRules={"row-unprunable": "params.data.prunable === 'no'"},
+                 rowClassRules={"row-unprunable": "params.data.prunable === 'no'",
+                                "row-planned": "!!params.data.planned"},
                  style={"height": "46vh", "width": "100%"},
              )),
         card("Units of the selected group",
@@ -67,6 +73,17 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
                        html.Span("the slices removed with this unit", className="muted")],
                       id="units-toolbar", className="toolbar", style={"display": "none"}),
              html.Div(html.P("Select exactly one group.", className="muted"), id="units-panel")),
+        card("Export a hand selection",
+             html.P("Select one group, choose a unit above and press 'Add this unit' (or edit the JSON: group id → "
+                    "unit indices). Export removes exactly these units — compress + save_pruned, both verified — "
+                    "and saves a smaller model you can browse, evaluate or recover.", className="muted"),
+             html.Div([html.Button("Add this unit", id="hand-add", className="btn"),
+                       html.Button("Clear", id="hand-clear", className="btn")], className="toolbar"),
+             dcc.Textarea(id="hand-units", value="", placeholder='{"model.layers.0.self_attn:heads": [1]}',
+                          style={"width": "100%", "height": "70px"}),
+             html.Div(id="hand-units-err", className="field-error"),
+             html.Button("Export", id="hand-export", className="btn primary", disabled=mv is None or mv.meta),
+             html.Div(id="hand-msg", className="msg")),
     ], id="groups-view")
 
 
@@ -105,3 +122,97 @@ def register(app, get_model) -> None:
             return html.P(msg, className="muted"), {"display": "none"}, no_update
         g = mv.group_by_id[gids[0]]
         return units_panel(mv, gids[0], unit or 0), {}, g.n_units - 1
+
+
+def check_selection(mv: ModelView, text: str) -> tuple[dict[str, list[int]] | None, str]:
+    """Parse and check a hand selection against the browsed model: (removal, "") or (None, one-line message).
+    The same rules ``compress`` applies in the job, checked here so the message lands next to the field."""
+    from lorashear.jobs.export_job import parse_units
+
+    if not (text or "").strip():
+        return None, "no unit selected: select a group, choose a unit and press 'Add this unit'"
+    try:
+        removal = parse_units(text or "")
+    except ValueError as exc:
+        return None, str(exc)
+    for gid, units in removal.items():
+        g = mv.group_by_id.get(gid)
+        if g is None:
+            return None, f"this model has no group '{gid}'"
+        if not g.prunable:
+            return None, f"group '{gid}' is not prunable: {g.reason}"
+        if units[-1] >= g.n_units:
+            return None, f"group '{gid}' has units 0..{g.n_units - 1}; got {units[-1]}"
+        if len(units) >= g.n_units:
+            return None, f"group '{gid}': keep at least one of its {g.n_units} units"
+    return removal, ""
+
+
+def add_unit(text: str, gid: str, unit: int) -> str:
+    """The selection JSON with ``unit`` of ``gid`` added (an unreadable text starts over)."""
+    try:
+        cur = json.loads(text) if (text or "").strip() else {}
+        cur = cur if isinstance(cur, dict) else {}
+    except json.JSONDecodeError:
+        cur = {}
+    units = sorted({int(u) for u in cur.get(gid, []) if isinstance(u, int)} | {int(unit)})
+    cur[gid] = units
+    return json.dumps(cur)
+
+
+def register_export(app, state, get_model) -> None:
+    """Callbacks of the hand-selection export (they submit jobs, so they need the app state)."""
+
+    @app.callback(
+        Output("hand-units", "value"), Output("hand-units-err", "children", allow_duplicate=True),
+        Input("hand-add", "n_clicks"), Input("hand-clear", "n_clicks"),
+        State("sel", "data"), State("unit-index", "value"), State("hand-units", "value"), State("model-key", "data"),
+        prevent_initial_call=True,
+    )
+    def edit(_a, _c, sel, unit, text, model):
+        if ctx.triggered_id == "hand-clear":
+            return "", ""
+        mv = get_model(model)
+        gids = (sel or {}).get("groups") or []
+        if mv is None or len(gids) != 1 or gids[0] not in mv.group_by_id:
+            return no_update, "select exactly one group in the table first"
+        g = mv.group_by_id[gids[0]]
+        if not g.prunable:
+            return no_update, f"group '{g.id}' is not prunable: {g.reason}"
+        u = max(0, min(int(unit or 0), g.n_units - 1))
+        return add_unit(text, g.id, u), ""
+
+    @app.callback(
+        Output("hand-msg", "children"), Output("hand-units-err", "children"),
+        Output("job-sel", "data", allow_duplicate=True), Output("tabs", "value", allow_duplicate=True),
+        Input("hand-export", "n_clicks"), State("hand-units", "value"), State("model-key", "data"),
+        prevent_initial_call=True,
+    )
+    def export(_n, text, model):
+        from lorashear.errors import LorashearError
+        from lorashear.jobs import JobParamError, submit
+
+        mv = get_model(model)
+        if mv is None:
+            return no_update, "no model", no_update, no_update
+        removal, why = check_selection(mv, text)
+        if removal is None:
+            return "", why, no_update, no_update
+        try:
+            job = submit(state.registry, "export", {"model": mv.source, "units": json.dumps(removal)}, state.runs_dir,
+                         kinds=state.kinds, env=state.worker_env)
+        except JobParamError as exc:
+            return "", "; ".join(exc.errors.values()), no_update, no_update
+        except LorashearError as exc:
+            return html.Span(str(exc), className="error"), "", no_update, no_update
+        return html.Span(f"Started job {job.id} (export).", className="ok"), "", job.id, "jobs"
+
+
+def planned_rows(rows: list[dict], plan: dict | None) -> list[dict]:
+    """The grid's rows with ``planned`` = "k of n" for every group the plan removes units from ("" otherwise)."""
+    groups = (plan or {}).get("groups", {})
+    out = []
+    for r in rows or []:
+        g = groups.get(r["id"])
+        out.append({**r, "planned": f"{g['removed']} of {g['n_units']}" if g and g["removed"] else ""})
+    return out

@@ -122,7 +122,8 @@ def layout(state: AppState) -> html.Div:
         card("Job", html.Div(html.P("Select a job.", className="muted"), id="job-head"),
              html.Div([html.Button("Cancel", id="job-cancel", className="btn danger", disabled=True),
                        html.Button("Resume", id="job-resume", className="btn", disabled=True),
-                       html.Button("Browse this graph", id="job-browse", className="btn", disabled=True),
+                       html.Button("Browse this model", id="job-browse", className="btn", disabled=True,
+                                   title="open the graph / model of this job (a pruned result is traced first)"),
                        html.Span(id="job-action-msg", className="msg")], className="toolbar"),
              progress_bar(0.0, id="job-progress"),
              html.Div([
@@ -136,17 +137,56 @@ def layout(state: AppState) -> html.Div:
     ], id="jobs-view")
 
 
+# metrics drawn together in one panel (one line per source / kind): names with these prefixes
+_PANELS = (("sparsity_", "group sparsity (fraction of units removed)"), ("deviation_", "deviation from dense (loss)"),
+           ("weight_", "mixture weights"))
+_HIDDEN = ("period", "lr")  # drawn as period boundaries / not worth a panel
+
+
+def period_boundaries(metrics: dict[str, list[tuple[int, float]]]) -> list[tuple[int, str]]:
+    """Steps where LHSPG's period index changes (the prune job records ``period`` every step: 0 outside the
+    periods, p + 1 inside period p) and what starts or ends there."""
+    out, last = [], 0.0
+    for step, value in metrics.get("period", []):
+        if value != last:
+            out.append((step, f"period {int(value)}" if value else f"period {int(last)} ends"))
+            last = value
+    return out
+
+
+def metric_panels(metrics: dict[str, list[tuple[int, float]]]) -> list[tuple[str, list[str]]]:
+    """(title, metric names) per panel: related metrics share one panel, the rest get one each."""
+    names = sorted(n for n in metrics if n not in _HIDDEN) or sorted(metrics)
+    panels: list[tuple[str, list[str]]] = []
+    used: set[str] = set()
+    for n in names:
+        if n in used:
+            continue
+        prefix = next(((p, t) for p, t in _PANELS if n.startswith(p)), None)
+        members = [m for m in names if prefix and m.startswith(prefix[0])] if prefix else [n]
+        used.update(members)
+        panels.append((prefix[1] if prefix else n, members))
+    return panels
+
+
 def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
-    names = sorted(metrics)
-    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names,
-                        vertical_spacing=min(0.12, 0.3 / max(1, len(names))))
-    for i, name in enumerate(names, start=1):
-        steps, values = zip(*metrics[name])
-        fig.add_scatter(x=list(steps), y=list(values), mode="lines+markers" if len(steps) < 50 else "lines",
-                        name=name, row=i, col=1, showlegend=False)
-    fig.update_layout(height=max(220, 170 * len(names)), margin=dict(l=50, r=10, t=30, b=30),
-                      template="plotly_white")
-    fig.update_xaxes(title_text="step", row=len(names), col=1)
+    """One panel per metric (or per family: sparsity per kind, deviation / mixture weight per source), shared step
+    axis, period boundaries as dashed vertical lines on every panel."""
+    panels = metric_panels(metrics)
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=[t for t, _ in panels],
+                        vertical_spacing=min(0.12, 0.3 / max(1, len(panels))))
+    for i, (_title, names) in enumerate(panels, start=1):
+        for name in names:
+            steps, values = zip(*metrics[name])
+            fig.add_scatter(x=list(steps), y=list(values), mode="lines+markers" if len(steps) < 50 else "lines",
+                            name=name, row=i, col=1, showlegend=len(names) > 1, legendgroup=str(i))
+    for step, what in period_boundaries(metrics):
+        fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
+        fig.add_annotation(x=step, y=1.0, yref="paper", text=what, showarrow=False, textangle=-90, xanchor="right",
+                           yanchor="top", font=dict(size=9, color="#777"))
+    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=10, t=30, b=30),
+                      template="plotly_white", legend=dict(orientation="h", y=-0.08))
+    fig.update_xaxes(title_text="step", row=len(panels), col=1)
     return fig
 
 
@@ -243,7 +283,7 @@ def register(app, state: AppState) -> None:
         bar = progress_bar(j.progress, status=status).children
         fig = dcc.Graph(figure=metrics_figure(metrics), config={"displaylogo": False}) if metrics else \
             html.P("No metrics recorded.", className="muted")
-        browse = not (j.kind == "graph" and j.status == "succeeded")
+        browse = not browsable(j)
         resumable = not (j.resumable and j.status in ("failed", "cancelled"))
         return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, new_sig
 
@@ -264,13 +304,35 @@ def register(app, state: AppState) -> None:
             return html.Span(str(exc), className="error"), None
 
     @app.callback(
-        Output("url", "href"), Input("job-browse", "n_clicks"), State("job-sel", "data"),
+        Output("url", "href"), Output("job-action-msg", "children", allow_duplicate=True),
+        Input("job-browse", "n_clicks"), State("job-sel", "data"),
         prevent_initial_call=True,
     )
     def browse(_n, job_id):
-        j = reg.get(job_id)
-        if j.kind != "graph" or j.status != "succeeded":
-            return no_update
-        state.model_job = j.id
+        try:
+            graph_job = browse_job(state, reg.get(job_id))
+        except LorashearError as exc:
+            return no_update, html.Span(str(exc), className="error")
+        if graph_job is None:
+            return no_update, no_update
+        state.model_job = graph_job.id
         state.model_error = None
-        return "/"
+        return "/", no_update
+
+
+def browsable(j) -> bool:
+    """A succeeded graph job, or a succeeded job whose output is a model folder (prune, export, recover)."""
+    return j.status == "succeeded" and (j.kind == "graph" or ("model" in j.artifacts
+                                                              and Path(j.artifacts["model"]).is_dir()))
+
+
+def browse_job(state: AppState, j):
+    """The graph job to browse for job ``j``: itself for a graph job; for a job that wrote a model folder, the
+    graph job of that folder (found, or run now in a worker and waited for — seconds on small models)."""
+    from ..session import ensure_graph
+
+    if not browsable(j):
+        return None
+    if j.kind == "graph":
+        return j
+    return ensure_graph(state, j.artifacts["model"], meta=False, echo=lambda m: None, timeout_s=600)

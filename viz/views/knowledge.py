@@ -100,9 +100,10 @@ def layout(state: AppState, model_source: str | None = None) -> html.Div:
             html.Div([card("Per layer", dcc.Graph(id="kn-layers", figure=layers, **graph), className="half"),
                       card("Score distribution", dcc.Graph(id="kn-dist", figure=dist, **graph), className="half")],
                      className="row"),
-            card("Pruning plan preview", unavailable(
-                "the target-ratio preview shows the units a plan would remove and the resulting size; it needs "
-                "the pruning planner (LHSPG) from the library, which has not landed.", id="kn-plan-unavailable")),
+            card("Pruning plan preview", html.P(
+                "The Prune tab previews a plan at any target ratio with this report as its scores (choose it under "
+                "'Knowledge report') and γ protecting its top: the units that would go, per layer and in total.",
+                className="muted", id="kn-plan-pointer")),
         ], id="knowledge-content", style={} if show else {"display": "none"}),
     ], id="knowledge-view")
 

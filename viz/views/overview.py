@@ -81,7 +81,7 @@ def layout(mv: ModelView | None, error: str | None) -> html.Div:
     if mv is None:
         return html.Div(card("No model loaded", html.P(error or "no model"), html.P(
             "Start the app with --model DIR (a Hugging Face model directory) or --config FILE --meta "
-            "(structure only), or run a Graph job in the Jobs tab and press 'Browse this graph'.")),
+            "(structure only), or run a Graph job in the Jobs tab and press 'Browse this model'.")),
             id="overview")
     return html.Div([
         html.Div([card("Model", summary(mv), className="narrow"),

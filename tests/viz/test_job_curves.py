@@ -1,0 +1,32 @@
+"""The Jobs view's curves from the metric names the prune and recover jobs record (no browser, no model)."""
+from viz.views.jobs import metric_panels, metrics_figure, period_boundaries
+
+# what prune_job records each step (LHSPG: warm-up 2 steps, 2 periods of 2 steps, then 1 step after)
+PRUNE = {"loss": [(s, 3.0 - 0.1 * s) for s in range(1, 8)], "lr": [(s, 2e-4) for s in range(1, 8)],
+         "removed_params": [(1, 0), (2, 0), (3, 10), (4, 20), (5, 30), (6, 40), (7, 40)],
+         "sparsity_attention": [(s, 0.0) for s in range(1, 8)], "sparsity_mlp": [(s, s / 10) for s in range(1, 8)],
+         "period": [(1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0), (5, 2.0), (6, 2.0), (7, 0.0)]}
+# what recover_job records per round: deviation from dense and mixture weight per source
+RECOVER = {f"{k}_{s}": [(r * 25, 0.1 * r) for r in range(4)] for k in ("deviation", "weight")
+           for s in ("code", "docs", "docstrings")}
+
+
+def test_period_boundaries_come_from_the_period_metric():
+    assert period_boundaries(PRUNE) == [(3, "period 1"), (5, "period 2"), (7, "period 2 ends")]
+    assert period_boundaries(RECOVER) == []
+
+
+def test_related_metrics_share_a_panel():
+    titles = [t for t, _ in metric_panels(PRUNE)]
+    assert titles == ["loss", "removed_params", "group sparsity (fraction of units removed)"]
+    panels = dict(metric_panels(RECOVER))
+    assert panels["deviation from dense (loss)"] == ["deviation_code", "deviation_docs", "deviation_docstrings"]
+    assert panels["mixture weights"] == ["weight_code", "weight_docs", "weight_docstrings"]
+
+
+def test_figure_draws_every_curve_and_marks_each_boundary():
+    fig = metrics_figure(PRUNE)
+    assert sorted(t.name for t in fig.data) == ["loss", "removed_params", "sparsity_attention", "sparsity_mlp"]
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert sorted({s.x0 for s in lines}) == [3, 5, 7]  # one dashed line per boundary on every panel
+    assert len(metrics_figure(RECOVER).data) == 6

@@ -1,0 +1,120 @@
+"""The Prune tab's computations without a browser: the plan preview is the library's plan (same call, same
+numbers), the per-layer rows add up exactly, bad input gives one message on the field it belongs to."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from viz import plan_preview as PP
+from viz.model_view import load
+from viz.views import prune as PV
+
+DEFAULT = {"ratio": 0.2, "kinds": ["attention", "mlp"], "allocation": "global", "layers": None, "align": None,
+           "knowledge": None, "gamma": None}
+
+
+def _mv(app_state):
+    return load(app_state.registry.get(app_state.model_job))
+
+
+def test_preview_is_the_librarys_plan(app_state, model_dir):
+    from lorashear.prune.preview import plan_model
+
+    mv = _mv(app_state)
+    for values in (DEFAULT, {**DEFAULT, "ratio": 0.35, "allocation": "uniform", "layers": "1:5"},
+                   {**DEFAULT, "kinds": ["attention", "mlp", "hidden"], "align": "8"}):
+        data, errors, msg = PV.compute(app_state, mv, values)
+        assert data is not None and not errors and not msg, (errors, msg)
+        lib = plan_model(str(model_dir), ratio=float(values["ratio"]), kinds=tuple(values["kinds"]),
+                         allocation=values["allocation"], layers=values["layers"],
+                         align=int(values["align"]) if values["align"] else None)
+        assert data["plan"]["removal"] == lib.removal
+        assert (data["plan"]["params_total"], data["plan"]["params_removed"]) == (lib.params_total, lib.params_removed)
+        rows = data["layers"]
+        assert sum(r["removed"] for r in rows) == lib.params_removed  # exact: shared elements counted once
+        assert sum(r["before"] for r in rows) == lib.params_total == mv.n_params
+        for r in rows[:-1]:
+            heads = lib.groups.get(f"model.layers.{r['layer']}.self_attn:heads")
+            if heads:
+                assert r["heads"] == (heads["kept"], heads["n_units"])
+    # the summary shows the exact numbers
+    data, _, _ = PV.compute(app_state, mv, DEFAULT)
+    text = str(PV.summary(data))
+    assert f"{data['plan']['params_total']:,} → {data['plan']['params_after']:,}" in text
+
+
+def test_figures_mark_the_planned_units(app_state):
+    mv = _mv(app_state)
+    data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "ratio": 0.3})
+    bars, heads, channels = PV.figures(mv, data)
+    before, after = bars.data
+    assert list(before.y) == [r["before"] for r in data["layers"]] and list(after.y) == [r["after"] for r in data["layers"]]
+    z = np.asarray(heads.data[0].z, dtype=float)
+    for i, layer in enumerate(heads.data[0].y):
+        removed = data["plan"]["removal"].get(f"model.layers.{layer}.self_attn:heads", [])
+        assert sorted(np.nonzero(z[i] == 1)[0].tolist()) == removed
+    zc = np.asarray(channels.data[0].z, dtype=float)
+    layers, full, _ = PP.unit_maps(mv, data["plan"], "mlp")
+    assert np.isclose(np.nanmean(zc), np.nanmean(full), atol=0.02)  # binned fractions keep the removed share
+
+
+@pytest.mark.parametrize("values, field, text", [
+    ({"layers": "abc"}, "layers", "START:STOP"),
+    ({"layers": "3:99"}, "layers", "outside the model"),
+    ({"ratio": "x"}, "ratio", "must be a number"),
+    ({"ratio": 1.0}, "ratio", "strictly between 0 and 1"),
+    ({"ratio": 0.95}, "ratio", "unreachable"),
+    ({"kinds": []}, "kinds", "at least one"),
+    ({"align": "2.5"}, "align", "whole number"),
+    ({"gamma": "0.2"}, "gamma", "needs a knowledge report"),
+])
+def test_bad_input_gives_one_message_on_its_field(app_state, values, field, text):
+    data, errors, msg = PV.compute(app_state, _mv(app_state), {**DEFAULT, **values})
+    assert data is None and list(errors) == [field] and text in errors[field] and not msg, (errors, msg)
+    assert "\n" not in errors[field]
+
+
+def test_prune_params_are_the_plan_settings(app_state):
+    mv = _mv(app_state)
+    data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "layers": "1:5", "align": "4"})
+    params = PV.prune_params(mv, data, {"method": "magnitude", "steps": "3", "device": "cpu", "eval_tokens": ""})
+    assert params == {"model": mv.source, "ratio": 0.2, "kinds": "attention,mlp", "allocation": "global",
+                      "layers": "1:5", "align": 4, "method": "magnitude", "steps": "3", "device": "cpu"}
+    from lorashear.jobs.kinds import PRUNE, validate
+
+    validate(PRUNE, params)  # the form's values are valid prune-job parameters
+
+
+def test_hand_selection_is_checked_against_the_browsed_model(app_state):
+    from viz.views.groups import add_unit, check_selection
+
+    mv = _mv(app_state)
+    text = add_unit(add_unit("", "model.layers.1.self_attn:heads", 2), "model.layers.1.self_attn:heads", 0)
+    assert check_selection(mv, text) == ({"model.layers.1.self_attn:heads": [0, 2]}, "")
+    for text, msg in (('{"model.layers.1.self_attn:heads": [0, 1, 2, 3]}', "keep at least one"),
+                      ('{"model.layers.1.self_attn:heads": [7]}', "has units 0..3"),
+                      ('{"nope": [1]}', "no group 'nope'"),
+                      ('{"lm_head:vocab": [1]}', "not prunable"), ("{x", "not valid JSON")):
+        removal, why = check_selection(mv, text)
+        assert removal is None and msg in why and "\n" not in why, (text, why)
+
+
+def test_groups_grid_marks_the_planned_groups(app_state):
+    from viz.views.groups import planned_rows
+
+    mv = _mv(app_state)
+    data, _, _ = PV.compute(app_state, mv, DEFAULT)
+    rows = planned_rows(mv.group_rows(), data["plan"])
+    marked = {r["id"]: r["planned"] for r in rows if r["planned"]}
+    assert set(marked) == set(data["plan"]["removal"])
+    for gid, text in marked.items():
+        assert text == f"{len(data['plan']['removal'][gid])} of {mv.group_by_id[gid].n_units}"
+
+
+def test_recover_form_defaults_are_valid_recover_parameters(app_state, model_dir):
+    from lorashear.jobs.kinds import RECOVER, validate
+
+    from viz.views.prune import RECOVER_FIELDS
+
+    form = dict(zip(RECOVER_FIELDS, (str(model_dir), "102400", "25", "100", "16384")))
+    assert validate(RECOVER, form)["pruned"] == str(model_dir)
