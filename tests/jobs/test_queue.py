@@ -189,3 +189,49 @@ def test_submit_without_a_reachable_queue_is_one_line():
         check_url("amqp://guest@localhost//")
     with pytest.raises(LorashearError, match="cannot reach Redis at redis://\\*\\*\\*@127.0.0.1:1/0"):
         JobQueue("redis://:topsecret@127.0.0.1:1/0").ping()
+
+
+def test_app_beyond_loopback_with_a_queue(redis_server, pool, tmp_path):
+    """``lorashear app --host 0.0.0.0 --queue redis://:PASSWORD@…``: the start-up graph job runs on the pool,
+    the token is printed once and required, and the password appears in neither the output nor the page."""
+    import urllib.error
+    import urllib.request
+
+    from queue_fixtures import free_port
+
+    port = free_port()
+    url = redis_server.url(0)
+    out = tmp_path / "app.log"
+    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "lorashear", "app", "--host", "0.0.0.0",
+                             "--port", str(port), "--runs", str(tmp_path / "runs"), "--queue", url],
+                            stdout=open(out, "wb"), stderr=subprocess.STDOUT, env=worker_env(), cwd=str(REPO),
+                            start_new_session=True)
+    try:
+        wait_for(lambda: "?token=" in out.read_text() or proc.poll() is not None, 180, "the app to start",
+                 lambda: out.read_text()[-3000:])
+        text = out.read_text()
+        assert proc.poll() is None, text
+        token = text.split("?token=")[1].split()[0]
+        assert text.count(token) == 1 and redis_server.password not in text and "redis://***@127.0.0.1" in text
+
+        def get(path, headers=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        wait_for(lambda: get("/_dash-layout")[0] == 403, 60, "the server")
+        assert get("/")[0] == 403
+        status, layout = get("/_dash-layout", {"Authorization": f"Bearer {token}"})
+        assert status == 200 and "LlamaForCausalLM" in layout, layout[:500]
+        assert redis_server.password not in layout
+        reg = queued_registry(url, tmp_path / "runs")
+        graph = reg.list(kind="graph")[0]
+        assert graph.backend == "celery" and graph.status == SUCCEEDED
+    finally:
+        import os
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
