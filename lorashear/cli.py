@@ -459,6 +459,8 @@ def _prune(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not report.get("main", True):  # accelerate launch: process 0 reports
+        return 0
     b, a = report["eval_before"], report["eval_after"]
     print(f"parameters {report['params_before']:,} → {report['params_after']:,} (removed {report['ratio_achieved']:.4f}; "
           f"target {report['ratio_target']:g})")
