@@ -524,6 +524,8 @@ def _recover(args: argparse.Namespace) -> int:
             print(f"[{fraction * 100:5.1f}%] {stage}", file=sys.stderr, flush=True)
 
     rep = recover(args.pruned, args.out, st, dense=args.dense, resume=args.resume, progress=progress)
+    if not rep.get("main", True):  # accelerate launch: process 0 reports
+        return 0
     srcs = list(rep["reference_loss"])
     print("source      " + "  ".join(f"{s:>12}" for s in srcs))
     for p in st.eval_protocols:
