@@ -78,6 +78,10 @@ def accelerator(device: str | None = None) -> Any:
 
     acc = Accelerator(cpu=device == "cpu", kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_TIMEOUT)])
     acc.distributed = acc.num_processes > 1
+    kind = getattr(acc.distributed_type, "value", str(acc.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise LorashearError(f"accelerate {kind} is not supported yet: LHSPG projects whole base-weight rows, which "
+                             "sharded weights do not hold (docs/scale.md); use data parallelism (--multi_gpu)")
     if acc.mixed_precision not in ("no", "bf16"):
         raise LorashearError(f"mixed precision {acc.mixed_precision} is not supported (it needs a gradient scaler "
                              "before the optimizer reads the gradients); use --mixed_precision bf16 or no")

@@ -39,9 +39,12 @@ def make_app(url: str):
     app.conf.update(
         task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
         event_serializer="json", task_ignore_result=True, task_default_queue=QUEUE_NAME,
-        worker_prefetch_multiplier=1, task_acks_late=False,  # a job whose worker died is failed, not rerun silently
+        # acknowledged when done, one message per free slot: a worker never holds messages it has not started
+        # (they would be stuck if it died); a message Redis hands out again after its worker died is skipped,
+        # because the app flags a job it declared dead (queue.RemoteRegistry.cancelled)
+        worker_prefetch_multiplier=1, task_acks_late=True, task_reject_on_worker_lost=False,
         worker_max_tasks_per_child=1, worker_redirect_stdouts=False, worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True, broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
+        broker_connection_retry_on_startup=True, broker_transport_options={"visibility_timeout": 7 * 24 * 3600},  # > the longest job: never handed out twice
         worker_send_task_events=False, task_send_sent_event=False,
     )
 

@@ -144,22 +144,34 @@ def _cancel_queued(registry: Registry, job: Job, grace_s: float) -> bool:
     if registry.queue is None:
         raise LorashearError(f"job {job.id} runs on a worker pool: start the app with --queue to cancel it")
     registry.finish(job.id, CANCELLED, "cancelled by user")
-    registry.queue.revoke(registry, job)
-    deadline = time.monotonic() + grace_s
-    while job.status == RUNNING and time.monotonic() < deadline:
-        if registry.queue.heartbeat(registry, job) is None:
-            break
-        time.sleep(0.05)
-    registry.queue.drain(registry)
+    try:
+        registry.queue.revoke(registry, job)
+        deadline = time.monotonic() + grace_s
+        while job.status == RUNNING and time.monotonic() < deadline:
+            if registry.queue.heartbeat(registry, job) is None:
+                break
+            time.sleep(0.05)
+        registry.queue.drain(registry)
+    except Exception as exc:  # Redis unreachable: the job is cancelled here, the worker was not told
+        from .queue import redact
+
+        raise LorashearError(f"job {job.id} is marked cancelled, but the worker pool at {redact(registry.queue.url)} "
+                             f"could not be told ({exc.__class__.__name__}): its worker may still be running it") from None
     return True
 
 
 def _reap_queued(registry: Registry, job: Job) -> str | None:
-    """Why a running job of the worker pool is dead (its heartbeat expired), or None while it is alive."""
+    """Why a running job of the worker pool is dead (its heartbeat expired), or None while it is alive (or while
+    Redis cannot be asked: a job is never declared dead on no evidence)."""
     q = registry.queue
-    if q is None or job.status != RUNNING or q.heartbeat(registry, job) is not None:
+    if q is None or job.status != RUNNING:
         return None
-    q.drain(registry)  # the worker reports its end before it stops beating: was it just that?
+    try:
+        if q.heartbeat(registry, job) is not None:
+            return None
+        q.drain(registry)  # the worker reports its end before it stops beating: was it just that?
+    except Exception:  # Redis unreachable (restarting, network): ask again at the next refresh
+        return None
     if not registry.get(job.id).active:
         return None
     where = f" {job.worker}" if job.worker else ""
@@ -173,13 +185,20 @@ def reap(registry: Registry) -> list[int]:
     dead = []
     now = time.time()
     if registry.queue is not None:
-        registry.queue.drain(registry)
+        try:
+            registry.queue.drain(registry)
+        except Exception:  # Redis unreachable: the events wait there; the job list still shows what is known
+            pass
     for job in registry.list(limit=100000, status=None):
         if not job.active:
             continue
         if job.backend == "celery":
             reason = _reap_queued(registry, job)
             if reason is not None and registry.finish(job.id, FAILED, reason):
+                try:
+                    registry.queue.flag_stopped(registry, job)  # Redis may hand the message out again: skip it
+                except Exception:
+                    pass
                 dead.append(job.id)
             continue
         if job.pid is None:

@@ -8,11 +8,14 @@ travels through Redis, next to the Celery queue, as JSON:
   the list into SQLite (a bridge thread, and every ``reap``), through the same conditional updates a local
   worker uses, so a late event can never resurrect a cancelled or failed job. Events carry the attempt number:
   an event of an earlier attempt of a resumed job is dropped.
-- **heartbeat** (``…:alive:<job id>``, a key with a 3 s expiry, refreshed every second by the process that runs
+- **heartbeat** (``…:alive:<job id>``, a key with a 10 s expiry, refreshed every second by the process that runs
   the job): a missing key while the registry says running means the worker died (SIGKILL, OOM killer, machine
   lost); ``reap`` marks the job failed with that reason within seconds.
-- **cancel flag** (``…:cancel:<job id>``): set on cancel together with Celery's ``revoke(terminate=True)``, so a
-  job still waiting in the queue is skipped by whichever worker takes it.
+- **cancel flag** (``…:cancel:<job id>``): set on cancel together with Celery's ``revoke(terminate=True)``, and
+  when the app declares a job's worker dead, so a message still in the queue — or one Redis hands out again after
+  its worker died — is skipped by whichever worker takes it;
+- **current attempt** (``…:attempt:<job id>``): a worker runs a message only if it is the job's current attempt,
+  so an old message of a resumed job never runs beside the new one.
 
 Log lines and artifacts are files in the job's folder under the runs folder, which must be the same folder on
 every machine (a shared filesystem; ``lorashear worker --runs`` when it is mounted at another path). See
@@ -40,7 +43,7 @@ TASK_NAME = "lorashear.run_job"
 #: Celery queue the app sends to and workers consume
 QUEUE_NAME = "lorashear"
 #: a running job whose heartbeat key is older than this is declared dead
-HEARTBEAT_TTL_S = 3.0
+HEARTBEAT_TTL_S = 10.0
 HEARTBEAT_EVERY_S = 1.0
 
 
@@ -106,7 +109,11 @@ def ping(url: str, timeout_s: float = 5.0) -> None:
 
 def _keys(ns: str) -> dict[str, str]:
     base = f"lorashear:{ns}"
-    return {"events": f"{base}:events", "alive": f"{base}:alive:", "cancel": f"{base}:cancel:"}
+    return {"events": f"{base}:events", "alive": f"{base}:alive:", "cancel": f"{base}:cancel:",
+            "attempt": f"{base}:attempt:"}
+
+#: how long flags and attempt numbers are kept in Redis (longer than any job waits or runs)
+FLAG_TTL_S = 30 * 24 * 3600
 
 
 # ============================================================================================ app side
@@ -144,7 +151,6 @@ class JobQueue:
 
         task_id = uuid()
         keys = _keys(registry.uid)
-        self._redis.delete(keys["cancel"] + str(job.id))
         if not registry.set_task(job.id, task_id):
             raise LorashearError(f"job {job.id} is no longer queued")
         job = registry.get(job.id)
@@ -155,8 +161,10 @@ class JobQueue:
             "runs": str(Path(job.workdir).parent.parent),
         }
         try:
+            self._redis.delete(keys["cancel"] + str(job.id))
+            self._redis.set(keys["attempt"] + str(job.id), str(job.attempts), ex=FLAG_TTL_S)
             self.celery.send_task(TASK_NAME, args=[message], task_id=task_id, queue=QUEUE_NAME)
-        except Exception as exc:  # kombu's errors vary by transport; the reason is one line, the URL redacted
+        except Exception as exc:  # redis-py's and kombu's errors vary; the reason is one line, the URL redacted
             registry.finish(job.id, FAILED, f"could not queue the job on {redact(self.url)}: {exc.__class__.__name__}")
             raise LorashearError(f"could not queue job {job.id} on {redact(self.url)}: {exc.__class__.__name__}") from None
         registry.set_progress_queued(job.id, "waiting for a worker")
@@ -166,9 +174,13 @@ class JobQueue:
     def revoke(self, registry: Registry, job: Job) -> None:
         """Stop a job wherever it is: flag it (a worker that picks it up later skips it) and revoke the Celery
         task with terminate (the process running it gets SIGTERM, which ends the job as cancelled)."""
-        self._redis.set(_keys(registry.uid)["cancel"] + str(job.id), "1", ex=7 * 24 * 3600)
+        self.flag_stopped(registry, job)
         if job.task_id:
             self.celery.control.revoke(job.task_id, terminate=True, signal="SIGTERM")
+
+    def flag_stopped(self, registry: Registry, job: Job) -> None:
+        """Make sure no worker (re)starts this attempt: the app has declared it cancelled or dead."""
+        self._redis.set(_keys(registry.uid)["cancel"] + str(job.id), str(job.attempts), ex=FLAG_TTL_S)
 
     # ------------------------------------------------------------------------------------------ alive
     def heartbeat(self, registry: Registry, job: Job) -> dict[str, Any] | None:
@@ -271,7 +283,12 @@ class RemoteRegistry:
         return _swap_root(local_path, self.worker_runs, self.app_runs)
 
     def cancelled(self) -> bool:
-        return bool(self._redis.exists(self.keys["cancel"] + str(self._job.id)))
+        """True when the app cancelled this job (or declared it dead), or resumed it as a newer attempt."""
+        jid = str(self._job.id)
+        if self._redis.exists(self.keys["cancel"] + jid):
+            return True
+        current = self._redis.get(self.keys["attempt"] + jid)
+        return current is not None and int(current) != self.attempt
 
     def _push(self, type_: str, **values: Any) -> None:
         ev = {"type": type_, "job": self._job.id, "attempt": self.attempt, "t": time.time(), **values}
