@@ -83,17 +83,22 @@ class Worker:
         env["LORASHEAR_QUEUE"] = url
         self.log = log
         cmd = ["nice", "-n", "19", sys.executable, "-m", "lorashear", "worker", "--concurrency", str(concurrency),
-               "--allow-entry", "jobkinds_for_tests:run_steps", "--hostname", f"test-{secrets.token_hex(3)}@%h"]
+               "--allow-entry", "jobkinds_for_tests:run_steps", "--hostname", f"test-{secrets.token_hex(3)}@{socket.gethostname()}"]
         self.proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=str(REPO))
         from lorashear.jobs.celery_app import make_app
 
         app = make_app(url)
-        deadline = time.monotonic() + 90
-        while not app.control.ping(timeout=0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start: {log.read_text()[-3000:]}")
-        app.close()
+        deadline = time.monotonic() + 300  # seconds on a quiet machine; generous for a busy CI box
+        try:
+            while not app.control.ping(timeout=0.5):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start: {log.read_text()[-3000:]}")
+        except BaseException:
+            self.stop()  # no fixture teardown runs for a fixture that failed: do not leave the worker behind
+            raise
+        finally:
+            app.close()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         try:
