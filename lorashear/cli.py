@@ -298,6 +298,37 @@ def _app(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ------------------------------------------------------------------------------------------- worker pool
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--queue", default=os.environ.get("LORASHEAR_QUEUE"), metavar="redis://[:PASSWORD@]HOST:PORT/DB",
+                   help="the Redis broker of the pool, as given to 'lorashear app --queue' (default: $LORASHEAR_QUEUE; "
+                        "put a password there rather than on the command line, where ps shows it)")
+    p.add_argument("--concurrency", type=int, default=None, help="jobs run at once (default: one per --gpus entry, else 1)")
+    p.add_argument("--gpus", default=None, metavar="0,1,...", help="CUDA devices; each job slot gets one of them")
+    p.add_argument("--runs", default=None, metavar="DIR",
+                   help="where the app's runs folder is mounted on this machine (default: the same path as on the app's)")
+    p.add_argument("--allow-entry", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="also run jobs of this entry point (besides the built-in job kinds); repeatable")
+    p.add_argument("--hostname", default=None, help="Celery node name (default: lorashear@HOST)")
+    p.add_argument("--loglevel", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@command("worker", help="Run jobs of a 'lorashear app --queue' on this machine: a Celery worker on the Redis broker.")
+@arguments(_worker_args)
+def _worker(args: argparse.Namespace) -> int:
+    if not args.queue:
+        raise LorashearError("--queue redis://HOST:PORT/DB is required (or set LORASHEAR_QUEUE)")
+    try:
+        from .jobs.celery_app import run_worker
+    except ImportError as exc:
+        raise LorashearError(f"the worker needs the [queue] extra (pip install 'lorashear[queue]'): {exc}") from None
+    gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
+    return run_worker(args.queue, concurrency=args.concurrency, gpus=gpus, runs=args.runs, allow=tuple(args.allow_entry),
+                      hostname=args.hostname, loglevel=args.loglevel)
+
+
 # ------------------------------------------------------------------------------------------- pruning
 def _plan_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
     p.add_argument("model", help="model folder, 'demo'" + ("" if run else ", or a config JSON with --meta"))
@@ -430,6 +461,8 @@ def _prune(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not report.get("main", True):  # accelerate launch: process 0 reports
+        return 0
     b, a = report["eval_before"], report["eval_after"]
     print(f"parameters {report['params_before']:,} → {report['params_after']:,} (removed {report['ratio_achieved']:.4f}; "
           f"target {report['ratio_target']:g})")
@@ -493,6 +526,8 @@ def _recover(args: argparse.Namespace) -> int:
             print(f"[{fraction * 100:5.1f}%] {stage}", file=sys.stderr, flush=True)
 
     rep = recover(args.pruned, args.out, st, dense=args.dense, resume=args.resume, progress=progress)
+    if not rep.get("main", True):  # accelerate launch: process 0 reports
+        return 0
     srcs = list(rep["reference_loss"])
     print("source      " + "  ".join(f"{s:>12}" for s in srcs))
     for p in st.eval_protocols:

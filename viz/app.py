@@ -15,7 +15,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from lorashear.errors import LorashearError
 
-from . import model_view
+from . import access, model_view
 from .components import human
 from .session import AppState, default_runs_dir, demo_model_dir, ensure_graph, make_state
 from .views import compare, graph, groups, jobs, knowledge, overview, prune
@@ -82,9 +82,11 @@ def serve_layout(state: AppState):
     ], className="page")
 
 
-def create_app(state: AppState) -> Dash:
+def create_app(state: AppState, token: str | None = None, port: int | None = None) -> Dash:
+    """The Dash app on ``state``; with ``token``, every request must carry it (``viz/access.py``)."""
     app = Dash(__name__, title="lorashear", assets_folder=str(ASSETS), serve_locally=True,
                suppress_callback_exceptions=True, update_title=None)
+    access.install(app.server, token, state.runs_dir, registry=state.registry, port=port)
     app.layout = lambda: serve_layout(state)
 
     def get_model(job_id):
@@ -179,11 +181,35 @@ def startup_model(state: AppState, args: argparse.Namespace) -> None:
         state.form_defaults["model"] = str(Path(source).resolve())
 
 
+def attach_queue(state: AppState, url: str) -> None:
+    """Send this app's jobs to the Celery worker pool at ``url`` (``lorashear worker``) instead of local
+    processes; what the pool's workers report is drained into the registry by a background thread."""
+    from lorashear.jobs import reap
+    from lorashear.jobs.queue import JobQueue
+
+    queue = JobQueue(url, state.runs_dir)
+    queue.ping()
+    state.registry.queue = queue
+    reap(state.registry)  # what finished (or died) while no app was watching
+    queue.start_bridge(state.registry)
+
+
 def run(args: argparse.Namespace) -> int:
+    token, generated = access.resolve_token(args.host, getattr(args, "token", None), debug=args.debug)
     state = make_state(args.runs or default_runs_dir(), cap=args.cap)
+    where = "local worker processes"
+    if getattr(args, "queue", None):
+        from lorashear.jobs.queue import redact
+
+        attach_queue(state, args.queue)
+        where = f"Celery workers on {redact(args.queue)}"
     startup_model(state, args)
-    app = create_app(state)
-    print(f"lorashear app on http://{args.host}:{args.port}/  (jobs: {state.registry.path})", flush=True)
+    app = create_app(state, token=token, port=args.port)
+    print(f"lorashear app on http://{args.host}:{args.port}/  (jobs: {state.registry.path}, run by {where})", flush=True)
+    if generated:  # printed once, like Jupyter's: whoever reads this terminal may use the app
+        print(f"  access token required beyond loopback; open http://{args.host}:{args.port}/?token={token}", flush=True)
+    elif token:
+        print("  access token required (the one given with --token / $LORASHEAR_TOKEN)", flush=True)
     app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
     return 0
 

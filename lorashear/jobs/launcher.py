@@ -5,6 +5,10 @@ caller) never runs model code itself, a crash in a job cannot take the app down,
 whole process group (a job's own subprocesses included). The pid and its start time are stored in the
 registry, so after an app restart a job whose worker is gone is recognised and marked failed, and a cancel
 still reaches a worker started by an earlier app process.
+
+When the registry has a queue (``Registry.queue``, a ``queue.JobQueue``: ``lorashear app --queue``), the same
+calls send the job to a Celery worker pool instead, and cancel / dead-worker detection / resume go through
+Celery's revoke and the job's Redis heartbeat. Callers (the app's views, the CLI) do not change.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import psutil
 
 from ..errors import LorashearError
 from . import kinds as kinds_mod
+from .queue import HEARTBEAT_TTL_S
 from .registry import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Job, Registry
 
 # Children started by this process, kept so they can be reaped (no zombies) and waited on.
@@ -59,8 +64,11 @@ def _poll_children() -> None:
                 del _CHILDREN[pid]
 
 
-def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the worker for a queued job; its output goes to the job's log.txt."""
+def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> subprocess.Popen | Job:
+    """Start the worker for a queued job; its output goes to the job's log.txt. With a queue on the registry,
+    send it to the worker pool instead (returns the updated job)."""
+    if registry.queue is not None:
+        return registry.queue.send(registry, job)
     Path(job.workdir).mkdir(parents=True, exist_ok=True)
     log = open(job.log_path, "ab", buffering=0)
     child_env = dict(os.environ if env is None else env)
@@ -109,6 +117,8 @@ def cancel(registry: Registry, job_id: int, grace_s: float = 5.0) -> bool:
     job = registry.get(job_id)
     if not job.active:
         return False
+    if job.backend == "celery":
+        return _cancel_queued(registry, job, grace_s)
     alive = worker_alive(job)
     registry.finish(job_id, CANCELLED, "cancelled by user")
     if not alive or job.pid is None:
@@ -128,13 +138,68 @@ def cancel(registry: Registry, job_id: int, grace_s: float = 5.0) -> bool:
     return True
 
 
+def _cancel_queued(registry: Registry, job: Job, grace_s: float) -> bool:
+    """Cancel a job of the worker pool: mark it cancelled, flag it and revoke its task with terminate; wait up
+    to ``grace_s`` for the process running it to stop beating."""
+    if registry.queue is None:
+        raise LorashearError(f"job {job.id} runs on a worker pool: start the app with --queue to cancel it")
+    registry.finish(job.id, CANCELLED, "cancelled by user")
+    try:
+        registry.queue.revoke(registry, job)
+        deadline = time.monotonic() + grace_s
+        while job.status == RUNNING and time.monotonic() < deadline:
+            if registry.queue.heartbeat(registry, job) is None:
+                break
+            time.sleep(0.05)
+        registry.queue.drain(registry)
+    except Exception as exc:  # Redis unreachable: the job is cancelled here, the worker was not told
+        from .queue import redact
+
+        raise LorashearError(f"job {job.id} is marked cancelled, but the worker pool at {redact(registry.queue.url)} "
+                             f"could not be told ({exc.__class__.__name__}): its worker may still be running it") from None
+    return True
+
+
+def _reap_queued(registry: Registry, job: Job) -> str | None:
+    """Why a running job of the worker pool is dead (its heartbeat expired), or None while it is alive (or while
+    Redis cannot be asked: a job is never declared dead on no evidence)."""
+    q = registry.queue
+    if q is None or job.status != RUNNING:
+        return None
+    try:
+        if q.heartbeat(registry, job) is not None:
+            return None
+        q.drain(registry)  # the worker reports its end before it stops beating: was it just that?
+    except Exception:  # Redis unreachable (restarting, network): ask again at the next refresh
+        return None
+    if not registry.get(job.id).active:
+        return None
+    where = f" {job.worker}" if job.worker else ""
+    reason = f"worker{where} died (no heartbeat for {HEARTBEAT_TTL_S:g} s)"
+    return reason + (" (resumable)" if job.resumable else "")
+
+
 def reap(registry: Registry) -> list[int]:
     """Mark active jobs whose worker is gone as failed; returns their ids. Cheap enough to call on every
-    refresh of a job list."""
+    refresh of a job list. With a queue, first apply what the pool's workers reported."""
     dead = []
     now = time.time()
+    if registry.queue is not None:
+        try:
+            registry.queue.drain(registry)
+        except Exception:  # Redis unreachable: the events wait there; the job list still shows what is known
+            pass
     for job in registry.list(limit=100000, status=None):
         if not job.active:
+            continue
+        if job.backend == "celery":
+            reason = _reap_queued(registry, job)
+            if reason is not None and registry.finish(job.id, FAILED, reason):
+                try:
+                    registry.queue.flag_stopped(registry, job)  # Redis may hand the message out again: skip it
+                except Exception:
+                    pass
+                dead.append(job.id)
             continue
         if job.pid is None:
             if job.status == QUEUED and now - job.created < NEVER_STARTED_AFTER_S:
@@ -169,7 +234,11 @@ def wait(registry: Registry, job_id: int, timeout_s: float = 600.0, poll_s: floa
         job = registry.get(job_id)
         if not job.active:
             return job
-        if job.status == RUNNING or job.pid is not None:
+        if job.backend == "celery":
+            reap(registry)
+            if not registry.get(job_id).active:
+                continue
+        elif job.status == RUNNING or job.pid is not None:
             if not worker_alive(job):
                 reap(registry)
                 continue

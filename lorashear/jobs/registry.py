@@ -8,6 +8,7 @@ late write from a worker can never resurrect a job that was already cancelled or
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -50,7 +51,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     t REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_job ON metrics (job_id, name, step);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# columns added after the first release: (name, SQL type and default); added to older files on open
+_ADDED_COLUMNS = (
+    ("backend", "TEXT NOT NULL DEFAULT 'local'"),  # local (a worker process here) or celery (a worker pool)
+    ("task_id", "TEXT"),  # the Celery task id of the current attempt
+    ("worker", "TEXT"),  # host:pid of the process running it (celery jobs)
+)
 
 
 @dataclass
@@ -75,6 +84,9 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     resumable: bool = False
     attempts: int = 0
+    backend: str = "local"
+    task_id: str | None = None
+    worker: str | None = None
 
     @property
     def active(self) -> bool:
@@ -106,11 +118,22 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 class Registry:
     """Jobs and their metrics in one SQLite file (created on first use)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, queue: Any = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: a ``queue.JobQueue`` when jobs go to a Celery worker pool, None for local worker processes
+        self.queue = queue
         with self._connect() as con:
             con.executescript(_SCHEMA)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(jobs)")}
+            for name, decl in _ADDED_COLUMNS:
+                if name not in have:
+                    try:
+                        con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError:  # another process added it first
+                        pass
+            con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', ?)", (secrets.token_hex(8),))
+            self.uid: str = con.execute("SELECT value FROM meta WHERE key='uid'").fetchone()["value"]
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -189,12 +212,28 @@ class Registry:
         """Record the worker's process (done by the launcher right after spawning)."""
         with self._connect() as con:
             return con.execute(
-                "UPDATE jobs SET pid=?, pid_created=?, attempts=attempts+1 WHERE id=? AND status IN (?,?)",
+                "UPDATE jobs SET pid=?, pid_created=?, backend='local', task_id=NULL, attempts=attempts+1 "
+                "WHERE id=? AND status IN (?,?)",
                 (pid, pid_created, int(job_id), *ACTIVE),
             ).rowcount > 0
 
-    def mark_running(self, job_id: int) -> bool:
-        return self._update(job_id, ACTIVE, status=RUNNING, started=time.time(), message=None)
+    def set_task(self, job_id: int, task_id: str) -> bool:
+        """Record that a queued job was sent to the worker pool as Celery task ``task_id`` (a new attempt)."""
+        with self._connect() as con:
+            return con.execute(
+                "UPDATE jobs SET backend='celery', task_id=?, worker=NULL, pid=NULL, pid_created=NULL, "
+                "attempts=attempts+1 WHERE id=? AND status=?", (task_id, int(job_id), QUEUED),
+            ).rowcount > 0
+
+    def set_progress_queued(self, job_id: int, stage: str) -> bool:
+        """The stage line of a job that waits in the queue (e.g. "waiting for a worker")."""
+        return self._update(job_id, (QUEUED,), stage=stage)
+
+    def mark_running(self, job_id: int, worker: str | None = None, started: float | None = None) -> bool:
+        values: dict[str, Any] = {"status": RUNNING, "started": started or time.time(), "message": None}
+        if worker is not None:
+            values["worker"] = worker
+        return self._update(job_id, ACTIVE, **values)
 
     def set_progress(self, job_id: int, fraction: float, stage: str | None = None) -> bool:
         values: dict[str, Any] = {"progress": max(0.0, min(1.0, float(fraction)))}
@@ -202,8 +241,8 @@ class Registry:
             values["stage"] = stage
         return self._update(job_id, (RUNNING,), **values)
 
-    def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
-        now = time.time()
+    def add_metrics(self, job_id: int, step: int, values: dict[str, float], t: float | None = None) -> None:
+        now = t or time.time()
         with self._connect() as con:
             con.executemany("INSERT INTO metrics (job_id, step, name, value, t) VALUES (?,?,?,?,?)",
                             [(int(job_id), int(step), k, float(v), now) for k, v in values.items()])
@@ -229,4 +268,4 @@ class Registry:
     def requeue(self, job_id: int) -> bool:
         """Make a failed or cancelled resumable job queued again (the launcher then starts a worker)."""
         return self._update(job_id, (FAILED, CANCELLED), status=QUEUED, finished=None, message=None, pid=None,
-                            pid_created=None)
+                            pid_created=None, worker=None)

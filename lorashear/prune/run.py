@@ -12,6 +12,11 @@ Its output folder::
 
 Data order is a function of (seed, step) only, so a run resumed from a checkpoint draws exactly the batches the
 uninterrupted run would have drawn, and (on CPU, same thread count) ends with the same weights.
+
+Under ``accelerate launch --num_processes N`` the run is data-parallel (``lorashear.parallel``): every process
+trains on its rows of the same global batch, the LoRA gradients are all-reduced, every process applies the same
+optimizer step, and process 0 alone evaluates, writes run.json, checkpoints, the plan, the model and the report.
+A checkpoint does not depend on the number of processes: a run can resume with another N.
 """
 from __future__ import annotations
 
@@ -177,34 +182,48 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
           progress: Progress | None = None, metric: Metric | None = None, **overrides: Any) -> dict:
     """Prune ``model`` (a model folder, ``demo``, or anything ``load_model`` takes) into ``out``; returns the
     run report. ``overrides`` are ``PruneSettings`` fields."""
+    from .. import parallel
+
     settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
     out = Path(out)
-    prev = _check_out(out, settings, resume)
-    progress = progress or (lambda f, s: None)
-    metric = metric or (lambda step, values: None)
-    out.mkdir(parents=True, exist_ok=True)
+    acc = parallel.accelerator(settings.device)
+    if settings.steps > 0:
+        parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
+    prev = _check_out(out, settings, resume)  # every process checks before any writes
+    acc.wait_for_everyone()
+    main = acc.is_main_process
+    progress = progress if progress and main else (lambda f, s: None)
+    metric = metric if metric and main else (lambda step, values: None)
     run_info = {"format": RUN_FORMAT, "model": str(model), "settings": settings.to_dict(), "status": "running",
                 "started": prev["started"] if prev else time.strftime("%Y-%m-%dT%H:%M:%S"), "message": None}
-    write_json_atomic(out / "run.json", run_info)
-    try:
-        report = _run(model, out, settings, resume, progress, metric)
-    except BaseException as exc:
-        run_info.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "run.json", run_info)
+    try:
+        report = _run(model, out, settings, resume, progress, metric, acc)
+    except BaseException as exc:
+        if main:
+            run_info.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            write_json_atomic(out / "run.json", run_info)
         raise
-    run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json_atomic(out / "run.json", run_info)
+    if main:
+        run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json_atomic(out / "run.json", run_info)
     return report
 
 
-def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric) -> dict:
+def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric,
+         acc: Any = None) -> dict:
+    from .. import parallel
     from ..evaluate import count_parameters, load_model, pick_device
     from ..groups import find_groups
     from ..trace import trace
 
+    acc = acc or parallel.Solo()
+    main = acc.is_main_process
     t0 = time.time()
     progress(0.01, "loading the model")
-    device, _ = pick_device(st.device)
+    device = acc.device if acc.distributed else pick_device(st.device)[0]
     model, tok = load_model(source, device=device)
     torch.manual_seed(st.seed)
     method = get_method(st.method)
@@ -219,7 +238,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
                     align=st.align, protected=_protected(st, model, groups))
     packed, eval_sources = _data(st, tok, model)
     params_before = count_parameters(model)
-    before_eval = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
+    before_eval = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense") if main else {}
     teacher = None
     if st.distill > 0:  # a frozen copy of the dense model: its logits are the distillation target
         import copy
@@ -246,31 +265,39 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
             counter_cache[key] = count_removed(model, groups, opt.removal())
         return counter_cache[key]
 
+    trained = acc.prepare(peft_model) if st.steps > start else peft_model  # DDP: LoRA grads all-reduced
     peft_model.train()
     last_good = _latest_checkpoint(out)
     for t in range(start, st.steps):
-        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)
-        ids = ids.to(device)
-        loss = _loss(peft_model, ids, teacher, st.distill)
-        if not torch.isfinite(loss):
+        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)  # the same global batch everywhere
+        losses = []
+        for part in parallel.micro_batches(ids, acc):  # this process's rows, per accumulation step
+            with acc.accumulate(trained):
+                loss = _loss(trained, part.to(device), teacher, st.distill)
+                acc.backward(loss)
+            losses.append(loss.detach())
+        loss_value = parallel.mean_over_processes(torch.stack(losses).mean(), acc)  # the global batch's loss
+        if not math.isfinite(loss_value):  # every process sees the same value: they stop together
             where = f"the last good checkpoint ({last_good.name}) is in {last_good.parent}" if last_good else "no checkpoint had been written yet"
-            raise LorashearError(f"loss became {loss.item()} at step {t}: stopped; {where}; lower --lr and --resume")
-        loss.backward()
-        opt.step()
+            raise LorashearError(f"loss became {loss_value} at step {t}: stopped; {where}; lower --lr and --resume")
+        opt.step()  # the same step on every process: same gradients, same weights, same zero set
         opt.zero_grad(set_to_none=True)
-        row = {"step": t + 1, "loss": float(loss.item()), "lr": opt.param_groups[0]["lr"], "phase": opt.phase(t),
+        row = {"step": t + 1, "loss": loss_value, "lr": opt.param_groups[0]["lr"], "phase": opt.phase(t),
                "removed_params": removed_params(), **opt.metrics()}
         history["steps"].append(row)
         metric(t + 1, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
         progress(0.1 + 0.7 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {row['loss']:.3f} ({row['phase']})")
         if (t + 1) % st.checkpoint_every == 0 or opt.boundary(t) or t + 1 == st.steps:
             history["events"] = opt.sched["events"]
-            last_good = _save_checkpoint(out, t + 1, peft_model, opt, history)
+            if main:
+                last_good = _save_checkpoint(out, t + 1, peft_model, opt, history)
     progress(0.82, "compressing")
     removal = opt.removal()
     plan = opt.plan
     if plan is None or removal != plan.removal:
         raise RuntimeError(f"the zero set differs from the plan: {removal} vs {plan.removal if plan else None}")
+    if not main:  # process 0 compresses, saves and evaluates; the others are done
+        return {"main": False, "process": acc.process_index, "removal": removal, "history": history["steps"]}
     merged = peft_model.merge_and_unload()
     from ..compress import compress
 
@@ -294,6 +321,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "events": opt.sched["events"], "tokens_trained": st.steps * st.batch_size * st.seq_len,
         "optimizer_steps": st.steps, "scores_from": plan.scores_from, "method_info": method_info,
         "calibration_tokens": method_info.get("calibration_tokens", 0),
+        "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
+        "mixed_precision": acc.mixed_precision,
     }
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")

@@ -12,6 +12,11 @@ Output folder::
     OUT/checkpoints/      after every round and every instruction evaluation; ``resume=True`` continues exactly
 
 Rule and defaults: ``docs/recovery.md``.
+
+Under ``accelerate launch --num_processes N`` training is data-parallel (``lorashear.parallel``): every process
+draws the same global batch and trains on its rows, LoRA gradients are all-reduced, so every process holds the same
+adapters and computes the same per-source losses, hence the same mixture weights; process 0 alone computes the dense
+reference, evaluates, and writes checkpoints, the model and the reports.
 """
 from __future__ import annotations
 
@@ -152,20 +157,30 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
     elif out.exists() and any(out.iterdir()):
         raise LorashearError(f"{out}: already holds {'a different run' if run_file.is_file() else 'other files'}; "
                              "choose an empty --out (or --resume)")
-    progress = progress or (lambda f, s: None)
-    metric = metric or (lambda step, values: None)
-    out.mkdir(parents=True, exist_ok=True)
+    from .. import parallel
+
+    acc = parallel.accelerator(st.device)
+    parallel.rows_per_micro_batch(st.batch_size, acc)  # a batch that does not split: one line, now
+    acc.wait_for_everyone()  # every process checked the folder before process 0 writes into it
+    main = acc.is_main_process
+    progress = progress if progress and main else (lambda f, s: None)
+    metric = metric if metric and main else (lambda step, values: None)
     info = {"format": RUN_FORMAT, "pruned": str(pruned), "dense": str(dense), "settings": st.to_dict(),
             "status": "running", "message": None}
-    write_json_atomic(run_file, info)
-    try:
-        report = _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric)
-    except BaseException as exc:
-        info.update(status="failed", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_file, info)
+    try:
+        report = _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric,
+                      acc)
+    except BaseException as exc:
+        if main:
+            info.update(status="failed", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            write_json_atomic(run_file, info)
         raise
-    info.update(status="finished")
-    write_json_atomic(run_file, info)
+    if main:
+        info.update(status="finished")
+        write_json_atomic(run_file, info)
     return report
 
 
@@ -178,35 +193,46 @@ def _per_source(model: Any, tok: Any, val: dict[str, list[str]], st: RecoverSett
 
 
 def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: RecoverSettings, resume: bool,
-         progress: Progress, metric: Metric) -> dict:
+         progress: Progress, metric: Metric, acc: Any = None) -> dict:
+    from .. import parallel
     from ..data import Mixture, texts_for_tokens
     from ..evaluate import load_model, pick_device
     from ..prune.run import _add_lora, _evaluate
 
+    acc = acc or parallel.Solo()
+    main = acc.is_main_process
     t0 = time.time()
-    device, _ = pick_device(st.device)
+    device = acc.device if acc.distributed else pick_device(st.device)[0]
     progress(0.01, "loading the pruned and the dense model")
     model, tok = load_model(pruned, device=device)
     train, val = _sources(st)
     instr = _instructions(st, tok, model) if st.instructions and st.instruct_steps > 0 else None
     ref_file = out / "dense_loss.json"
+    ref: dict[str, float] | None = None
     if resume and ref_file.is_file():
         ref = json.loads(ref_file.read_text())
-    else:
+    elif main:  # one process loads the dense model; the others read its losses
         dense, _ = load_model(dense_src, device=device)
         check_origin(pruned, side, dense)
         progress(0.03, "dense per-source validation loss")
         ref = _per_source(dense, tok, val, st)
         del dense
         write_json_atomic(ref_file, ref)
+    acc.wait_for_everyone()
+    if ref is None:
+        if not ref_file.is_file():
+            raise LorashearError(f"{ref_file}: process 0 wrote no dense losses (is {out} on a folder every process sees?)")
+        ref = json.loads(ref_file.read_text())
     val = {s: texts_for_tokens(t, tok, st.val_tokens) for s, t in val.items()}
     need = st.tokens + st.seq_len
     train = {s: texts_for_tokens(t, tok, need, seed=st.seed + i) for i, (s, t) in enumerate(train.items())}
     packed = Mixture(train, name="recovery data").pack(tok, st.seq_len, model=model)
     evals = {s: texts_for_tokens(t, tok, st.eval_tokens) for s, t in val.items()} if st.eval_tokens else val
-    before = _evaluate(model, tok, evals, _eval_st(st), progress, 0.05, "pruned")
+    before = _evaluate(model, tok, evals, _eval_st(st), progress, 0.05, "pruned") if main else {}
     peft_model = _add_lora(model, st)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
+    trained = acc.prepare(peft_model)  # DDP under accelerate launch: LoRA gradients all-reduced
+    train_step = lambda batch, step: _train_step(trained, opt, batch, step, acc)  # noqa: E731
     names = list(train)
     state = {"stage": 1, "round": 0, "step": 0, "tokens": 0, "weights": {s: 1.0 / len(names) for s in names},
              "trajectory": [], "instruct": {"step": 0, "best": None, "bad_evals": 0, "history": [], "stopped": None}}
@@ -230,7 +256,8 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
         if done:
             row["stop"] = "token budget" if state["step"] >= total_steps else f"every deviation < {st.stop_deviation}"
             state["stage"] = 2 if instr is not None else 3
-            _save_ckpt(out, state, peft_model, opt)
+            if main:
+                _save_ckpt(out, state, peft_model, opt)
             break
         if st.mixture == "dynamic":
             state["weights"] = update_weights(state["weights"], dev, eta=st.eta, floor=st.floor)
@@ -239,19 +266,24 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
         peft_model.train()
         for _ in range(n):
             ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + state["step"], weights=state["weights"])
-            _train_step(peft_model, opt, {"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"])
+            train_step({"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"])
             state["step"] += 1
             state["tokens"] += per_batch
         state["round"] += 1
         progress(0.1 + 0.55 * state["step"] / max(total_steps, 1),
                  f"round {state['round']}: {state['tokens']:,}/{st.tokens:,} tokens, max deviation {max(dev.values()):.3f}")
-        _save_ckpt(out, state, peft_model, opt)
-    write_json_atomic(out / "trajectory.json", {"format": "lorashear.recovery-trajectory/1", "reference_loss": ref,
-                                                "mixture": st.mixture, "eta": st.eta, "floor": st.floor,
-                                                "rounds": state["trajectory"]})
+        if main:
+            _save_ckpt(out, state, peft_model, opt)
+    if main:
+        write_json_atomic(out / "trajectory.json", {"format": "lorashear.recovery-trajectory/1", "reference_loss": ref,
+                                                    "mixture": st.mixture, "eta": st.eta, "floor": st.floor,
+                                                    "rounds": state["trajectory"]})
     # ---------------------------------------------------------------- stage 2: instruction tuning
     if state["stage"] == 2:
-        _instruct(peft_model, opt, instr, state, st, out, device, progress, metric)
+        _instruct(peft_model, opt, instr, state, st, out, device, progress, metric, train_step, acc)
+    if not main:  # process 0 merges, saves and evaluates; the others are done
+        return {"main": False, "process": acc.process_index, "rounds": state["trajectory"],
+                "instruct": state["instruct"]}
     progress(0.85, "merging and saving")
     merged = peft_model.merge_and_unload()
     from ..compress import CompressReport
@@ -267,7 +299,9 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     report = {"format": "lorashear.recovery-report/1", "pruned": str(pruned), "dense": str(dense_src),
               "settings": st.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
               "seconds": round(time.time() - t0, 1), "reference_loss": ref, "eval_before": before, "eval_after": after,
-              "rounds": state["trajectory"], "tokens_stage1": state["tokens"], "instruct": state["instruct"]}
+              "rounds": state["trajectory"], "tokens_stage1": state["tokens"], "instruct": state["instruct"],
+              "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
+              "mixed_precision": acc.mixed_precision}
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
@@ -280,14 +314,44 @@ def _eval_st(st: RecoverSettings) -> Any:
     return SimpleNamespace(eval_protocols=st.eval_protocols, eval_tokens=st.eval_tokens, measure_latency=False)
 
 
-def _train_step(model: Any, opt: Any, batch: dict, step: int) -> float:
-    loss = model(**batch, use_cache=False).loss
-    if not torch.isfinite(loss):
-        raise LorashearError(f"loss became {loss.item()} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
-    loss.backward()
+def _train_step(model: Any, opt: Any, batch: dict, step: int, acc: Any = None) -> float:
+    """One optimizer step on a global batch (``input_ids``, ``labels``, optional ``attention_mask``).
+
+    Alone, the loss is the model's mean over the batch's labelled tokens. Data-parallel, each process runs its
+    rows (in gradient-accumulation micro-batches) with the loss *sum* of its tokens divided by the global count
+    of labelled tokens, times processes × micro-batches (which DDP's averaging and accelerate's division undo):
+    the all-reduced gradient is the one-process gradient of the whole batch even when rows carry different
+    numbers of labelled tokens (instruction data, where prompts carry no loss)."""
+    from .. import parallel
+
+    acc = acc or parallel.Solo()
+    if acc.num_processes == 1 and acc.gradient_accumulation_steps == 1:
+        loss = model(**batch, use_cache=False).loss
+        if not torch.isfinite(loss):
+            raise LorashearError(f"loss became {loss.item()} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
+        acc.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.item())
+    labels = batch["labels"]
+    n_global = int((labels[:, 1:] != -100).sum())
+    scale = acc.num_processes * acc.gradient_accumulation_steps / max(n_global, 1)
+    parts = {k: parallel.micro_batches(v, acc) for k, v in batch.items()}
+    total = torch.zeros((), device=labels.device)
+    for i in range(acc.gradient_accumulation_steps):
+        b = {k: v[i] for k, v in parts.items()}
+        with acc.accumulate(model):
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}, use_cache=False).logits
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), b["labels"][:, 1:],
+                                                    ignore_index=-100, reduction="sum")
+            acc.backward(nll * scale)
+        total = total + nll.detach()
+    loss = parallel.mean_over_processes(total, acc) * acc.num_processes / max(n_global, 1)
+    if not math.isfinite(loss):  # every process sees the same value: they stop together
+        raise LorashearError(f"loss became {loss} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss.item())
+    return loss
 
 
 # ---------------------------------------------------------------------------------------- instruction stage
@@ -328,24 +392,30 @@ def _instruct_loss(model: Any, instr: dict, device: Any, batch_size: int) -> flo
 
 
 def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSettings, out: Path, device: Any,
-              progress: Progress, metric: Metric) -> None:
+              progress: Progress, metric: Metric, train_step: Callable[[dict, int], float] | None = None,
+              acc: Any = None) -> None:
     """LoRA on the instruction set (prompt tokens carry no loss); evaluation every ``instruct_eval_every`` steps;
     stop after ``instruct_patience`` evaluations without improvement and keep the best adapters."""
+    from .. import parallel
     from ..data import collate_instructions
 
+    acc = acc or parallel.Solo()
+    main = acc.is_main_process
+    train_step = train_step or (lambda batch, step: _train_step(peft_model, opt, batch, step))
     ins = state["instruct"]
     if ins["best"] is None:
         first = _instruct_loss(peft_model, instr, device, st.batch_size)
         ins["history"].append({"step": 0, "val_loss": first})
         ins["best"] = {"step": 0, "val_loss": first}
-        _save_best(out, peft_model)
+        if main:
+            _save_best(out, peft_model)
     g_n = len(instr["train"])
     peft_model.train()
     while ins["step"] < st.instruct_steps and ins["stopped"] is None:
         gen = torch.Generator().manual_seed(st.seed * 1_000_003 + 10**9 + ins["step"])
         pick = torch.randint(0, g_n, (st.batch_size,), generator=gen).tolist()
         b = collate_instructions([instr["train"][i] for i in pick], instr["pad"])
-        _train_step(peft_model, opt, {k: v.to(device) for k, v in b.items()}, ins["step"])
+        train_step({k: v.to(device) for k, v in b.items()}, ins["step"])
         ins["step"] += 1
         if ins["step"] % st.instruct_eval_every == 0 or ins["step"] == st.instruct_steps:
             v = _instruct_loss(peft_model, instr, device, st.batch_size)
@@ -354,16 +424,19 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
             if v < ins["best"]["val_loss"]:
                 ins["best"] = {"step": ins["step"], "val_loss": v}
                 ins["bad_evals"] = 0
-                _save_best(out, peft_model)
+                if main:
+                    _save_best(out, peft_model)
             else:
                 ins["bad_evals"] += 1
                 if ins["bad_evals"] >= st.instruct_patience:
                     ins["stopped"] = f"early stop at step {ins['step']}: no improvement in {st.instruct_patience} evaluations"
             progress(0.65 + 0.2 * ins["step"] / st.instruct_steps, f"instruction step {ins['step']}: validation loss {v:.3f}")
-            _save_ckpt(out, state, peft_model, opt)
+            if main:
+                _save_ckpt(out, state, peft_model, opt)
     # keep the best adapters
     from safetensors.torch import load_file
 
+    acc.wait_for_everyone()  # process 0 wrote them
     best = load_file(str(out / "checkpoints" / "instruct-best.safetensors"))
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
