@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from lorashear import LorashearError
+from lorashear.jobs.kinds import JobKind
 from lorashear.jobs import (CANCELLED, FAILED, RUNNING, SUCCEEDED, JobParamError, Registry, cancel, reap,
                             resume, submit, validate, wait, worker_alive)
 from lorashear.jobs import kinds as kinds_mod
@@ -120,8 +121,10 @@ def test_bad_submissions_create_no_job(registry, tmp_path, test_kinds):
         submit(registry, "steps", {"steps": -1}, tmp_path / "runs", kinds=test_kinds)
     with pytest.raises(LorashearError, match="unknown job kind"):
         submit(registry, "nope", {}, tmp_path / "runs", kinds=test_kinds)
+    future = JobKind("future", "Future", "a kind without an entry point",
+                     unavailable_reason="not available yet: lorashear.future has not landed")
     with pytest.raises(LorashearError, match="not available yet"):
-        submit(registry, "export", {}, tmp_path / "runs", kinds=test_kinds)
+        submit(registry, "future", {}, tmp_path / "runs", kinds={**test_kinds, "future": future})
     assert registry.list() == []
 
 
@@ -148,7 +151,7 @@ def test_eval_job_on_the_demo_model(registry, tmp_path):
     assert done.result["cost"] is None and os.path.exists(done.artifacts["eval"])
     # the Compare view lists it (dense: the demo folder has no export sidecar)
     from viz.session import AppState
-    from viz.views.compare import eval_rows
+    from viz.views.compare import entries
 
-    rows = eval_rows(AppState(registry, tmp_path / "runs"))
+    rows = entries(AppState(registry, tmp_path / "runs"))
     assert [(r["job"], r["role"]) for r in rows] == [(job.id, "dense")]
