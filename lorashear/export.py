@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from torch import nn
 
 from .compress import CompressReport
 from .errors import LorashearError
-from .jsonio import write_json_atomic
+from .jsonio import write_dir_atomic, write_json_atomic
 
 SIDECAR = "lorashear.json"
 ADAPTER = "adapter"  # subfolder of a pruned folder saved with merge_lora=False
@@ -152,10 +149,7 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
                    "compress_tolerance": report.tolerance if report else None,
                    "round_trip_verified": bool(verify)},
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    saved_config, base.config = base.config, config
-    try:
+    def write(tmp: Path) -> None:
         base.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -169,12 +163,10 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
         if verify:
             base.config = saved_config
             _check_round_trip(model, tmp, stock, tmp / ADAPTER if keep_adapter else None)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    saved_config, base.config = base.config, config
+    try:
+        write_dir_atomic(out_dir, write)  # the folder appears only once written and its reload proven
     finally:
         base.config = saved_config
     return sidecar
