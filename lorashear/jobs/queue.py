@@ -193,20 +193,26 @@ class JobQueue:
 
     # ------------------------------------------------------------------------------------------ drain
     def drain(self, registry: Registry, limit: int = 10000) -> int:
-        """Apply pending worker events to the registry; returns how many were applied."""
+        """Apply the worker events pending now (at most ``limit``) to the registry; returns how many were applied.
+
+        Bounded by what is queued when it starts, so a caller (``reap`` in a page refresh) returns even while
+        busy jobs keep reporting; each LPOP batch is one SQLite transaction."""
         key = _keys(registry.uid)["events"]
         n = 0
         with self._drain_lock:
-            while n < limit:
-                batch = self._redis.lpop(key, 200)
+            todo = min(limit, int(self._redis.llen(key)))
+            while todo > 0:
+                batch = self._redis.lpop(key, min(200, todo))
                 if not batch:
                     break
-                for raw in batch:
-                    try:
-                        apply_event(registry, json.loads(raw), self.runs_dir)
-                    except (ValueError, KeyError, LorashearError):
-                        continue  # a malformed or stale event must not stop the others
-                    n += 1
+                todo -= len(batch)
+                with registry.batch():
+                    for raw in batch:
+                        try:
+                            apply_event(registry, json.loads(raw), self.runs_dir)
+                        except (ValueError, KeyError, LorashearError):
+                            continue  # a malformed or stale event must not stop the others
+                        n += 1
         return n
 
     def start_bridge(self, registry: Registry, every_s: float = 0.2) -> None:

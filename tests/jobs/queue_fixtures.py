@@ -82,7 +82,7 @@ class Worker:
         env = worker_env()
         env["LORASHEAR_QUEUE"] = url
         self.log = log
-        cmd = ["nice", "-n", "19", sys.executable, "-m", "lorashear", "worker", "--concurrency", str(concurrency),
+        cmd = [sys.executable, "-m", "lorashear", "worker", "--concurrency", str(concurrency),
                "--allow-entry", "jobkinds_for_tests:run_steps", "--hostname", f"test-{secrets.token_hex(3)}@{socket.gethostname()}"]
         self.proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=str(REPO))

@@ -155,3 +155,19 @@ def test_eval_job_on_the_demo_model(registry, tmp_path):
 
     rows = entries(AppState(registry, tmp_path / "runs"))
     assert [(r["job"], r["role"]) for r in rows] == [(job.id, "dense")]
+
+
+def test_a_batch_commits_together_or_not_at_all(tmp_path):
+    reg = Registry(tmp_path / "jobs.sqlite")
+    job = reg.create("steps", "x:y", {}, tmp_path)
+    other = Registry(tmp_path / "jobs.sqlite")  # another process's view of the same file
+    with reg.batch():
+        reg.mark_running(job.id, worker="w")
+        reg.add_metrics(job.id, 0, {"loss": 1.0})
+        assert reg.get(job.id).status == RUNNING and other.get(job.id).status != RUNNING  # not yet committed
+    assert other.get(job.id).status == RUNNING and other.metrics(job.id) == {"loss": [(0, 1.0)]}
+    with pytest.raises(RuntimeError):
+        with reg.batch():
+            reg.set_progress(job.id, 0.5)
+            raise RuntimeError("boom")
+    assert other.get(job.id).progress == 0.0
