@@ -30,3 +30,20 @@ def test_figure_draws_every_curve_and_marks_each_boundary():
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert sorted({s.x0 for s in lines}) == [3, 5, 7]  # one dashed line per boundary on every panel
     assert len(metrics_figure(RECOVER).data) == 6
+
+
+def test_job_details_say_where_it_ran_and_link_artifact_files(tmp_path):
+    from lorashear.jobs import Registry
+    from viz.views.jobs import artifact_list, runs_on
+
+    reg = Registry(tmp_path / "jobs.sqlite")
+    job = reg.create("eval", "x:y", {}, tmp_path)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    reg.set_artifacts(job.id, {"report": str(report), "model": str(tmp_path)})
+    reg.set_task(job.id, "task-1")
+    reg.mark_running(job.id, worker="gpu-box:4242")
+    j = reg.get(job.id)
+    assert runs_on(j) == "worker gpu-box:4242"
+    links = [li.children[0] for li in artifact_list(j).children if isinstance(li.children, list)]
+    assert [a.href for a in links] == [f"/artifact/{job.id}/report"]  # the folder is named, not linked

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import dash_ag_grid as dag
 import plotly.graph_objects as go
@@ -272,11 +273,11 @@ def register(app, state: AppState) -> None:
             ("job", f"{j.id} · {j.kind}"), ("status", html.Span(j.status, className=f"job-{j.status}")),
             ("stage", j.stage or "—"),
             ("parameters", ", ".join(f"{k}={v}" for k, v in j.params.items()) or "—"),
-            ("pid", str(j.pid or "—")),
+            ("runs on", runs_on(j)),
             ("time", f"{j.duration:.1f} s" if j.duration is not None else "—"),
             ("message", j.message or "—"),
             ("result", ", ".join(f"{k}: {v}" for k, v in j.result.items()) or "—"),
-            ("artifacts", html.Ul([html.Li(f"{k}: {v}") for k, v in j.artifacts.items()]) if j.artifacts else "—"),
+            ("artifacts", artifact_list(j)),
             ("work dir", j.workdir),
         ])
         status = {"succeeded": "ok", "failed": "bad", "cancelled": "bad"}.get(j.status, "")
@@ -318,6 +319,27 @@ def register(app, state: AppState) -> None:
         state.model_job = graph_job.id
         state.model_error = None
         return "/", no_update
+
+
+def runs_on(j) -> str:
+    """Where the job runs or ran: the Celery worker (host:pid) of a queued job, or the local worker process."""
+    if j.backend == "celery":
+        return f"worker {j.worker}" if j.worker else "waiting for a worker"
+    return f"local process {j.pid}" if j.pid else "—"
+
+
+def artifact_list(j):
+    """The job's artifacts; files link to the app's download route (served only from inside the runs folder,
+    viz/access.py), folders (a model) are named with their path — "Browse this model" opens them."""
+    if not j.artifacts:
+        return "—"
+    items = []
+    for name, path in j.artifacts.items():
+        if Path(path).is_file():
+            items.append(html.Li([html.A(name, href=f"/artifact/{j.id}/{quote(name, safe='')}"), f" · {path}"]))
+        else:
+            items.append(html.Li(f"{name}: {path}"))
+    return html.Ul(items)
 
 
 def browsable(j) -> bool:
