@@ -96,8 +96,7 @@ def quality(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- step time
 def steptime(args) -> None:
-    from peft import LoraConfig, get_peft_model
-
+    from lorashear.adapters import add_lora
     from lorashear.evaluate import load_model
     from lorashear.groups import find_groups
     from lorashear.prune import LHSPG, PlanSpec
@@ -106,8 +105,7 @@ def steptime(args) -> None:
     def setup(kind):
         model, _ = load_model(args.model, device="cpu")
         groups = find_groups(trace(model))
-        torch.manual_seed(0)
-        pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+        pm = add_lora(model, seed=0)
         if kind == "lora":
             opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-4)
         else:  # schedule long enough that every timed step is a pruning-period step
@@ -145,8 +143,7 @@ def _big_config(args):
 
 
 def _memory_child(mode: str, hidden: int, layers: int, steps: int) -> None:
-    from peft import LoraConfig, get_peft_model
-
+    from lorashear.adapters import add_lora
     from lorashear.groups import find_groups
     from lorashear.loading import model_from_config
     from lorashear.prune import LHSPG, PlanSpec
@@ -159,7 +156,7 @@ def _memory_child(mode: str, hidden: int, layers: int, steps: int) -> None:
     model = model_from_config(_big_config(args), seed=0)
     n = sum(p.numel() for p in model.parameters())
     groups = find_groups(trace(model, seq_len=8)) if mode == "lhspg" else None
-    pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    pm = add_lora(model, seed=0)
     if mode == "lora":
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-4)
     else:

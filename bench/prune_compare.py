@@ -48,15 +48,15 @@ def _one(spec: dict) -> dict:
     t = time.time()
     method = spec["method"]
     if method in ("dense", "dense+lora"):
-        from lorashear.evaluate import count_parameters, load_model
-        from lorashear.prune.run import _data, _evaluate
+        from lorashear.evaluate import count_parameters, load_model, perplexity_summary
+        from lorashear.prune.run import _data
 
         st = PruneSettings(**base)
         model, tok = load_model(spec["model"], device="cpu")
         params = count_parameters(model)
         if method == "dense":
             _, sources = _data(st, tok, model)
-            ev = _evaluate(model, tok, sources, st, lambda f, s: None, 0.0, "dense")
+            ev = perplexity_summary(model, tok, sources, st.eval_protocols, st.eval_tokens)
         else:
             ev = finetune_dense(spec["model"], st)["eval_after"]
         info = {}

@@ -441,6 +441,20 @@ class EvalReport:
         }
 
 
+def perplexity_summary(model: Any, tokenizer: Any, sources: Mapping[str, Any], protocols: Sequence[str] = PROTOCOLS,
+                       max_tokens: int | None = None, cost: bool = False) -> dict[str, Any]:
+    """The evaluation block of a prune or recover run report: per-source rows, the mean per protocol, the token
+    cap, and (``cost``) latency and memory."""
+    rows = evaluate_perplexity(model, tokenizer, sources, protocols=protocols, max_tokens=max_tokens)
+    out: dict[str, Any] = {"perplexity": [r.to_dict() for r in rows], "max_tokens_per_source": max_tokens}
+    for p in protocols:
+        vals = [r.ppl for r in rows if r.protocol == p]
+        out[f"mean_{p}"] = sum(vals) / len(vals)
+    if cost:
+        out["cost"] = measure_cost(model).to_dict()
+    return out
+
+
 def evaluate_model(
     model_path: str | Path,
     *,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..adapters import add_lora
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
 from .methods import METHOD_OPTIONS, METHODS, check_options, get_method
@@ -249,7 +250,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         progress(0.08, f"{method.name}: scoring units on the dense model")
         plan0, info = method.setup(model, groups, spec, st, tok)
         method_info.update(info)
-    peft_model = _add_lora(model, st)
+    peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
     start, history = 0, {"steps": [], "events": []}
     if resume:
@@ -353,7 +354,7 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     model, tok = load_model(source, device=device)
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
-    peft_model = _add_lora(model, st)
+    peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
     peft_model.train()
     losses = []
@@ -401,31 +402,11 @@ def _protected(st: PruneSettings, model: Any, groups: list) -> dict[str, list[in
     return protected_from_report(rep, groups)
 
 
-def _add_lora(model: Any, st: PruneSettings) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    targets: Any = st.lora_targets if st.lora_targets == "all-linear" else [t.strip() for t in st.lora_targets.split(",") if t.strip()]
-    torch.manual_seed(st.seed)
-    cfg = LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
-    try:
-        return get_peft_model(model, cfg)
-    except ValueError as exc:
-        raise LorashearError(f"cannot add LoRA adapters: {str(exc).splitlines()[0]}") from None
-
-
 def _evaluate(model: Any, tok: Any, sources: dict, st: PruneSettings, progress: Progress, at: float, what: str) -> dict:
-    from ..evaluate import evaluate_perplexity, measure_cost
+    from ..evaluate import perplexity_summary
 
     progress(at, f"evaluating the {what} model")
-    rows = evaluate_perplexity(model, tok, sources, protocols=st.eval_protocols, max_tokens=st.eval_tokens)
-    out: dict[str, Any] = {"perplexity": [r.to_dict() for r in rows], "max_tokens_per_source": st.eval_tokens}
-    for p in st.eval_protocols:
-        vals = [r.ppl for r in rows if r.protocol == p]
-        out[f"mean_{p}"] = sum(vals) / len(vals)
-    if st.measure_latency:
-        c = measure_cost(model)
-        out["cost"] = c.to_dict()
-    return out
+    return perplexity_summary(model, tok, sources, st.eval_protocols, st.eval_tokens, cost=st.measure_latency)
 
 
 def _removed_over_time(history: dict, groups: list) -> list[dict]:

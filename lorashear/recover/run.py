@@ -196,8 +196,8 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
          progress: Progress, metric: Metric, acc: Any = None) -> dict:
     from .. import parallel
     from ..data import Mixture, texts_for_tokens
-    from ..evaluate import load_model, pick_device
-    from ..prune.run import _add_lora, _evaluate
+    from ..adapters import add_lora
+    from ..evaluate import load_model, perplexity_summary, pick_device
 
     acc = acc or parallel.Solo()
     main = acc.is_main_process
@@ -228,8 +228,10 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     train = {s: texts_for_tokens(t, tok, need, seed=st.seed + i) for i, (s, t) in enumerate(train.items())}
     packed = Mixture(train, name="recovery data").pack(tok, st.seq_len, model=model)
     evals = {s: texts_for_tokens(t, tok, st.eval_tokens) for s, t in val.items()} if st.eval_tokens else val
-    before = _evaluate(model, tok, evals, _eval_st(st), progress, 0.05, "pruned") if main else {}
-    peft_model = _add_lora(model, st)
+    if main:
+        progress(0.05, "evaluating the pruned model")
+    before = perplexity_summary(model, tok, evals, st.eval_protocols, st.eval_tokens) if main else {}
+    peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
     trained = acc.prepare(peft_model)  # DDP under accelerate launch: LoRA gradients all-reduced
     train_step = lambda batch, step: _train_step(trained, opt, batch, step, acc)  # noqa: E731
@@ -295,7 +297,8 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     provenance = {"method": "recover", "source": str(dense_src), "pruned_model": str(pruned),
                   "pruned_provenance": (side or {}).get("provenance", {}), "settings": st.to_dict()}
     save_pruned(merged, out / "model", report=creport, tokenizer=tok, provenance=provenance)
-    after = _evaluate(merged, tok, evals, _eval_st(st), progress, 0.9, "recovered")
+    progress(0.9, "evaluating the recovered model")
+    after = perplexity_summary(merged, tok, evals, st.eval_protocols, st.eval_tokens)
     report = {"format": "lorashear.recovery-report/1", "pruned": str(pruned), "dense": str(dense_src),
               "settings": st.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
               "seconds": round(time.time() - t0, 1), "reference_loss": ref, "eval_before": before, "eval_after": after,
@@ -305,13 +308,6 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
-
-
-def _eval_st(st: RecoverSettings) -> Any:
-    """The few fields ``prune.run._evaluate`` reads."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(eval_protocols=st.eval_protocols, eval_tokens=st.eval_tokens, measure_latency=False)
 
 
 def _train_step(model: Any, opt: Any, batch: dict, step: int, acc: Any = None) -> float:
