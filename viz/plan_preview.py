@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from lorashear.errors import LorashearError
+from lorashear.prune.names import PLAN_KINDS
 
-KINDS = ("attention", "mlp", "hidden")
+KINDS = PLAN_KINDS  # the kinds a prune job accepts, query heads included (a model without GQA just has none)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def test_preview_is_the_librarys_plan(app_state, model_dir):
 
     mv = _mv(app_state)
     for values in (DEFAULT, {**DEFAULT, "ratio": 0.35, "allocation": "uniform", "layers": "1:5"},
-                   {**DEFAULT, "kinds": ["attention", "mlp", "hidden"], "align": "8"}):
+                   {**DEFAULT, "kinds": ["attention", "mlp", "hidden"], "align": "8"},
+                   {**DEFAULT, "kinds": ["attention", "query_heads", "mlp"]}):
         data, errors, msg = PV.compute(app_state, mv, values)
         assert data is not None and not errors and not msg, (errors, msg)
         lib = plan_model(str(model_dir), ratio=float(values["ratio"]), kinds=tuple(values["kinds"]),
