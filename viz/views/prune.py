@@ -21,7 +21,7 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 from lorashear.errors import LorashearError
 
 from .. import plan_preview as PP
-from ..components import card, human, kv_table, table
+from ..components import card, human, kv_table, plot_template, table
 from ..session import AppState
 
 PLAN_FIELDS = ("ratio", "kinds", "allocation", "layers", "align", "knowledge", "gamma")
@@ -148,7 +148,7 @@ def layers_figure(rows: list[dict]) -> go.Figure:
     fig.add_bar(name="after the plan", x=xs, y=[r["after"] for r in rows], marker_color="#4a6fa5",
                 customdata=[r["removed"] for r in rows],
                 hovertemplate="%{x}: %{y:,} params after (%{customdata:,} removed)<extra></extra>")
-    fig.update_layout(barmode="group", height=300, margin=dict(l=60, r=10, t=10, b=40), template="plotly_white",
+    fig.update_layout(barmode="group", height=300, margin=dict(l=60, r=10, t=10, b=40), template=plot_template(),
                       yaxis_title="parameters", legend=dict(orientation="h", y=1.12))
     return fig
 
@@ -159,7 +159,7 @@ def map_figure(layers: list[int], z: np.ndarray, protected: np.ndarray, what: st
     fig = go.Figure()
     if not layers or z.size == 0:
         fig.add_annotation(text=f"no {what} groups", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(height=260, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+        fig.update_layout(height=260, xaxis_visible=False, yaxis_visible=False, template=plot_template())
         return fig
     x = list(range(z.shape[1]))
     colours, zmax, label = _MAP_COLOURS, 1.0, "removed"
@@ -183,7 +183,7 @@ def map_figure(layers: list[int], z: np.ndarray, protected: np.ndarray, what: st
                         marker=dict(symbol="square-open", size=12, color="black", line=dict(width=2)),
                         hoverinfo="skip")
     fig.update_layout(height=max(220, 26 * len(layers) + 90), margin=dict(l=50, r=10, t=10, b=40),
-                      template="plotly_white", xaxis_title=label if bins else f"{what} unit",
+                      template=plot_template(), xaxis_title=label if bins else f"{what} unit",
                       yaxis=dict(title="layer", autorange="reversed", dtick=1), showlegend=bool(len(xs)),
                       xaxis=dict(dtick=None if bins else 1))
     return fig
