@@ -19,7 +19,7 @@ from lorashear.errors import LorashearError
 from lorashear.jobs import JobParamError, cancel, reap, resume, submit
 from lorashear.jobs.kinds import JobKind
 
-from ..components import card, kv_table, progress_bar
+from ..components import card, kv_table, progress_bar, table
 from ..session import AppState
 
 LOG_TAIL_LINES = 80
@@ -71,14 +71,56 @@ def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
     return fields
 
 
-def _form(state: AppState, kind_name: str | None) -> list:
+def _form(state: AppState, kind_name: str | None, prefill: dict | None = None) -> list:
+    """The form of one kind, prefilled with the app's defaults — or, for a clone, with a job's own parameters."""
     if kind_name is None or kind_name not in state.kinds:
         return [html.P("No job kind can run yet.", className="muted")]
     k = state.kinds[kind_name]
     ok, why = k.availability()
     if not ok:
         return [html.P(k.description), html.Div(why, className="unavailable")]
+    if prefill and prefill.get("kind") == kind_name:
+        note = html.P(f"Parameters of job {prefill['job']}: change what you want and press Run.", className="ok",
+                      id="job-form-clone")
+        return [html.P(k.description, className="muted"), note, *form_fields(k, clone_defaults(k, prefill["params"]))]
     return [html.P(k.description, className="muted"), *form_fields(k, state.form_defaults)]
+
+
+def clone_defaults(kind: JobKind, params: dict) -> dict:
+    """A job's validated parameters as form values: every field the job had (a parameter it left blank stays
+    blank, not the kind's default); parameters the kind no longer has are dropped."""
+    return {p.name: params.get(p.name) for p in kind.params}
+
+
+def _fmt(v):
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else ("yes" if v else "no")
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)
+
+
+def result_table(result: dict):
+    """A job's result as tables, not a raw dict: one row per key; a list of records (perplexity rows) becomes a
+    table with one column per field, a nested dict a nested key/value table; numbers with thousands separators."""
+    if not result:
+        return "—"
+    rows = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            cell = result_table(value) if value else "—"
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            cols = list(dict.fromkeys(c for r in value for c in r))
+            cell = table(cols, [[_fmt(r.get(c)) if not isinstance(r.get(c), (dict, list)) else str(r.get(c))
+                                 for c in cols] for r in value])
+        elif isinstance(value, list):
+            cell = ", ".join(_fmt(v) for v in value) or "—"
+        else:
+            cell = _fmt(value)
+        rows.append((key, cell))
+    return kv_table(rows, className="kv result")
 
 
 def _unavailable_list(state: AppState) -> html.Ul:
@@ -125,6 +167,8 @@ def layout(state: AppState) -> html.Div:
                        html.Button("Resume", id="job-resume", className="btn", disabled=True),
                        html.Button("Browse this model", id="job-browse", className="btn", disabled=True,
                                    title="open the graph / model of this job (a pruned result is traced first)"),
+                       html.Button("Clone", id="job-clone", className="btn", disabled=True,
+                                   title="fill the form with this job's parameters, to run it again (changed or not)"),
                        html.Span(id="job-action-msg", className="msg")], className="toolbar"),
              progress_bar(0.0, id="job-progress"),
              html.Div([
@@ -133,6 +177,7 @@ def layout(state: AppState) -> html.Div:
              ], className="row"),
              id="job-detail"),
         dcc.Store(id="job-sel", data=None),
+        dcc.Store(id="job-prefill", data=None), dcc.Store(id="job-log-follow", data=None),
         dcc.Store(id="job-sig", data=None),
         dcc.Interval(id="jobs-tick", interval=700),
     ], id="jobs-view")
@@ -220,9 +265,48 @@ def submit_form(state: AppState, kind: str, names: list[str], values: list) -> t
 def register(app, state: AppState) -> None:
     reg = state.registry
 
-    @app.callback(Output("job-form", "children"), Input("job-kind", "value"), prevent_initial_call=True)
-    def show_form(kind):
-        return _form(state, kind)
+    @app.callback(Output("job-form", "children"), Input("job-kind", "value"), Input("job-prefill", "data"),
+                  prevent_initial_call=True)
+    def show_form(kind, prefill):
+        return _form(state, kind, prefill)
+
+    @app.callback(
+        Output("job-kind", "value"), Output("job-prefill", "data"),
+        Input("job-clone", "n_clicks"), State("job-sel", "data"), prevent_initial_call=True,
+    )
+    def clone(_n, job_id):
+        """Clone: the form of the job's kind with its parameters (Run submits a new job; nothing is re-used)."""
+        if job_id is None:
+            return no_update, no_update
+        try:
+            j = reg.get(job_id)
+        except LorashearError:
+            return no_update, no_update
+        if j.kind not in state.kinds:
+            return no_update, no_update
+        return j.kind, {"kind": j.kind, "job": j.id, "params": j.params, "t": time.time()}
+
+    # the log tail follows its newest line — unless the reader scrolled up to read, then it stays where they are
+    app.clientside_callback(
+        """
+        function(children) {
+            const el = document.getElementById("job-log");
+            if (!el) { return null; }
+            if (!el.lorashearWatch) {
+                el.lorashearWatch = true;
+                el.lorashearFollow = true;
+                el.addEventListener("scroll", () => {
+                    el.lorashearFollow = el.scrollTop + el.clientHeight >= el.scrollHeight - 24;
+                });
+            }
+            if (el.lorashearFollow) {
+                window.requestAnimationFrame(() => { el.scrollTop = el.scrollHeight; });
+            }
+            return null;
+        }
+        """,
+        Output("job-log-follow", "data"), Input("job-log", "children"),
+    )
 
     @app.callback(
         Output("job-submit-msg", "children"), Output({"type": "jp-err", "name": ALL}, "children"),
@@ -253,22 +337,22 @@ def register(app, state: AppState) -> None:
     @app.callback(
         Output("job-head", "children"), Output("job-progress", "children"), Output("job-log", "children"),
         Output("job-metrics-box", "children"), Output("job-cancel", "disabled"), Output("job-resume", "disabled"),
-        Output("job-browse", "disabled"), Output("job-sig", "data"),
+        Output("job-browse", "disabled"), Output("job-clone", "disabled"), Output("job-sig", "data"),
         Input("jobs-tick", "n_intervals"), Input("job-sel", "data"), State("job-sig", "data"),
     )
     def show_job(_n, job_id, sig):
         if job_id is None:
             return (html.P("Select a job.", className="muted"), progress_bar(0).children, "", None, True, True,
-                    True, None)
+                    True, True, None)
         try:
             j = reg.get(job_id)
         except LorashearError as exc:
-            return html.P(str(exc)), no_update, no_update, no_update, True, True, True, None
+            return html.P(str(exc)), no_update, no_update, no_update, True, True, True, True, None
         metrics = reg.metrics(job_id)
         log_size = j.log_path.stat().st_size if j.log_path.exists() else 0
         new_sig = [j.id, j.status, round(j.progress, 4), j.stage, log_size, sum(len(v) for v in metrics.values())]
         if new_sig == sig:
-            return (no_update,) * 8
+            return (no_update,) * 9
         head = kv_table([
             ("job", f"{j.id} · {j.kind}"), ("status", html.Span(j.status, className=f"job-{j.status}")),
             ("stage", j.stage or "—"),
@@ -276,7 +360,7 @@ def register(app, state: AppState) -> None:
             ("runs on", runs_on(j)),
             ("time", f"{j.duration:.1f} s" if j.duration is not None else "—"),
             ("message", j.message or "—"),
-            ("result", ", ".join(f"{k}: {v}" for k, v in j.result.items()) or "—"),
+            ("result", result_table(j.result)),
             ("artifacts", artifact_list(j)),
             ("work dir", j.workdir),
         ])
@@ -286,7 +370,8 @@ def register(app, state: AppState) -> None:
             html.P("No metrics recorded.", className="muted")
         browse = not browsable(j)
         resumable = not (j.resumable and j.status in ("failed", "cancelled"))
-        return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, new_sig
+        clone_off = j.kind not in state.kinds or not state.kinds[j.kind].availability()[0]
+        return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, clone_off, new_sig
 
     @app.callback(
         Output("job-action-msg", "children"), Output("job-sig", "data", allow_duplicate=True),
