@@ -117,3 +117,14 @@ def test_a_clone_carries_the_jobs_parameters_and_blanks():
     assert values["protocol"] == "both" and values["threads"] == 1 and values["cost"] is False
     assert values["max_tokens"] is None  # left blank by the job: blank again, not the kind's default
     assert set(values) == {p.name for p in kind.params}
+
+
+def test_legends_sit_beside_the_plot_and_titles_top_left():
+    """A legend above or below the plot sat on subplot titles, tick labels and the toolbar."""
+    from viz.views.jobs import metrics_figure
+
+    fig = metrics_figure({"loss": [(0, 1.0), (1, 0.5)], "sparsity_mlp": [(0, 0.1), (1, 0.2)],
+                          "sparsity_attention": [(0, 0.0), (1, 0.3)]})
+    assert fig.layout.legend.x > 1 and fig.layout.legend.xanchor == "left" and fig.layout.margin.r >= 150
+    titles = [a for a in fig.layout.annotations if a.text in ("loss", "group sparsity (fraction of units removed)")]
+    assert len(titles) == 2 and all(a.x == 0 and a.xanchor == "left" for a in titles)

@@ -189,3 +189,22 @@ def test_a_job_shows_a_result_table_metrics_a_following_log_and_can_be_cloned(da
     again = app_state.registry.get(int(dash_duo.find_element("#job-submit-msg").text.split()[2]))
     assert again.params == job.params
     cancel(app_state.registry, again.id)
+
+
+def test_grid_numbers_have_thousands_separators_and_the_run_button_reads_on_hover(dash_duo, app_state):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    mv = model_of(app_state, app_state.model_job)
+    g = mv.group_by_id["model.layers.0.mlp:channels"]
+    dash_duo.start_server(create_app(app_state))
+    open_tab(dash_duo, "Groups")
+    cell = dash_duo.wait_for_element('.ag-row[row-id="model.layers.0.mlp:channels"] .ag-cell[col-id="params"]',
+                                     timeout=30)
+    assert g.n_units * g.params_per_unit >= 1000 and cell.text == f"{g.n_units * g.params_per_unit:,}"
+    open_tab(dash_duo, "Jobs")
+    run = dash_duo.wait_for_element("#job-submit", timeout=30)
+    ActionChains(dash_duo.driver).move_to_element(run).perform()
+    time.sleep(0.3)
+    fg, bg = dash_duo.driver.execute_script(
+        "const s = getComputedStyle(arguments[0]); return [s.color, s.backgroundColor];", run)
+    assert fg == "rgb(255, 255, 255)" and bg not in ("rgb(255, 255, 255)", "rgb(238, 243, 250)"), (fg, bg)

@@ -29,6 +29,11 @@ COLUMNS = [
 ]
 
 
+THOUSANDS = {"function": "params.value == null ? '' : d3.format(',')(params.value)"}  # 491,520, not 491520
+for _c in COLUMNS:
+    if _c.get("type") == "numericColumn":
+        _c["valueFormatter"] = THOUSANDS
+
 SCORE_COLUMNS = [
     {"field": "score", "headerName": "score", "type": "numericColumn", "filter": "agNumberColumnFilter", "width": 110,
      "valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}},
@@ -36,7 +41,8 @@ SCORE_COLUMNS = [
      "width": 120, "valueFormatter": {"function": "params.value == null ? '' : d3.format('.3~e')(params.value)"}},
     {"field": "share", "headerName": "share %", "type": "numericColumn", "width": 100,
      "valueFormatter": {"function": "params.value == null ? '' : d3.format('.2f')(100 * params.value)"}},
-    {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140},
+    {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140,
+     "valueFormatter": THOUSANDS},
 ]
 
 
@@ -100,7 +106,8 @@ def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_f
         card("Groups", html.P(grid_note(scores, scores_from), id="groups-note", className="muted"),
              dag.AgGrid(
                  id="groups-grid", rowData=rows, columnDefs=columns, getRowId="params.data.id",
-                 defaultColDef={"sortable": True, "resizable": True, "filter": True},
+                 defaultColDef={"sortable": True, "resizable": True, "filter": True, "wrapHeaderText": True,
+                                "autoHeaderHeight": True},  # whole header names, never "params/u…"
                  dashGridOptions={"rowSelection": {"mode": "multiRow", "enableClickSelection": True},
                                   "animateRows": False, "tooltipShowDelay": 300},
                  rowClassRules={"row-unprunable": "params.data.prunable === 'no'",

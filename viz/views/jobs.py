@@ -19,7 +19,7 @@ from lorashear.errors import LorashearError
 from lorashear.jobs import JobParamError, cancel, reap, resume, submit
 from lorashear.jobs.kinds import JobKind
 
-from ..components import card, kv_table, progress_bar, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, progress_bar, table
 from ..session import AppState
 
 LOG_TAIL_LINES = 80
@@ -230,8 +230,12 @@ def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
         fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
         fig.add_annotation(x=step, y=1.0, yref="paper", text=what, showarrow=False, textangle=-90, xanchor="right",
                            yanchor="top", font=dict(size=9, color="#777"))
-    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=10, t=30, b=30),
-                      template="plotly_white", legend=dict(orientation="h", y=-0.08))
+    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=40, b=40),
+                      template="plotly_white", legend=LEGEND_RIGHT)
+    titles = {t for t, _ in panels}
+    for a in fig.layout.annotations:  # subplot titles top-left, clear of the toolbar
+        if a.text in titles:
+            a.update(x=0.0, xanchor="left")
     fig.update_xaxes(title_text="step", row=len(panels), col=1)
     return fig
 

@@ -6,7 +6,7 @@ from collections import defaultdict
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from ..components import card, human, kv_table, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, table
 from ..model_view import ModelView
 
 KIND_COLOURS = {"attention": "#4a6fa5", "mlp": "#2f8f5b", "not in a per-layer group": "#b0b8c4"}
@@ -25,8 +25,8 @@ def params_figure(mv: ModelView) -> go.Figure:
         if any(ys):
             fig.add_bar(name=what, x=xs, y=ys, marker_color=colour,
                         hovertemplate="%{x}: %{y:,} params<extra>" + what + "</extra>")
-    fig.update_layout(barmode="stack", height=320, margin=dict(l=50, r=10, t=10, b=40),
-                      legend=dict(orientation="h", y=1.12), yaxis_title="parameters",
+    fig.update_layout(barmode="stack", height=320, margin=dict(l=50, r=LEGEND_MARGIN_R, t=30, b=40),
+                      legend=LEGEND_RIGHT, yaxis_title="parameters",
                       template="plotly_white")
     return fig
 
