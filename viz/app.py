@@ -100,7 +100,7 @@ def serve_layout(state: AppState):
             dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *groups.scores_for(state, mv))),
             dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
             dcc.Tab(label="Prune", value="prune", children=prune.layout(state, mv)),
-            dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
+            dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state, mv)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
         ]),
         dcc.Store(id="model-key", data=mv.job_id if mv else None),
@@ -126,7 +126,7 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
     groups.register(app, get_model)
     groups.register_export(app, state, get_model)
     groups.register_scores(app, state, get_model)
-    jobs.register(app, state)
+    jobs.register(app, state, get_model)
     compare.register(app, state)
     knowledge.register(app, state)
     prune.register(app, state, get_model)

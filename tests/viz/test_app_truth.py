@@ -128,3 +128,15 @@ def test_legends_sit_beside_the_plot_and_titles_top_left():
     assert fig.layout.legend.x > 1 and fig.layout.legend.xanchor == "left" and fig.layout.margin.r >= 150
     titles = [a for a in fig.layout.annotations if a.text in ("loss", "group sparsity (fraction of units removed)")]
     assert len(titles) == 2 and all(a.x == 0 and a.xanchor == "left" for a in titles)
+
+
+def test_forms_prefill_the_model_of_the_tab(app_state, tmp_path):
+    from viz.views.jobs import tab_defaults
+
+    mv = _mv(app_state)
+    assert tab_defaults(app_state, mv)["model"] == mv.source == tab_defaults(app_state, mv)["source"]
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    meta = replace(mv, source=str(config), meta=True)  # a structure-only model: no folder to evaluate
+    d = tab_defaults(app_state, meta)
+    assert d["source"] == str(config) and d["meta"] is True and "model" not in d

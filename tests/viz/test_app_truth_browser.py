@@ -32,6 +32,16 @@ def _select_group(duo, gid):
     duo.wait_for_contains_text("#sel-summary", gid, timeout=30)
 
 
+def _text_of(duo, css) -> str:
+    """The element's text, "" while the page is (re)loading and the element is gone or replaced."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return duo.driver.find_element("css selector", css).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def _tap(duo, nid):
     duo.driver.execute_script(CY + f"cy.getElementById({nid!r}).emit('tap');")
 
@@ -59,8 +69,11 @@ def test_browsing_another_model_in_one_tab_leaves_the_other_tab_working(dash_duo
     dash_duo.wait_for_element(f'#jobs-grid .ag-row[row-id="{other.id}"] .ag-cell[col-id="kind"]', timeout=30).click()
     until(lambda: dash_duo.find_element("#job-browse").is_enabled(), msg="browse enabled")
     dash_duo.find_element("#job-browse").click()
-    until(lambda: str(tiny) in dash_duo.find_element("#model-line").text, timeout=60, msg="second tab on the other model")
+    until(lambda: str(tiny) in _text_of(dash_duo, "#model-line"), timeout=60, msg="second tab on the other model")
     assert app_state.model_job == other.id
+    open_tab(dash_duo, "Jobs")  # its forms are for the model it browses now
+    source = dash_duo.wait_for_element('#job-form input[id*=\'"name":"source"\']', timeout=30)
+    assert source.get_attribute("value") == str(tiny)
     # the first tab still browses its own model: expanding works, groups are its own (no "Unknown group")
     dash_duo.driver.switch_to.window(first)
     _tap(dash_duo, f"m:model.layers.{last}")

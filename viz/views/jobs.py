@@ -71,8 +71,21 @@ def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
     return fields
 
 
-def _form(state: AppState, kind_name: str | None, prefill: dict | None = None) -> list:
-    """The form of one kind, prefilled with the app's defaults — or, for a clone, with a job's own parameters."""
+def tab_defaults(state: AppState, mv=None) -> dict:
+    """Form prefills for one tab: the model that tab browses (not the one the app started on, nor the one another
+    tab browses now); a structure-only source (a config file) prefills only the graph form's source."""
+    out = dict(state.form_defaults)
+    if mv is not None and mv.source:
+        out.update(source=mv.source, meta=bool(mv.meta))
+        if Path(mv.source).is_dir():
+            out["model"] = mv.source
+        else:
+            out.pop("model", None)
+    return out
+
+
+def _form(state: AppState, kind_name: str | None, prefill: dict | None = None, mv=None) -> list:
+    """The form of one kind, prefilled for the tab's model — or, for a clone, with a job's own parameters."""
     if kind_name is None or kind_name not in state.kinds:
         return [html.P("No job kind can run yet.", className="muted")]
     k = state.kinds[kind_name]
@@ -83,7 +96,7 @@ def _form(state: AppState, kind_name: str | None, prefill: dict | None = None) -
         note = html.P(f"Parameters of job {prefill['job']}: change what you want and press Run.", className="ok",
                       id="job-form-clone")
         return [html.P(k.description, className="muted"), note, *form_fields(k, clone_defaults(k, prefill["params"]))]
-    return [html.P(k.description, className="muted"), *form_fields(k, state.form_defaults)]
+    return [html.P(k.description, className="muted"), *form_fields(k, tab_defaults(state, mv))]
 
 
 def clone_defaults(kind: JobKind, params: dict) -> dict:
@@ -144,13 +157,13 @@ def job_rows(state: AppState) -> list[dict]:
     return rows
 
 
-def layout(state: AppState) -> html.Div:
+def layout(state: AppState, mv=None) -> html.Div:
     default = first_available(state)
     return html.Div([
         html.Div([
             card("New job", dcc.Dropdown(id="job-kind", options=kind_options(state), value=default,
                                          clearable=False),
-                 html.Div(_form(state, default), id="job-form"),
+                 html.Div(_form(state, default, mv=mv), id="job-form"),
                  html.Button("Run", id="job-submit", className="btn primary"),
                  html.Div(id="job-submit-msg", className="msg"),
                  html.H4("Not available yet"), _unavailable_list(state), className="narrow"),
@@ -266,13 +279,13 @@ def submit_form(state: AppState, kind: str, names: list[str], values: list) -> t
     return html.Span(f"Started job {job.id} ({job.kind}).", className="ok"), errs, job.id
 
 
-def register(app, state: AppState) -> None:
+def register(app, state: AppState, get_model=None) -> None:
     reg = state.registry
 
     @app.callback(Output("job-form", "children"), Input("job-kind", "value"), Input("job-prefill", "data"),
-                  prevent_initial_call=True)
-    def show_form(kind, prefill):
-        return _form(state, kind, prefill)
+                  State("model-key", "data"), prevent_initial_call=True)
+    def show_form(kind, prefill, model):
+        return _form(state, kind, prefill, get_model(model) if get_model else None)
 
     @app.callback(
         Output("job-kind", "value"), Output("job-prefill", "data"),
