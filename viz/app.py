@@ -7,7 +7,9 @@ the groups grid and the details panel cannot disagree.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from pathlib import Path
 
 import dash
@@ -21,6 +23,24 @@ from .session import AppState, default_runs_dir, demo_model_dir, ensure_graph, m
 from .views import compare, graph, groups, jobs, knowledge, overview, prune
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+HEARTBEAT_S = 2  # the page asks the server for a heartbeat this often …
+UNREACHABLE_S = 8  # … and says the server is unreachable when none has arrived for this long
+
+# Client side, on every heartbeat tick: how long since the server last answered (the "hb" store's own
+# modified_timestamp; the page load before the first answer). A dead server answers nothing, so every number and
+# status on the page is as old as that answer — the banner says so instead of showing a job "running" forever.
+SERVER_DOWN_JS = """
+function(n, ts) {
+    const now = Date.now();
+    window.lorashearLoaded = window.lorashearLoaded || now;
+    const last = (ts && ts > 0) ? ts : window.lorashearLoaded;
+    const age = (now - last) / 1000;
+    if (age < %d) { return ["", {display: "none"}]; }
+    return ["The server is unreachable: no answer for " + Math.round(age) + " s (since " +
+            new Date(last).toLocaleTimeString() + "). Everything shown, job status included, is as of then. " +
+            "Restart the app and reload this page.", {}];
+}
+""" % UNREACHABLE_S
 
 
 def _model(state: AppState):
@@ -34,18 +54,26 @@ def _model(state: AppState):
         return None
 
 
-def _scores(state: AppState, mv) -> tuple[dict | None, str]:
-    """Group scores from the newest knowledge report of the browsed model, if there is one."""
-    if mv is None or knowledge._missing():
-        return None, ""
-    jobs = [j for j in knowledge.report_jobs(state) if j.params.get("model") == mv.source]
-    if not jobs:
-        return None, ""
+def model_of(state: AppState, job_id: int | None):
+    """The ModelView of graph job ``job_id``: the model the asking tab browses (its ``model-key`` store).
+
+    Each tab keeps the model it was opened on; "Browse" in one tab only changes what a *new* page load shows
+    (``state.model_job``), so another open tab never answers with a different model's graph or groups. None when
+    the job is not a succeeded graph job (any more)."""
+    if job_id is None:
+        return None
+    if job_id == state.model_job:
+        return _model(state)
     try:
-        rep = knowledge.load(jobs[0].artifacts["report"])
-    except LorashearError:
-        return None, ""
-    return groups.scores_by_group(rep), f"{rep.estimator} report of Analyze job {jobs[0].id}"
+        job = state.registry.get(job_id)
+    except (LorashearError, KeyError):
+        return None
+    if job.kind != "graph" or job.status != "succeeded":
+        return None
+    try:
+        return model_view.load(job)
+    except (LorashearError, KeyError, OSError):
+        return None
 
 
 def _header(mv, state: AppState) -> html.Div:
@@ -69,16 +97,18 @@ def serve_layout(state: AppState):
         dcc.Tabs(id="tabs", value="overview", children=[
             dcc.Tab(label="Model", value="overview", children=overview.layout(mv, state.model_error)),
             dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
-            dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *_scores(state, mv))),
+            dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *groups.scores_for(state, mv))),
             dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
             dcc.Tab(label="Prune", value="prune", children=prune.layout(state, mv)),
-            dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state)),
+            dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state, mv)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
         ]),
         dcc.Store(id="model-key", data=mv.job_id if mv else None),
         dcc.Store(id="cap", data=state.cap),
         dcc.Store(id="sel", data={"groups": [], "node": None}),
         dcc.Store(id="graph-state", data=graph.initial_state(mv)),
+        dcc.Store(id="hb"), dcc.Interval(id="hb-tick", interval=HEARTBEAT_S * 1000),
+        html.Div(id="server-down", className="server-down", role="alert", style={"display": "none"}),
     ], className="page")
 
 
@@ -89,15 +119,14 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
     access.install(app.server, token, state.runs_dir, registry=state.registry, port=port)
     app.layout = lambda: serve_layout(state)
 
-    def get_model(job_id):
-        if job_id is None or job_id != state.model_job:
-            return None
-        return _model(state)
+    def get_model(job_id):  # the model of the tab asking (its model-key store), not the newest browsed one
+        return model_of(state, job_id)
 
     graph.register(app, get_model)
     groups.register(app, get_model)
     groups.register_export(app, state, get_model)
-    jobs.register(app, state)
+    groups.register_scores(app, state, get_model)
+    jobs.register(app, state, get_model)
     compare.register(app, state)
     knowledge.register(app, state)
     prune.register(app, state, get_model)
@@ -140,6 +169,13 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
             sel["groups"] = [gid]
             return sel, {"ids": [gid]}, {"rowId": gid, "rowPosition": "middle"}
         return no_update, no_update, no_update
+
+    @app.callback(Output("hb", "data"), Input("hb-tick", "n_intervals"))
+    def heartbeat(_n):  # a new value every time, so the store's modified_timestamp says when the server answered
+        return time.time()
+
+    app.clientside_callback(SERVER_DOWN_JS, Output("server-down", "children"), Output("server-down", "style"),
+                            Input("hb-tick", "n_intervals"), State("hb", "modified_timestamp"))
 
     @app.callback(Output("sel-summary", "children"), Input("sel", "data"))
     def summarize(sel):
@@ -210,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  access token required beyond loopback; open http://{args.host}:{args.port}/?token={token}", flush=True)
     elif token:
         print("  access token required (the one given with --token / $LORASHEAR_TOKEN)", flush=True)
+    if not args.debug:  # werkzeug logs every request: with the page polling, one line per poll buries the rest
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
     return 0
 

@@ -17,6 +17,18 @@ def human(n: float | int | None) -> str:
     return f"{n:.0f}" if n == int(n) else f"{n:.3g}"
 
 
+# Legends in their own column right of the plot: a horizontal legend above or below the plot sat on subplot titles,
+# tick labels and the toolbar (top right). Titles go top-left, in the top margin, clear of the toolbar.
+LEGEND_RIGHT = dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top", font=dict(size=11))
+LEGEND_MARGIN_R = 170
+
+
+def title_left(text: str) -> dict:
+    """A figure title in the top-left corner (the toolbar sits top right)."""
+    return dict(text=text, font=dict(size=13), x=0.0, xanchor="left", xref="paper", y=1.0, yanchor="bottom",
+                yref="paper", pad=dict(b=6))
+
+
 def card(title: str, *children: Any, id: str | None = None, className: str = "") -> html.Div:
     kw = {"id": id} if id else {}
     return html.Div([html.H3(title, className="card-title"), *children], className=f"card {className}", **kw)

@@ -28,6 +28,7 @@ class ModelView:
     group_by_id: dict[str, Any]
     op_groups: dict[str, list[str]]  # graph node -> ids of groups spanning it
     param_groups: dict[str, list[str]] = field(default_factory=dict)
+    group_ops: dict[str, list[str]] = field(default_factory=dict)  # group id -> every op it spans (group_op_map)
 
     @property
     def graph(self) -> nx.MultiDiGraph:
@@ -53,7 +54,7 @@ class ModelView:
                 "layer": g.layer if g.layer is not None else "all",
                 "units": g.n_units, "params_per_unit": g.params_per_unit,
                 "params": g.n_units * g.params_per_unit,
-                "members": len(g.members), "ops": len(g.nodes),
+                "members": len(g.members), "ops": len(self.group_ops.get(g.id, g.nodes)),
                 "prunable": "yes" if g.prunable else "no", "reason": g.reason or "",
             })
         return rows
@@ -72,6 +73,32 @@ class ModelView:
         return out
 
 
+def group_op_map(graph: nx.MultiDiGraph, params: dict[str, dict], groups: list[Any]) -> dict[str, list[str]]:
+    """Group id -> every op that reads or writes one of its units: the ops whose output carries the group's axis
+    (``Group.nodes``) *and* every op that reads a member parameter.
+
+    ``Group.nodes`` alone misses the consumers that contract the axis away — ``o_proj`` of an attention group,
+    ``down_proj`` of an MLP group — whose output no longer has it, though their weight columns are removed with
+    the unit; highlighting a group must light them too. Tied weights (one tensor under two names) match under
+    either name."""
+    canon = {name: p.get("tied_to", name) for name, p in params.items()}
+    readers: dict[str, list[str]] = defaultdict(list)  # canonical parameter -> ops reading it
+    for node, a in graph.nodes(data=True):
+        for p in a.get("params") or ():
+            readers[canon.get(p, p)].append(node)
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        ops = list(dict.fromkeys(g.nodes))
+        seen = set(ops)
+        for m in g.members:
+            for node in readers.get(canon.get(m.param, m.param), ()):
+                if node not in seen:
+                    seen.add(node)
+                    ops.append(node)
+        out[g.id] = ops
+    return out
+
+
 def _build(job_id: int, source: str, meta: bool, graph_path: Path, groups_path: Path) -> ModelView:
     import lorashear
 
@@ -81,14 +108,15 @@ def _build(job_id: int, source: str, meta: bool, graph_path: Path, groups_path: 
     h = H.build(og.graph, tree)
     op_groups: dict[str, list[str]] = defaultdict(list)
     param_groups: dict[str, list[str]] = defaultdict(list)
+    group_ops = group_op_map(og.graph, og.params, groups)
     for g in groups:
-        for n in g.nodes:
+        for n in group_ops[g.id]:
             op_groups[n].append(g.id)
         for m in g.members:
             if g.id not in param_groups[m.param]:
                 param_groups[m.param].append(g.id)
     return ModelView(job_id, source, meta, og, groups, h, {g.id: g for g in groups}, dict(op_groups),
-                     dict(param_groups))
+                     dict(param_groups), group_ops)
 
 
 _CACHE: "OrderedDict[int, ModelView]" = OrderedDict()

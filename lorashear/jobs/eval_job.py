@@ -18,6 +18,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from lorashear.data import load_sources
     from lorashear.evaluate import EvalReport, evaluate_perplexity, load_model, measure_cost
 
+    if params.get("threads"):  # like `lorashear eval --threads`: the timings' condition, recorded in the result
+        torch.set_num_threads(int(params["threads"]))
     protocols = ("short", "long") if params["protocol"] == "both" else (params["protocol"],)
     specs = [s.strip() for s in params["data"].split(",") if s.strip()]
     ctx.progress(0.02, "loading data")

@@ -260,6 +260,8 @@ EVAL = JobKind(
         Param("max_tokens", "Max tokens per source", "int", min=2,
               help="score only the first N tokens of each source (blank: all)"),
         Param("cost", "Measure cost (parameters, MACs, latency, throughput)", "bool", default=True),
+        Param("threads", "CPU threads", "int", min=1, max=1024,
+              help="torch's CPU threads (blank: one per core); 1 keeps timings meaningful on a busy, shared CPU"),
         Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
     ),
     entry="lorashear.jobs.eval_job:run",

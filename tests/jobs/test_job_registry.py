@@ -142,9 +142,10 @@ def test_eval_job_on_the_demo_model(registry, tmp_path):
     if not (DEMO_MODEL_DIR / "config.json").exists():
         pytest.skip("demo model not built")
     job = submit(registry, "eval", {"model": str(DEMO_MODEL_DIR), "data": "demo", "protocol": "short",
-                                    "max_tokens": "300", "cost": [], "device": "cpu"}, tmp_path / "runs")
+                                    "max_tokens": "300", "cost": [], "device": "cpu", "threads": "1"}, tmp_path / "runs")
     done = wait(registry, job.id, timeout_s=300)
     assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])
+    assert done.params["threads"] == 1 and done.result["threads"] == 1  # the form's threads field is what ran
     rows = done.result["perplexity"]
     assert {r["source"] for r in rows} == {"docs", "docstrings", "code"}
     assert all(r["protocol"] == "short" and r["window"] == 128 and r["ppl"] > 1 for r in rows)

@@ -48,3 +48,10 @@ def test_valid_forms_pass(tmp_path):
     clean = validate(BUILTIN["eval"], {"model": str(DEMO_MODEL_DIR), "data": f"demo,notes={data}"})
     assert clean["data"] == f"demo,notes={data}"
     assert validate(BUILTIN["analyze"], {"model": "demo", "seq_len": "128"})["seq_len"] == 128
+
+
+def test_the_evaluate_form_takes_threads():
+    """The timings' condition is set in the form (Compare shows it): blank = torch's default, else at least 1."""
+    assert "threads" not in validate(BUILTIN["eval"], {"model": str(DEMO_MODEL_DIR)})
+    assert validate(BUILTIN["eval"], {"model": str(DEMO_MODEL_DIR), "threads": "1"})["threads"] == 1
+    assert _errors("eval", model=str(DEMO_MODEL_DIR), threads="0") == {"threads": "must be ≥ 1"}

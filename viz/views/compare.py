@@ -24,7 +24,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
-from ..components import card, table, unavailable
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, table, title_left, unavailable
 from ..hierarchy import layer_of
 from ..session import AppState
 
@@ -146,8 +146,8 @@ def _bars(comp: dict, key: str, title: str, outside: bool = False) -> go.Figure:
     fig = go.Figure()
     for s in comp["series"]:
         fig.add_bar(name=s["label"], x=xs, y=s[key], hovertemplate="%{x}: %{y:,}<extra>" + s["label"] + "</extra>")
-    fig.update_layout(barmode="group", height=280, margin=dict(l=60, r=10, t=30, b=40), template="plotly_white",
-                      title=dict(text=title, font=dict(size=13)), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(barmode="group", height=280, margin=dict(l=60, r=LEGEND_MARGIN_R, t=36, b=40),
+                      template="plotly_white", title=title_left(title), legend=LEGEND_RIGHT)
     return fig
 
 
@@ -158,8 +158,8 @@ def _ppl_figure(rows: list[dict]) -> go.Figure:
         if ppl:
             fig.add_bar(name=f"job {e['job']} · {e['role']}", x=[f"{p['source']} ({p['protocol']})" for p in ppl],
                         y=[p["ppl"] for p in ppl])
-    fig.update_layout(barmode="group", height=320, margin=dict(l=50, r=10, t=10, b=60), template="plotly_white",
-                      yaxis_title="perplexity", legend=dict(orientation="h", y=1.15))
+    fig.update_layout(barmode="group", height=320, margin=dict(l=50, r=LEGEND_MARGIN_R, t=30, b=60),
+                      template="plotly_white", yaxis_title="perplexity", legend=LEGEND_RIGHT)
     return fig
 
 

@@ -30,11 +30,10 @@ def focus_ids(mv: ModelView, state: dict, els: list[dict]) -> set[str]:
 
 
 def _highlight(mv: ModelView, sel: dict | None) -> set[str]:
+    """The ops to light for the selected groups: every op that reads or writes a member (``group_op_map``)."""
     ops: set[str] = set()
     for gid in (sel or {}).get("groups", []) or []:
-        g = mv.group_by_id.get(gid)
-        if g is not None:
-            ops.update(g.nodes)
+        ops.update(mv.group_ops.get(gid, ()))
     return ops
 
 

@@ -29,6 +29,11 @@ COLUMNS = [
 ]
 
 
+THOUSANDS = {"function": "params.value == null ? '' : d3.format(',')(params.value)"}  # 491,520, not 491520
+for _c in COLUMNS:
+    if _c.get("type") == "numericColumn":
+        _c["valueFormatter"] = THOUSANDS
+
 SCORE_COLUMNS = [
     {"field": "score", "headerName": "score", "type": "numericColumn", "filter": "agNumberColumnFilter", "width": 110,
      "valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}},
@@ -36,7 +41,8 @@ SCORE_COLUMNS = [
      "width": 120, "valueFormatter": {"function": "params.value == null ? '' : d3.format('.3~e')(params.value)"}},
     {"field": "share", "headerName": "share %", "type": "numericColumn", "width": 100,
      "valueFormatter": {"function": "params.value == null ? '' : d3.format('.2f')(100 * params.value)"}},
-    {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140},
+    {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140,
+     "valueFormatter": THOUSANDS},
 ]
 
 
@@ -47,19 +53,61 @@ def scores_by_group(report) -> dict[str, dict]:
                               "kept_units": int(r["unprunable"])} for _, r in bg.iterrows()}
 
 
-def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_from: str = "") -> html.Div:
+def newest_report_job(state, mv: ModelView | None):
+    """The newest succeeded Analyze job with a report on the browsed model (None if there is none yet)."""
+    from . import knowledge
+
+    if mv is None or knowledge._missing():
+        return None
+    return next((j for j in knowledge.report_jobs(state) if j.params.get("model") == mv.source), None)
+
+
+def scores_for(state, mv: ModelView | None, job=None) -> tuple[dict | None, str, int | None]:
+    """(group scores, where they come from, Analyze job id) from the newest report of the browsed model; the job id
+    is what the page remembers, so a newer report (an Analyze job finishing) refreshes the grid."""
+    from lorashear.errors import LorashearError
+
+    from . import knowledge
+
+    job = job or newest_report_job(state, mv)
+    if job is None:
+        return None, "", None
+    try:
+        rep = knowledge.load(job.artifacts["report"])
+    except (LorashearError, OSError):
+        return None, "", None
+    return scores_by_group(rep), f"{rep.estimator} report of Analyze job {job.id}", job.id
+
+
+def grid_rows(mv: ModelView | None, scores: dict[str, dict] | None) -> list[dict]:
     rows = mv.group_rows() if mv else []
     for r in rows:
         r.update((scores or {}).get(r["id"], {}))
-    columns = COLUMNS[:8] + (SCORE_COLUMNS if scores else []) + COLUMNS[8:]
+    return rows
+
+
+def grid_columns(scores: dict[str, dict] | None) -> list[dict]:
+    return COLUMNS[:8] + (SCORE_COLUMNS if scores else []) + COLUMNS[8:]
+
+
+def grid_note(scores: dict[str, dict] | None, scores_from: str) -> str:
+    return ("Sort and filter with the column headers; select rows (ctrl/shift for several) to highlight their ops in "
+            "the graph." + (f" Scores: {scores_from}." if scores else
+                            " Scores appear once an Analyze job has a report for this model."))
+
+
+def layout(mv: ModelView | None, scores: dict[str, dict] | None = None, scores_from: str = "",
+           scores_job: int | None = None) -> html.Div:
+    rows = grid_rows(mv, scores)
+    columns = grid_columns(scores)
     return html.Div([
-        card("Groups", html.P("Sort and filter with the column headers; select rows (ctrl/shift for several) to "
-                              "highlight their ops in the graph." + (f" Scores: {scores_from}." if scores else
-                              " Scores appear once an Analyze job has a report for this model."),
-                              className="muted"),
+        dcc.Store(id="groups-scores-job", data=scores_job),
+        dcc.Interval(id="groups-tick", interval=2000),  # mounted (ticking) only while the Groups tab is open
+        card("Groups", html.P(grid_note(scores, scores_from), id="groups-note", className="muted"),
              dag.AgGrid(
                  id="groups-grid", rowData=rows, columnDefs=columns, getRowId="params.data.id",
-                 defaultColDef={"sortable": True, "resizable": True, "filter": True},
+                 defaultColDef={"sortable": True, "resizable": True, "filter": True, "wrapHeaderText": True,
+                                "autoHeaderHeight": True},  # whole header names, never "params/u…"
                  dashGridOptions={"rowSelection": {"mode": "multiRow", "enableClickSelection": True},
                                   "animateRows": False, "tooltipShowDelay": 300},
                  rowClassRules={"row-unprunable": "params.data.prunable === 'no'",
@@ -103,9 +151,36 @@ def units_panel(mv: ModelView, gid: str, unit: int) -> list:
     return [
         info,
         table(["parameter", "shape", "axis", "role", "indices", f"indices of unit {unit}"], rows),
-        html.P(f"{len(g.nodes)} ops carry this group; {human(g.params_per_unit * g.n_units)} parameters in its "
+        html.P(f"{len(mv.group_ops.get(gid, g.nodes))} ops read or write this group; {human(g.params_per_unit * g.n_units)} parameters in its "
                f"units.", className="muted"),
     ]
+
+
+def register_scores(app, state, get_model) -> None:
+    """Scores appear in the grid when an Analyze job on this tab's model finishes, without a page reload: while the
+    Groups tab is open (its own Interval; a hidden tab's components do not tick) and when it is opened, the newest
+    report job is looked up (one registry query); the page remembers which report it shows
+    (``groups-scores-job``), so nothing is redrawn until there is a newer one."""
+
+    @app.callback(
+        Output("groups-grid", "rowData"), Output("groups-grid", "columnDefs"),
+        Output("groups-note", "children"), Output("groups-scores-job", "data"),
+        Input("groups-tick", "n_intervals"), Input("tabs", "value"), State("groups-scores-job", "data"),
+        State("model-key", "data"), State("plan-store", "data"),
+        prevent_initial_call=True,
+    )
+    def refresh_scores(_n, tab, shown, model, plan):
+        if tab != "groups":
+            return no_update, no_update, no_update, no_update
+        mv = get_model(model)
+        job = newest_report_job(state, mv)
+        if job is None or job.id == shown:
+            return no_update, no_update, no_update, no_update
+        scores, scores_from, job_id = scores_for(state, mv, job)
+        if scores is None:
+            return no_update, no_update, no_update, no_update
+        rows = planned_rows(grid_rows(mv, scores), (plan or {}).get("plan"))
+        return rows, grid_columns(scores), grid_note(scores, scores_from), job_id
 
 
 def register(app, get_model) -> None:

@@ -19,7 +19,7 @@ from lorashear.errors import LorashearError
 from lorashear.jobs import JobParamError, cancel, reap, resume, submit
 from lorashear.jobs.kinds import JobKind
 
-from ..components import card, kv_table, progress_bar
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, progress_bar, table
 from ..session import AppState
 
 LOG_TAIL_LINES = 80
@@ -71,14 +71,69 @@ def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
     return fields
 
 
-def _form(state: AppState, kind_name: str | None) -> list:
+def tab_defaults(state: AppState, mv=None) -> dict:
+    """Form prefills for one tab: the model that tab browses (not the one the app started on, nor the one another
+    tab browses now); a structure-only source (a config file) prefills only the graph form's source."""
+    out = dict(state.form_defaults)
+    if mv is not None and mv.source:
+        out.update(source=mv.source, meta=bool(mv.meta))
+        if Path(mv.source).is_dir():
+            out["model"] = mv.source
+        else:
+            out.pop("model", None)
+    return out
+
+
+def _form(state: AppState, kind_name: str | None, prefill: dict | None = None, mv=None) -> list:
+    """The form of one kind, prefilled for the tab's model — or, for a clone, with a job's own parameters."""
     if kind_name is None or kind_name not in state.kinds:
         return [html.P("No job kind can run yet.", className="muted")]
     k = state.kinds[kind_name]
     ok, why = k.availability()
     if not ok:
         return [html.P(k.description), html.Div(why, className="unavailable")]
-    return [html.P(k.description, className="muted"), *form_fields(k, state.form_defaults)]
+    if prefill and prefill.get("kind") == kind_name:
+        note = html.P(f"Parameters of job {prefill['job']}: change what you want and press Run.", className="ok",
+                      id="job-form-clone")
+        return [html.P(k.description, className="muted"), note, *form_fields(k, clone_defaults(k, prefill["params"]))]
+    return [html.P(k.description, className="muted"), *form_fields(k, tab_defaults(state, mv))]
+
+
+def clone_defaults(kind: JobKind, params: dict) -> dict:
+    """A job's validated parameters as form values: every field the job had (a parameter it left blank stays
+    blank, not the kind's default); parameters the kind no longer has are dropped."""
+    return {p.name: params.get(p.name) for p in kind.params}
+
+
+def _fmt(v):
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else ("yes" if v else "no")
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)
+
+
+def result_table(result: dict):
+    """A job's result as tables, not a raw dict: one row per key; a list of records (perplexity rows) becomes a
+    table with one column per field, a nested dict a nested key/value table; numbers with thousands separators."""
+    if not result:
+        return "—"
+    rows = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            cell = result_table(value) if value else "—"
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            cols = list(dict.fromkeys(c for r in value for c in r))
+            cell = table(cols, [[_fmt(r.get(c)) if not isinstance(r.get(c), (dict, list)) else str(r.get(c))
+                                 for c in cols] for r in value])
+        elif isinstance(value, list):
+            cell = ", ".join(_fmt(v) for v in value) or "—"
+        else:
+            cell = _fmt(value)
+        rows.append((key, cell))
+    return kv_table(rows, className="kv result")
 
 
 def _unavailable_list(state: AppState) -> html.Ul:
@@ -102,13 +157,13 @@ def job_rows(state: AppState) -> list[dict]:
     return rows
 
 
-def layout(state: AppState) -> html.Div:
+def layout(state: AppState, mv=None) -> html.Div:
     default = first_available(state)
     return html.Div([
         html.Div([
             card("New job", dcc.Dropdown(id="job-kind", options=kind_options(state), value=default,
                                          clearable=False),
-                 html.Div(_form(state, default), id="job-form"),
+                 html.Div(_form(state, default, mv=mv), id="job-form"),
                  html.Button("Run", id="job-submit", className="btn primary"),
                  html.Div(id="job-submit-msg", className="msg"),
                  html.H4("Not available yet"), _unavailable_list(state), className="narrow"),
@@ -125,6 +180,8 @@ def layout(state: AppState) -> html.Div:
                        html.Button("Resume", id="job-resume", className="btn", disabled=True),
                        html.Button("Browse this model", id="job-browse", className="btn", disabled=True,
                                    title="open the graph / model of this job (a pruned result is traced first)"),
+                       html.Button("Clone", id="job-clone", className="btn", disabled=True,
+                                   title="fill the form with this job's parameters, to run it again (changed or not)"),
                        html.Span(id="job-action-msg", className="msg")], className="toolbar"),
              progress_bar(0.0, id="job-progress"),
              html.Div([
@@ -133,6 +190,7 @@ def layout(state: AppState) -> html.Div:
              ], className="row"),
              id="job-detail"),
         dcc.Store(id="job-sel", data=None),
+        dcc.Store(id="job-prefill", data=None), dcc.Store(id="job-log-follow", data=None),
         dcc.Store(id="job-sig", data=None),
         dcc.Interval(id="jobs-tick", interval=700),
     ], id="jobs-view")
@@ -185,8 +243,12 @@ def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
         fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
         fig.add_annotation(x=step, y=1.0, yref="paper", text=what, showarrow=False, textangle=-90, xanchor="right",
                            yanchor="top", font=dict(size=9, color="#777"))
-    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=10, t=30, b=30),
-                      template="plotly_white", legend=dict(orientation="h", y=-0.08))
+    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=40, b=40),
+                      template="plotly_white", legend=LEGEND_RIGHT)
+    titles = {t for t, _ in panels}
+    for a in fig.layout.annotations:  # subplot titles top-left, clear of the toolbar
+        if a.text in titles:
+            a.update(x=0.0, xanchor="left")
     fig.update_xaxes(title_text="step", row=len(panels), col=1)
     return fig
 
@@ -217,12 +279,51 @@ def submit_form(state: AppState, kind: str, names: list[str], values: list) -> t
     return html.Span(f"Started job {job.id} ({job.kind}).", className="ok"), errs, job.id
 
 
-def register(app, state: AppState) -> None:
+def register(app, state: AppState, get_model=None) -> None:
     reg = state.registry
 
-    @app.callback(Output("job-form", "children"), Input("job-kind", "value"), prevent_initial_call=True)
-    def show_form(kind):
-        return _form(state, kind)
+    @app.callback(Output("job-form", "children"), Input("job-kind", "value"), Input("job-prefill", "data"),
+                  State("model-key", "data"), prevent_initial_call=True)
+    def show_form(kind, prefill, model):
+        return _form(state, kind, prefill, get_model(model) if get_model else None)
+
+    @app.callback(
+        Output("job-kind", "value"), Output("job-prefill", "data"),
+        Input("job-clone", "n_clicks"), State("job-sel", "data"), prevent_initial_call=True,
+    )
+    def clone(_n, job_id):
+        """Clone: the form of the job's kind with its parameters (Run submits a new job; nothing is re-used)."""
+        if job_id is None:
+            return no_update, no_update
+        try:
+            j = reg.get(job_id)
+        except LorashearError:
+            return no_update, no_update
+        if j.kind not in state.kinds:
+            return no_update, no_update
+        return j.kind, {"kind": j.kind, "job": j.id, "params": j.params, "t": time.time()}
+
+    # the log tail follows its newest line — unless the reader scrolled up to read, then it stays where they are
+    app.clientside_callback(
+        """
+        function(children) {
+            const el = document.getElementById("job-log");
+            if (!el) { return null; }
+            if (!el.lorashearWatch) {
+                el.lorashearWatch = true;
+                el.lorashearFollow = true;
+                el.addEventListener("scroll", () => {
+                    el.lorashearFollow = el.scrollTop + el.clientHeight >= el.scrollHeight - 24;
+                });
+            }
+            if (el.lorashearFollow) {
+                window.requestAnimationFrame(() => { el.scrollTop = el.scrollHeight; });
+            }
+            return null;
+        }
+        """,
+        Output("job-log-follow", "data"), Input("job-log", "children"),
+    )
 
     @app.callback(
         Output("job-submit-msg", "children"), Output({"type": "jp-err", "name": ALL}, "children"),
@@ -253,22 +354,22 @@ def register(app, state: AppState) -> None:
     @app.callback(
         Output("job-head", "children"), Output("job-progress", "children"), Output("job-log", "children"),
         Output("job-metrics-box", "children"), Output("job-cancel", "disabled"), Output("job-resume", "disabled"),
-        Output("job-browse", "disabled"), Output("job-sig", "data"),
+        Output("job-browse", "disabled"), Output("job-clone", "disabled"), Output("job-sig", "data"),
         Input("jobs-tick", "n_intervals"), Input("job-sel", "data"), State("job-sig", "data"),
     )
     def show_job(_n, job_id, sig):
         if job_id is None:
             return (html.P("Select a job.", className="muted"), progress_bar(0).children, "", None, True, True,
-                    True, None)
+                    True, True, None)
         try:
             j = reg.get(job_id)
         except LorashearError as exc:
-            return html.P(str(exc)), no_update, no_update, no_update, True, True, True, None
+            return html.P(str(exc)), no_update, no_update, no_update, True, True, True, True, None
         metrics = reg.metrics(job_id)
         log_size = j.log_path.stat().st_size if j.log_path.exists() else 0
         new_sig = [j.id, j.status, round(j.progress, 4), j.stage, log_size, sum(len(v) for v in metrics.values())]
         if new_sig == sig:
-            return (no_update,) * 8
+            return (no_update,) * 9
         head = kv_table([
             ("job", f"{j.id} · {j.kind}"), ("status", html.Span(j.status, className=f"job-{j.status}")),
             ("stage", j.stage or "—"),
@@ -276,7 +377,7 @@ def register(app, state: AppState) -> None:
             ("runs on", runs_on(j)),
             ("time", f"{j.duration:.1f} s" if j.duration is not None else "—"),
             ("message", j.message or "—"),
-            ("result", ", ".join(f"{k}: {v}" for k, v in j.result.items()) or "—"),
+            ("result", result_table(j.result)),
             ("artifacts", artifact_list(j)),
             ("work dir", j.workdir),
         ])
@@ -286,7 +387,8 @@ def register(app, state: AppState) -> None:
             html.P("No metrics recorded.", className="muted")
         browse = not browsable(j)
         resumable = not (j.resumable and j.status in ("failed", "cancelled"))
-        return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, new_sig
+        clone_off = j.kind not in state.kinds or not state.kinds[j.kind].availability()[0]
+        return head, bar, _tail(j.log_path), fig, not j.active, resumable, browse, clone_off, new_sig
 
     @app.callback(
         Output("job-action-msg", "children"), Output("job-sig", "data", allow_duplicate=True),

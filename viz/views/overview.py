@@ -1,12 +1,12 @@
 """Model overview: what the model is, where its parameters are, what can be pruned and why not."""
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from ..components import card, human, kv_table, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, table
 from ..model_view import ModelView
 
 KIND_COLOURS = {"attention": "#4a6fa5", "mlp": "#2f8f5b", "not in a per-layer group": "#b0b8c4"}
@@ -25,8 +25,8 @@ def params_figure(mv: ModelView) -> go.Figure:
         if any(ys):
             fig.add_bar(name=what, x=xs, y=ys, marker_color=colour,
                         hovertemplate="%{x}: %{y:,} params<extra>" + what + "</extra>")
-    fig.update_layout(barmode="stack", height=320, margin=dict(l=50, r=10, t=10, b=40),
-                      legend=dict(orientation="h", y=1.12), yaxis_title="parameters",
+    fig.update_layout(barmode="stack", height=320, margin=dict(l=50, r=LEGEND_MARGIN_R, t=30, b=40),
+                      legend=LEGEND_RIGHT, yaxis_title="parameters",
                       template="plotly_white")
     return fig
 
@@ -44,19 +44,86 @@ def kinds_table(mv: ModelView) -> html.Table:
     return table(["kind", "groups", "prunable", "units", "params / unit", "params in units"], rows)
 
 
+# A refusal clause (``Group.reason`` joins them with "; ") -> what it means, in a user's words. First match wins; the
+# clauses name nodes and modules, which a user needs only behind the disclosure.
+PLAIN_REASONS: tuple[tuple[str, str], ...] = (
+    ("LoRA rank axis", "LoRA rank: inside the adapter, never pruned"),
+    ("broadcast copies by ", "GQA: a query head shares its key/value head; remove the kv head with its queries instead"),
+    ("query heads share a kv head", "GQA: a query head shares its key/value head; remove the kv head with its queries "
+                                    "instead"),
+    ("per-head dimension", "per-head size: attention reshapes q/k/v with one fixed head size; remove whole heads "
+                           "instead"),
+    ("rows are looked up by id", "vocabulary: token ids index the embedding rows, so an entry is no removable unit"),
+    ("is an axis of the model output", "an axis of the model's output (the logits): removing it changes what the "
+                                       "model returns"),
+    ("fixed-size buffer", "a fixed-size buffer (e.g. rotary frequencies) has this size"),
+    ("size fixed by ", "an op creates a tensor of this fixed size"),
+    ("split by ", "a reshape splits this axis with one fixed factor, which compress cannot rewrite"),
+    ("concatenat", "concatenated with other tensors (e.g. the rotary halves): its positions are not independent units"),
+    ("indices selected by ", "sliced by position (e.g. the rotary halves): its positions are not independent units"),
+    ("split into unequal parts", "split into unequal parts: its positions are not independent units"),
+    ("one index picked by ", "one position is picked out by an op: its positions are not interchangeable units"),
+    ("mixed along the axis by ", "an op mixes values along this axis (e.g. softmax): units are not independent"),
+    ("irregular ", "an op treats this axis irregularly"),
+    ("reaches the attention scores", "zeroing a unit still changes the attention scores, so removal is not exact"),
+    ("reaches ", "zeroing a unit still changes a later op's result, so removal is not exact"),
+    ("reduced by ", "summed or averaged over: zeroing a unit changes the result, so removal is not exact"),
+    ("averaged by mean", "a normalisation averages over this axis and cannot be compensated exactly"),
+    ("RMS ", "an RMS norm over this axis cannot be compensated exactly"),
+    ("norm weight", "an RMS norm over this axis cannot be compensated exactly"),
+    ("not a structure compress can rebuild", "not a structure compress can rebuild (it rebuilds attention heads, MLP "
+                                             "channels and the hidden dimension)"),
+    ("no parameter produces it", "no weight produces it, so there is nothing to zero"),
+    ("unsupported op", "an op the group finder does not understand touches it"),
+    ("inconsistent shapes", "an op with shapes the group finder could not follow touches it"),
+)
+
+
+def plain_reason(clause: str) -> tuple[int, str]:
+    """One refusal clause in a user's words, with its rank (the order of ``PLAIN_REASONS``: the most telling reason
+    first); a clause that is not a known one is itself, node names and all, ranked last."""
+    for rank, (prefix, words) in enumerate(PLAIN_REASONS):
+        if clause.startswith(prefix) or (len(prefix) > 12 and prefix in clause):
+            return rank, words
+    return len(PLAIN_REASONS), clause
+
+
+def reason_summary(groups: list) -> list[dict]:
+    """The unprunable groups grouped by kind and main reason (the most telling of its clauses, in plain words): one
+    entry per (kind, main reason) with the count, the group ids, the other reasons and the exact clauses (node
+    names), most frequent first. Reasons that differ only by the node they name are one entry — on a 70B model 80
+    bullets are no explanation."""
+    entries: dict[tuple[str, str], dict] = {}
+    for g in groups:
+        if g.prunable:
+            continue
+        clauses = [c.strip() for c in (g.reason or "(no reason given)").split("; ") if c.strip()]
+        plain = [w for _, w in sorted(dict.fromkeys(plain_reason(c) for c in clauses))]
+        e = entries.setdefault((g.kind, plain[0]), {"kind": g.kind, "reason": plain[0], "also": {}, "groups": [],
+                                                    "clauses": {}})
+        e["groups"].append(g.id)
+        e["also"].update(dict.fromkeys(plain[1:]))
+        e["clauses"].update(dict.fromkeys(clauses))
+    out = [{**e, "also": list(e["also"]), "clauses": list(e["clauses"])} for e in entries.values()]
+    return sorted(out, key=lambda e: (-len(e["groups"]), e["kind"], e["reason"]))
+
+
 def reasons_list(mv: ModelView) -> html.Div:
-    reasons = Counter(g.reason or "(no reason given)" for g in mv.groups if not g.prunable)
-    if not reasons:
+    summary = reason_summary(mv.groups)
+    if not summary:
         return html.P("Every group is prunable.", className="muted")
-    examples = defaultdict(list)
-    for g in mv.groups:
-        if not g.prunable:
-            examples[g.reason or "(no reason given)"].append(g.id)
-    return html.Ul([
-        html.Li([html.Strong(f"{n} group{'s' if n > 1 else ''}: "), r,
-                 html.Span(f"  e.g. {', '.join(examples[r][:3])}", className="muted")])
-        for r, n in reasons.most_common()
-    ], className="reasons")
+    items = []
+    for e in summary:
+        n = len(e["groups"])
+        items.append(html.Li([
+            html.Strong(f"{n} {e['kind']} group{'s' if n > 1 else ''}: "), e["reason"] + ".",
+            html.Details([html.Summary("which groups and where", className="muted"),
+                          html.Div("also: " + "; ".join(e["also"]) + ".") if e["also"] else None,
+                          html.Div("groups: " + ", ".join(e["groups"]), className="muted"),
+                          html.Ul([html.Li(c) for c in e["clauses"]], className="reason-clauses")],
+                         className="reason-details"),
+        ]))
+    return html.Ul(items, className="reasons", id="overview-reasons")
 
 
 def summary(mv: ModelView) -> html.Table:

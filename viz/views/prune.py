@@ -21,7 +21,7 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 from lorashear.errors import LorashearError
 
 from .. import plan_preview as PP
-from ..components import card, human, kv_table, plot_template, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, plot_template, table
 from ..session import AppState
 
 PLAN_FIELDS = ("ratio", "kinds", "allocation", "layers", "align", "knowledge", "gamma")
@@ -148,8 +148,8 @@ def layers_figure(rows: list[dict]) -> go.Figure:
     fig.add_bar(name="after the plan", x=xs, y=[r["after"] for r in rows], marker_color="#4a6fa5",
                 customdata=[r["removed"] for r in rows],
                 hovertemplate="%{x}: %{y:,} params after (%{customdata:,} removed)<extra></extra>")
-    fig.update_layout(barmode="group", height=300, margin=dict(l=60, r=10, t=10, b=40), template=plot_template(),
-                      yaxis_title="parameters", legend=dict(orientation="h", y=1.12))
+    fig.update_layout(barmode="group", height=300, margin=dict(l=60, r=LEGEND_MARGIN_R, t=30, b=40),
+                      template=plot_template(), yaxis_title="parameters", legend=LEGEND_RIGHT)
     return fig
 
 
