@@ -68,7 +68,10 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
         for nid in vis:
             if any(o in node_groups for o in h.nodes[nid].op_names):
                 grouped.add(nid)
-    els: list[dict] = []
+    boxes = boxed_modules(h, expanded)
+    els: list[dict] = [{"data": {"id": BOX + b, "label": _box_label(h.nodes[b]), "kind": "box",
+                                 **({"parent": BOX + o} if (o := _box_of(h, b, boxes)) else {})},
+                        "classes": "box"} for b in boxes]
     for nid in vis:
         n = h.nodes[nid]
         classes = [n.kind]
@@ -86,8 +89,10 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
             label = f"{n.label}\n{n.module_class}" if n.module_class else n.label
         elif n.kind == "op" and graph.nodes[n.op_names[0]].get("shape"):
             label = f"{n.label}\n{graph.nodes[n.op_names[0]]['shape']}"
-        els.append({"data": {"id": nid, "label": label, "kind": n.kind, "n_ops": len(n.op_names)},
-                    "position": {"x": x, "y": y}, "classes": " ".join(classes)})
+        data = {"id": nid, "label": label, "kind": n.kind, "n_ops": len(n.op_names)}
+        if (box := _box_of(h, nid, boxes)) is not None:
+            data["parent"] = BOX + box
+        els.append({"data": data, "position": {"x": x, "y": y}, "classes": " ".join(classes)})
     fan_out: dict[str, int] = defaultdict(int)
     for (a, _b) in edges:
         fan_out[a] += 1
@@ -102,12 +107,38 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
     return els
 
 
+BOX = "box:"  # id prefix of the compound node drawn around an expanded module's contents
+
+
+def boxed_modules(h: Hierarchy, expanded: list[str]) -> list[str]:
+    """The expanded modules drawn as boxes (cytoscape compound nodes) around what they expanded into, so a
+    module's ops read as belonging to it. The containers opened on first view (the model, the list of blocks)
+    are not boxed: one frame around everything says nothing."""
+    initial = set(h.initial_expanded)
+    return [e for e in expanded if e in h.nodes and e not in initial and h.nodes[e].children]
+
+
+def _box_of(h: Hierarchy, nid: str, boxes: list[str]) -> str | None:
+    """The innermost boxed module that contains display node ``nid`` (not ``nid`` itself), or None."""
+    inside = set(boxes)
+    p = h.nodes[nid].parent
+    while p:
+        if p in inside:
+            return p
+        p = h.nodes[p].parent if p in h.nodes else None
+    return None
+
+
+def _box_label(n) -> str:
+    return f"{n.module or n.label} · {n.module_class}" if n.module_class else (n.module or n.label)
+
+
 def viewport(els: list[dict], focus_ids: set[str] | None = None, width: float = 900.0,
              height: float = 560.0) -> tuple[dict, float]:
     """(pan, zoom) showing ``focus_ids`` (e.g. what a block just expanded into) with a rank of context, or
     with none, the top of the graph — rather than the whole chain of blocks fitted into a few pixels. The
     size is the usual canvas size; a wider canvas just shows more on the sides."""
-    nodes = [e for e in els if "source" not in e["data"]]
+    nodes = [e for e in els if "position" in e]  # drawn nodes (not edges, not the boxes sized by their contents)
     if not nodes:
         return {"x": 0, "y": 0}, 1.0
     pick = [e for e in nodes if e["data"]["id"] in (focus_ids or ())]
@@ -132,6 +163,10 @@ STYLESHEET = [
                                           "border-width": 2, "font-weight": "bold"}},
     {"selector": "node.bundle", "style": {"background-color": "#f3eadb", "border-color": "#a57f4a",
                                           "border-style": "solid"}},
+    {"selector": "node.box", "style": {"background-color": "#f4f7fb", "background-opacity": 0.6,
+                                       "border-style": "dashed", "border-color": "#4a6fa5", "border-width": 1.5,
+                                       "text-valign": "top", "text-halign": "center", "font-size": 11,
+                                       "font-weight": "bold", "color": "#4a6fa5", "padding": "14px"}},
     {"selector": "node.op", "style": {"width": 120, "height": 30, "font-size": 9}},
     {"selector": "node.io", "style": {"shape": "ellipse", "background-color": "#e6e6e6", "width": 110}},
     {"selector": "node.grouped", "style": {"border-color": "#2f8f5b"}},

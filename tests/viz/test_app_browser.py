@@ -65,6 +65,13 @@ def test_expanding_a_block_shows_its_ops(dash_duo, app_state):
     labels = dash_duo.driver.execute_script(CY + "return cy.nodes().map(n => n.data('label'));")
     assert any("scaled_dot_product_attention" in lbl for lbl in labels)
     assert len(ops) > len([n for n in before if n.startswith("o:")])
+    # the expanded modules are boxes around their contents (compound nodes); a click on a box folds it again
+    box = "box:m:model.layers.0.self_attn"
+    assert dash_duo.driver.execute_script(CY + f"return cy.getElementById({box!r}).children().length;") > 2
+    assert dash_duo.driver.execute_script(CY + f"return cy.getElementById({box!r}).parent().id();") == \
+        "box:m:model.layers.0"
+    dash_duo.driver.execute_script(CY + f"cy.getElementById({box!r}).emit('tap');")
+    until(lambda: "m:model.layers.0.self_attn" in cy_nodes(dash_duo), msg="attention folded by a click on its box")
     dash_duo.find_element("#graph-collapse-all").click()
     until(lambda: sorted(cy_nodes(dash_duo)) == sorted(before), msg="collapse all")
 

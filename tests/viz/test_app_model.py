@@ -96,3 +96,23 @@ def test_views_say_what_is_not_available_without_results(tmp_path):
     fresh = make_state(tmp_path / "runs")  # no jobs at all
     assert "run an analysis" in str(knowledge.layout(fresh))
     assert "Not available yet" in str(compare.layout(fresh))
+
+
+def test_an_expanded_module_is_a_box_around_its_contents(app_state):
+    from viz.graph_layout import BOX, viewport
+
+    mv = _mv(app_state)
+    h = mv.hierarchy
+    block = next(n for n in H.visible(h, set(h.initial_expanded)) if h.nodes[n].module.endswith("layers.0"))
+    exp = H.expand(h, list(h.initial_expanded), block, cap=1000, deep=True)
+    els = elements(h, mv.graph, exp)
+    boxes = {e["data"]["id"]: e for e in els if "box" in e.get("classes", "")}
+    assert BOX + block in boxes and not any(BOX + c in boxes for c in h.initial_expanded)  # no frame around all
+    drawn = {e["data"]["id"]: e["data"] for e in els if "position" in e}
+    inside = [d for nid, d in drawn.items() if block in H.ancestors(h, nid)]
+    assert inside and all(d.get("parent", "").startswith(BOX) for d in inside)
+    attn = next(b for b in boxes if b.endswith("layers.0.self_attn"))  # nested: the attention box sits in the block's
+    assert boxes[attn]["data"]["parent"] == BOX + block
+    assert all("parent" not in d for nid, d in drawn.items() if block not in H.ancestors(h, nid))
+    pan, zoom = viewport(els)  # boxes have no position of their own: the viewport ignores them
+    assert 0.5 < zoom <= 1.1

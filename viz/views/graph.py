@@ -11,7 +11,7 @@ from dash import ALL, Input, Output, State, ctx, html, no_update
 
 from .. import hierarchy as H
 from ..components import card, human, kv_table
-from ..graph_layout import STYLESHEET, elements, viewport
+from ..graph_layout import BOX, STYLESHEET, elements, viewport
 from ..model_view import ModelView
 
 
@@ -25,7 +25,7 @@ def focus_ids(mv: ModelView, state: dict, els: list[dict]) -> set[str]:
     last = state.get("last")
     if not last or last not in mv.hierarchy.nodes:
         return set()
-    return {e["data"]["id"] for e in els if "source" not in e["data"]
+    return {e["data"]["id"] for e in els if "position" in e  # drawn nodes: not edges, not module boxes
             and (e["data"]["id"] == last or last in H.ancestors(mv.hierarchy, e["data"]["id"]))}
 
 
@@ -47,7 +47,7 @@ def layout(mv: ModelView | None, cap: int) -> html.Div:
         return html.Div(html.P("No model loaded.", className="muted"), id="graph-view")
     state = initial_state(mv)
     els = render(mv, state, None)
-    n_vis = sum(1 for e in els if "source" not in e["data"])
+    n_vis = sum(1 for e in els if "position" in e)
     pan, zoom = viewport(els)
     return html.Div([
         html.Div([
@@ -149,7 +149,10 @@ def register(app, get_model) -> None:
         expanded = list(state["expanded"])
         last = None
         if trig == "cy":
-            nid = (tap or {}).get("data", {}).get("id")
+            nid = (tap or {}).get("data", {}).get("id") or ""
+            if nid.startswith(BOX) and nid[len(BOX):] in expanded:  # a click on a module's box folds it again
+                expanded, last = H.collapse(h, expanded, nid[len(BOX):]), nid[len(BOX):]
+                return {**state, "expanded": expanded, "last": last}
             if not nid or nid not in h.nodes or not h.nodes[nid].children:
                 return no_update
             expanded = H.expand(h, expanded, nid, cap)
@@ -182,7 +185,7 @@ def register(app, get_model) -> None:
         if mv is None:
             return no_update, no_update, no_update, no_update
         els = render(mv, state, sel)
-        n_vis = sum(1 for e in els if "source" not in e["data"])
+        n_vis = sum(1 for e in els if "position" in e)
         if ctx.triggered_id == "sel":  # a new highlight: keep the user's view
             return els, f"{n_vis} nodes visible (cap {cap})", no_update, no_update
         pan, zoom = viewport(els, focus_ids(mv, state, els))
