@@ -98,7 +98,7 @@ def serve_layout(state: AppState):
             dcc.Tab(label="Model", value="overview", children=overview.layout(mv, state.model_error)),
             dcc.Tab(label="Graph", value="graph", children=graph.layout(mv, state.cap)),
             dcc.Tab(label="Groups", value="groups", children=groups.layout(mv, *groups.scores_for(state, mv))),
-            dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv.source if mv else None)),
+            dcc.Tab(label="Knowledge", value="knowledge", children=knowledge.layout(state, mv)),
             dcc.Tab(label="Prune", value="prune", children=prune.layout(state, mv)),
             dcc.Tab(label="Jobs", value="jobs", children=jobs.layout(state, mv)),
             dcc.Tab(label="Compare", value="compare", children=compare.layout(state)),
@@ -110,6 +110,15 @@ def serve_layout(state: AppState):
         dcc.Store(id="hb"), dcc.Interval(id="hb-tick", interval=HEARTBEAT_S * 1000),
         html.Div(id="server-down", className="server-down", role="alert", style={"display": "none"}),
     ], className="page")
+
+
+def _keep_unit(sel: dict) -> dict:
+    """Drop the heatmap-chosen unit unless the selection is still exactly its group (the grid echoing a heatmap
+    click back must not lose the unit; selecting anything else must)."""
+    unit = sel.get("unit") or {}
+    if sel.get("groups") != [unit.get("group")]:
+        sel.pop("unit", None)
+    return sel
 
 
 def create_app(state: AppState, token: str | None = None, port: int | None = None) -> Dash:
@@ -128,23 +137,25 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
     groups.register_scores(app, state, get_model)
     jobs.register(app, state, get_model)
     compare.register(app, state)
-    knowledge.register(app, state)
+    knowledge.register(app, state, get_model)
     prune.register(app, state, get_model)
 
     @app.callback(
         Output("sel", "data"), Output("groups-grid", "selectedRows"), Output("groups-grid", "scrollTo"),
         Input("groups-grid", "selectedRows"), Input("cy", "tapNode"), Input("sel-clear", "n_clicks"),
         Input({"type": "group-link", "gid": ALL}, "n_clicks"),
-        Input("kn-heads", "clickData"), Input("kn-channels", "clickData"), Input("plan-select", "n_clicks"),
-        State("sel", "data"), State("kn-report", "value"), State("plan-store", "data"),
+        Input("kn-heads", "clickData"), Input("kn-qheads", "clickData"), Input("kn-channels", "clickData"),
+        Input("plan-select", "n_clicks"),
+        State("sel", "data"), State("kn-report", "value"), State("plan-store", "data"), State("model-key", "data"),
         prevent_initial_call=True,
     )
-    def selection_hub(rows, tap, _clear, _links, head_click, channel_click, _plan_sel, sel, report_job, plan):
+    def selection_hub(rows, tap, _clear, _links, head_click, qhead_click, channel_click, _plan_sel, sel, report_job,
+                      plan, model_key):
         sel = dict(sel or {"groups": [], "node": None})
         trig = ctx.triggered_id
         if trig == "groups-grid":
             sel["groups"] = [r["id"] for r in rows or []]
-            return sel, no_update, no_update
+            return _keep_unit(sel), no_update, no_update
         if trig == "cy":
             sel["node"] = (tap or {}).get("data", {}).get("id")
             return sel, no_update, no_update
@@ -154,19 +165,21 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
             if not any(t["value"] for t in ctx.triggered):
                 return no_update, no_update, no_update
             sel["groups"] = [trig["gid"]]
-            return sel, {"ids": [trig["gid"]]}, {"rowId": trig["gid"], "rowPosition": "middle"}
+            return _keep_unit(sel), {"ids": [trig["gid"]]}, {"rowId": trig["gid"], "rowPosition": "middle"}
         if trig == "plan-select":  # the planned groups light up in the grid and the graph
             gids = sorted((plan or {}).get("plan", {}).get("removal", {}))
             if not gids:
                 return no_update, no_update, no_update
             sel["groups"] = gids
-            return sel, {"ids": gids}, {"rowId": gids[0], "rowPosition": "top"}
-        if trig in ("kn-heads", "kn-channels"):
-            gid = knowledge.group_of_click(state, report_job, head_click if trig == "kn-heads" else channel_click,
-                                           "attention" if trig == "kn-heads" else "mlp")
-            if gid is None:
+            return _keep_unit(sel), {"ids": gids}, {"rowId": gids[0], "rowPosition": "top"}
+        if trig in knowledge.CLICK_KINDS:
+            click = {"kn-heads": head_click, "kn-qheads": qhead_click, "kn-channels": channel_click}[trig]
+            hit = knowledge.group_of_click(state, report_job, click, knowledge.CLICK_KINDS[trig], get_model(model_key))
+            if hit is None:  # no such unit in the browsed model (or the report is another model's): select nothing
                 return no_update, no_update, no_update
+            gid, unit = hit
             sel["groups"] = [gid]
+            sel["unit"] = {"group": gid, "unit": unit}
             return sel, {"ids": [gid]}, {"rowId": gid, "rowPosition": "middle"}
         return no_update, no_update, no_update
 
@@ -182,9 +195,11 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
         gids = (sel or {}).get("groups") or []
         node = (sel or {}).get("node")
         parts = []
+        unit = (sel or {}).get("unit") or {}
         if gids:
             parts.append(f"{len(gids)} group{'s' if len(gids) > 1 else ''}: " + ", ".join(gids[:3])
-                         + (" …" if len(gids) > 3 else ""))
+                         + (" …" if len(gids) > 3 else "")
+                         + (f" unit {unit['unit']}" if gids == [unit.get("group")] else ""))
         if node:
             parts.append(f"node {node}")
         return "Selected: " + " · ".join(parts) if parts else ""

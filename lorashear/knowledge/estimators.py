@@ -12,6 +12,11 @@ measurements) so the report, the unprunable selection and the UI never care whic
   ``|Σ W·∇W|``, aggregated over the unit's slices with sum / prod / max / last;
 * ``magnitude`` — ``‖W'_u‖₂`` of the unit's producer slices (no data).
 
+GQA query heads (kind ``query_heads``, producer slices = o_proj columns, exact zero of the head's output) are
+scored by ablation, taylor (o_proj columns and q rows) and magnitude (o_proj columns); LoRA-Taylor cannot
+score column slices and says so (``LORA_TAYLOR_UNSCORABLE``). Their units overlap the kv-head units, so the
+report keeps them out of its roll-ups.
+
 Units of different sizes are compared per parameter downstream (``density`` in the report).
 """
 from __future__ import annotations
@@ -35,7 +40,7 @@ ESTIMATORS = ("ablation", "lora_taylor", "taylor", "magnitude")
 AGGREGATIONS = ("sum", "prod", "max", "last")
 TAYLOR_VARIANTS = ("first", "second", "vector")
 # units per ablation block: a head is one unit; MLP and hidden channels are measured in bins
-DEFAULT_BINS = {"attention": 1, "mlp": 16, "hidden": 16}
+DEFAULT_BINS = {"attention": 1, "query_heads": 1, "mlp": 16, "hidden": 16}
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -52,10 +57,20 @@ class Scores:
     notes: dict = field(default_factory=dict)  # base loss, uncovered parameters, ...
 
 
+# Kinds whose units partition the weights they touch: per-layer totals, shares and the γ selection add them up.
+ROLLUP_KINDS = ("attention", "mlp", "hidden")
 # Query-head units (GQA, the i-th query head of every kv group) overlap the kv-head units of the same layer on
-# q rows / o_proj columns: scoring both would count each layer's attention twice in the roll-ups (per-layer
-# totals, shares, the γ selection). Until the report keeps them apart, analysis scores the other kinds.
-ANALYSED_KINDS = ("attention", "mlp", "hidden")
+# q rows / o_proj columns: adding both would count each layer's attention twice. They are scored and stored
+# (kind "query_heads") so the app can draw them, but the report keeps them out of every roll-up and the γ
+# selection ranks without them (see ``report.KnowledgeReport`` and ``selection.select_unprunable``).
+OVERLAP_KINDS = ("query_heads",)
+ANALYSED_KINDS = ROLLUP_KINDS + OVERLAP_KINDS
+# What LoRA-Taylor cannot score, and why: it says so in ``notes["unscored_kinds"]`` rather than inventing a number.
+LORA_TAYLOR_UNSCORABLE = {
+    "query_heads": "a query head's producer slices are o_proj columns, and LoRA's gradient sketch "
+                   "s·∇W'·AᵀA mixes every input column of o_proj through AᵀA (rank r much below the fan-in), so "
+                   "per-column importances would be noise; use taylor, ablation or magnitude for query heads",
+}
 
 
 def _prunable(groups: list[Group], kinds: Sequence[str] = ANALYSED_KINDS) -> list[Group]:
@@ -75,7 +90,9 @@ def _block_plan(g: Group, bins: dict[str, int], whole_groups: bool) -> list[tupl
     size = max(1, int(bins.get(g.kind, 1)))
     plan = [("bin" if size > 1 else "unit", b, list(range(s, min(s + size, g.n_units))))
             for b, s in enumerate(range(0, g.n_units, size))]
-    if whole_groups and g.kind != "hidden" and len(plan) > 1:  # zeroing every hidden channel kills the model
+    # zeroing every hidden channel kills the model; every query head of a layer is its whole attention, which
+    # the attention group's own whole-group block already measures
+    if whole_groups and g.kind not in ("hidden", *OVERLAP_KINDS) and len(plan) > 1:
         plan.append(("group", 0, list(range(g.n_units))))
     return plan
 
@@ -365,13 +382,18 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
     way and are listed in ``notes["uncovered"]``. ``unbias``: see ``_lora_importance`` (fresh adapters
     only). ``normalize_modules`` divides each module's per-unit vector by its L2 norm before summing (a
     detail of LoRAPrune's code; off by default because it erases the differences between layers this
-    analysis is about)."""
+    analysis is about). GQA query heads are not scored (``LORA_TAYLOR_UNSCORABLE``, listed in
+    ``notes["unscored_kinds"]``)."""
     check_samples(samples)
     if aggregate not in AGGREGATIONS:
         raise LorashearError(f"unknown aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
     if not isinstance(rank, int) or rank < 1:
         raise LorashearError(f"LoRA rank must be a positive integer, got {rank!r}")
     groups = _prunable(groups)
+    unscorable = {g.kind: LORA_TAYLOR_UNSCORABLE[g.kind] for g in groups if g.kind in LORA_TAYLOR_UNSCORABLE}
+    groups = [g for g in groups if g.kind not in LORA_TAYLOR_UNSCORABLE]
+    if not groups:
+        raise LorashearError(f"LoRA-Taylor cannot score any of the given groups: {'; '.join(unscorable.values())}")
     own_adapters = not _has_lora(model)
     flags = {id(p): p.requires_grad for p in model.parameters()}
     peft_model = model
@@ -439,6 +461,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
                                                     "seed": seed, "aggregate": aggregate, "unbias": unbias, "normalize_modules": normalize_modules,
                                                     "roles": ["producer"], "batch_size": batch_size},
                   notes={"base_loss": loss, "uncovered": sorted(uncovered), "unscored_groups": empty,
+                         "unscored_kinds": unscorable,
                          "lora_parameters": int(sum(p.numel() for p in lora_params))})
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
-from .estimators import Scores
+from .estimators import OVERLAP_KINDS, Scores
 from .slices import is_lora_param, logical_name
 
 FORMAT = "lorashear.knowledge/1"
@@ -63,37 +63,89 @@ def model_identity(model: nn.Module, source: str | None = None) -> dict:
     }
 
 
+def graph_identity(opgraph: Any) -> dict:
+    """``model_identity`` of the model an ``OpGraph`` was traced from, computed from the graph alone (its config
+    and parameter shapes; tied aliases counted under the name ``named_parameters`` keeps) — so a viewer that
+    only holds the graph can tell which knowledge reports describe it."""
+    cfg = {k: v for k, v in (opgraph.config or {}).items() if k not in _VOLATILE_CONFIG}
+    names = list(opgraph.params)
+    ties: dict[str, list[str]] = {}
+    for n, p in opgraph.params.items():
+        ties.setdefault(p.get("tied_to", n), []).append(n)
+    keep = [min(v, key=names.index) for v in ties.values()]
+    keep = [n for n in keep if not is_lora_param(n)]
+    shapes = sorted((logical_name(n), list(opgraph.params[n]["shape"])) for n in keep)
+    return {"class": str(opgraph.model_class).split("(")[-1].rstrip(")"), "config_hash": _sha(cfg),
+            "shapes_hash": _sha(shapes), "n_params": int(sum(int(opgraph.params[n]["numel"]) for n in keep))}
+
+
+def same_model(a: dict | None, b: dict | None) -> bool:
+    """Whether two identities (``model_identity`` / ``graph_identity`` / a report's ``meta["model"]``) describe
+    the same network: equal config and parameter-shape hashes (paths may differ)."""
+    if not a or not b:
+        return False
+    return (a.get("config_hash"), a.get("shapes_hash")) == (b.get("config_hash"), b.get("shapes_hash")) \
+        and a.get("shapes_hash") is not None
+
+
 # --------------------------------------------------------------------------------------------- report
 @dataclass
 class KnowledgeReport:
     """``units``: one row per unit of every scored group (columns ``UNIT_COLUMNS``); ``blocks``: every
     block measurement (ablation only); ``meta``: format, model identity, data, estimator, settings, notes,
-    timing and the unprunable selection rule."""
+    timing and the unprunable selection rule.
+
+    Units of ``OVERLAP_KINDS`` (GQA query heads) share weights with the kv-head units of their layer, so the
+    roll-ups keep them apart: totals, shares and densities are over the other ("roll-up") units only, and
+    query heads appear in their own labelled column (``by_layer``) or rows flagged ``rollup=False``."""
 
     units: pd.DataFrame
     meta: dict
     blocks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "level", "block", "first_unit", "n_units", "loss", "delta"]))
 
     # --- roll-ups (sums of unit scores; density = score per parameter)
+    def rollup_mask(self) -> pd.Series:
+        """True for the units the roll-ups add up (every kind but ``OVERLAP_KINDS``)."""
+        return ~self.units["kind"].isin(OVERLAP_KINDS)
+
+    def rollup_units(self) -> pd.DataFrame:
+        """The units that partition the model's prunable weights (query heads left out: no double count)."""
+        return self.units[self.rollup_mask()]
+
+    def overlap_units(self) -> pd.DataFrame:
+        """The units that overlap others (GQA query heads): drawn and listed, never added to the totals."""
+        return self.units[~self.rollup_mask()]
+
     def by_group(self) -> pd.DataFrame:
+        """One row per group. ``share`` is the group's part of the roll-up total; overlapping groups (query
+        heads, ``rollup`` False) have no share — their units are already counted in the kv-head groups."""
         u = self.units
         out = u.groupby("group", sort=False).agg(kind=("kind", "first"), layer=("layer", "first"), units=("unit", "size"),
                                                   params=("params", "sum"), score=("score", "sum"),
                                                   mean=("score", "mean"), max=("score", "max"),
                                                   unprunable=("unprunable", "sum")).reset_index()
         out["density"] = out["score"] / out["params"]
-        out["share"] = out["score"] / u["score"].sum()
+        out["rollup"] = ~out["kind"].isin(OVERLAP_KINDS)
+        out["share"] = (out["score"] / self.rollup_units()["score"].sum()).where(out["rollup"])
         return out
 
     def by_layer(self) -> pd.DataFrame:
-        """Per layer: total score and its split by kind; groups that span the network (hidden) are left out."""
-        u = self.units[self.units["layer"].notna()]
+        """Per layer: total score and its split by kind; groups that span the network (hidden) are left out.
+        ``units``, ``params``, ``score``, ``density``, ``share`` and ``unprunable`` count roll-up units only;
+        overlapping kinds (``query_heads``) get their own column, outside the total."""
+        u = self.rollup_units()
+        u = u[u["layer"].notna()]
         if u.empty:
             return pd.DataFrame(columns=["layer", "units", "params", "score", "density", "share", "unprunable"])
         piv = u.pivot_table(index="layer", columns="kind", values="score", aggfunc="sum", fill_value=0.0)
         out = pd.DataFrame({"layer": piv.index.astype(int)})
         for k in piv.columns:
             out[k] = piv[k].to_numpy()
+        ov = self.overlap_units()
+        ov = ov[ov["layer"].notna()]
+        for k, rows in ov.groupby("kind", sort=False):
+            per = rows.groupby("layer")["score"].sum()
+            out[str(k)] = [float(per.get(l, np.nan)) for l in piv.index]
         agg = u.groupby("layer").agg(units=("unit", "size"), params=("params", "sum"), score=("score", "sum"),
                                      unprunable=("unprunable", "sum"))
         out["units"] = agg["units"].to_numpy()
@@ -105,10 +157,12 @@ class KnowledgeReport:
         return out.reset_index(drop=True)
 
     def by_kind(self) -> pd.DataFrame:
+        """One row per kind; ``rollup`` False marks kinds whose units overlap others (not to be added up)."""
         u = self.units
         out = u.groupby("kind", sort=False).agg(groups=("group", "nunique"), units=("unit", "size"), params=("params", "sum"),
                                                 score=("score", "sum"), unprunable=("unprunable", "sum")).reset_index()
         out["density"] = out["score"] / out["params"]
+        out["rollup"] = ~out["kind"].isin(OVERLAP_KINDS)
         return out
 
     def scores(self, group: str) -> np.ndarray:
@@ -257,6 +311,25 @@ def load_report(path: str | Path, model: nn.Module | None = None) -> KnowledgeRe
     return report
 
 
+def read_meta(path: str | Path) -> dict:
+    """A report's ``meta`` (model identity, estimator, …) without reading its unit table: listing the reports
+    that describe one model must not load every report."""
+    path = Path(path)
+    if not path.is_file():
+        raise LorashearError(f"{path}: no such knowledge report")
+    if path.suffix.lower() == ".json":
+        return load_report(path).meta
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(_META_KEY)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise LorashearError(f"{path}: not a knowledge report (cannot read Parquet: {exc})") from None
+    if raw is None:
+        raise LorashearError(f"{path}: a Parquet file, but not a knowledge report (no '{_META_KEY.decode()}' metadata)")
+    return json.loads(raw)["meta"]
+
+
 def check_model(report: KnowledgeReport, model: nn.Module) -> None:
     """Raise ``LorashearError`` unless the report was made for a model with this config and these weights' shapes."""
     mine = report.meta.get("model", {})
@@ -273,17 +346,20 @@ def check_model(report: KnowledgeReport, model: nn.Module) -> None:
 def summary_table(report: KnowledgeReport) -> str:
     """A plain-text per-layer summary (what the CLI prints and job logs keep)."""
     layers = report.by_layer()
+    overlap = [k for k in OVERLAP_KINDS if k in layers.columns]
     kinds = [k for k in ("attention", "mlp") if k in layers.columns] + sorted(
-        c for c in layers.columns if c not in ("attention", "mlp", "layer", "units", "params", "score", "density", "share", "unprunable"))
-    total_all = report.units["score"].sum()
-    head = ["layer"] + kinds + ["total", "share", "unprunable"]
+        c for c in layers.columns if c not in ("attention", "mlp", "layer", "units", "params", "score", "density", "share",
+                                               "unprunable", *overlap))
+    total_all = report.rollup_units()["score"].sum()
+    head = ["layer"] + kinds + ["total", "share", "unprunable"] + [f"({k})" for k in overlap]
     rows = [[str(int(r["layer"]))] + [f"{r[k]:.4g}" for k in kinds] + [f"{r['score']:.4g}", f"{r['score'] / total_all:.1%}" if total_all else "-",
                                                                          f"{int(r['unprunable'])}/{int(r['units'])}"]
+            + [f"{r[k]:.4g}" for k in overlap]
             for _, r in layers.iterrows()]
     for _, g in report.by_group().iterrows():
         if pd.isna(g["layer"]):
             rows.append([g["group"]] + ["" for _ in kinds] + [f"{g['score']:.4g}", f"{g['score'] / total_all:.1%}" if total_all else "-",
-                                                              f"{int(g['unprunable'])}/{int(g['units'])}"])
+                                                              f"{int(g['unprunable'])}/{int(g['units'])}"] + ["" for _ in overlap])
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
     m = report.meta
@@ -295,8 +371,16 @@ def summary_table(report: KnowledgeReport) -> str:
         desc += f", calibration loss {notes['base_loss']:.4f}"
     desc += f"; {len(report.units):,} units in {report.units['group'].nunique()} groups; {m.get('seconds', 0):.1f} s"
     lines += ["", desc]
+    if overlap:
+        lines.append(f"({', '.join(overlap)}): GQA query heads, scored apart; they share weights with the attention "
+                     f"units, so they are not in total, share or unprunable")
+    for kind, why in (notes.get("unscored_kinds") or {}).items():
+        lines.append(f"{kind} not scored by {m.get('estimator')}: {why}")
     if notes.get("uncovered"):
         lines.append(f"not scored (no LoRA adapter): {', '.join(notes['uncovered'])}")
     if m.get("selection"):
         lines.append(f"unprunable: {m['selection']['rule']}")
+        if m["selection"].get("overlap"):
+            ov = m["selection"]["overlap"]
+            lines.append(f"unprunable query heads ({ov['unprunable_units']} of {ov['units']}): {ov['rule']}")
     return "\n".join(lines)

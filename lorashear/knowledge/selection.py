@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LorashearError
+from .estimators import OVERLAP_KINDS
 from .report import KnowledgeReport
 
 LEVELS = ("unit", "layer", "group")
@@ -67,27 +68,30 @@ def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "gr
         raise LorashearError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_BY)}")
     units = report.units.copy()
     units["unprunable"] = False
+    overlap = units["kind"].isin(OVERLAP_KINDS)
+    pool = units[~overlap]  # query heads share weights with the kv-head units: ranked apart, below
+    chosen: list = []
     if level == "unit" and scope == "global":
-        k = n_selected(gamma, len(units))
-        units.loc[_top(units[by], k), "unprunable"] = True
-        n_items, what = len(units), "units"
-        rule = f"top {gamma:.4g} of all units ({k} of {len(units)}) by {by}"
+        k = n_selected(gamma, len(pool))
+        units.loc[_top(pool[by], k), "unprunable"] = True
+        n_items, what = len(pool), "units"
+        rule = f"top {gamma:.4g} of all units ({k} of {len(pool)}) by {by}"
     elif level == "unit":
         k = 0
-        for _, rows in units.groupby("group", sort=False):
+        for _, rows in pool.groupby("group", sort=False):
             kg = n_selected(gamma, len(rows))
             units.loc[_top(rows["score"], kg), "unprunable"] = True
             k += kg
-        n_items, what = len(units), "units"
-        rule = f"top {gamma:.4g} of the units of each group ({k} of {len(units)} in all) by score"
+        n_items, what = len(pool), "units"
+        rule = f"top {gamma:.4g} of the units of each group ({k} of {len(pool)} in all) by score"
     else:
         key = "layer" if level == "layer" else "group"
-        pool = units[units[key].notna()] if key == "layer" else units
-        agg = pool.groupby(key).agg(score=("score", "sum"), params=("params", "sum"))
+        ranked = pool[pool[key].notna()] if key == "layer" else pool
+        agg = ranked.groupby(key).agg(score=("score", "sum"), params=("params", "sum"))
         agg["density"] = agg["score"] / agg["params"]
         k = n_selected(gamma, len(agg))
         chosen = list(_top(agg[by], k))
-        units.loc[units[key].isin(chosen), "unprunable"] = True
+        units.loc[units[key].isin(chosen) & ~overlap, "unprunable"] = True
         n_items, what = len(agg), f"{level}s"
         shown = ", ".join(str(int(c)) if key == "layer" else str(c) for c in sorted(chosen, key=str))
         rule = f"top {gamma:.4g} of {what} ({k} of {len(agg)}) by {by}: {shown or 'none'}"
@@ -95,5 +99,35 @@ def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "gr
     meta["selection"] = {"gamma": gamma, "level": level, "scope": scope if level == "unit" else None,
                          "by": by if not (level == "unit" and scope == "group") else "score",
                          "selected": int(k), "out_of": int(n_items), "of": what,
-                         "unprunable_units": int(units["unprunable"].sum()), "rule": rule}
+                         "unprunable_units": int(units.loc[~overlap, "unprunable"].sum()), "rule": rule}
+    if overlap.any():
+        meta["selection"]["overlap"] = _mark_overlap(units, overlap, gamma, level, scope, by, chosen)
     return KnowledgeReport(units, meta, report.blocks.copy())
+
+
+def _mark_overlap(units: pd.DataFrame, overlap: pd.Series, gamma: float, level: str, scope: str, by: str,
+                  chosen: list) -> dict:
+    """Mark the overlapping units (GQA query heads) without letting them change the main selection.
+
+    At the layer and group levels a query head follows its layer's attention: protected when that layer, or
+    that layer's attention node group (same module), was chosen — it is part of that node group. At the unit
+    level the query heads are ranked among themselves (top γ of them, or of each group). Returns the rule."""
+    ov = units[overlap]
+    if level == "layer":
+        units.loc[overlap & units["layer"].isin(chosen), "unprunable"] = True
+        rule = "query heads of the protected layers"
+    elif level == "group":
+        module = units["group"].astype(str).str.rsplit(":", n=1).str[0]
+        protected_modules = set(module[units["group"].isin(chosen) & (units["kind"] == "attention")])
+        units.loc[overlap & module.isin(protected_modules), "unprunable"] = True
+        rule = "query heads of the protected attention node groups"
+    elif scope == "global":
+        k = n_selected(gamma, len(ov))
+        units.loc[_top(ov[by], k), "unprunable"] = True
+        rule = f"top {gamma:.4g} of the query heads ({k} of {len(ov)}) by {by}, ranked apart"
+    else:
+        for _, rows in ov.groupby("group", sort=False):
+            units.loc[_top(rows["score"], n_selected(gamma, len(rows))), "unprunable"] = True
+        rule = f"top {gamma:.4g} of the query heads of each group by score, ranked apart"
+    return {"kinds": sorted(set(ov["kind"].astype(str))), "units": int(len(ov)),
+            "unprunable_units": int(units.loc[overlap, "unprunable"].sum()), "rule": rule}

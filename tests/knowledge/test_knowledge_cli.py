@@ -16,10 +16,12 @@ def test_analyze_command_writes_report_summary_and_figures(tmp_path, capsys):
     assert rc == 0
     rep = load_report(out)
     assert rep.meta["estimator"] == "magnitude" and rep.meta["selection"]["level"] == "layer"
-    assert printed.splitlines()[0].split() == ["layer", "attention", "mlp", "total", "share", "unprunable"]
+    # the demo model is GQA: its query heads are printed apart, outside the total
+    assert printed.splitlines()[0].split() == ["layer", "attention", "mlp", "total", "share", "unprunable", "(query_heads)"]
     assert "model:hidden" in printed and "unprunable: top 0.25 of layers (2 of 6)" in printed
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
-        "knowledge_channels.html", "knowledge_distribution.html", "knowledge_heads.html", "knowledge_layers.html"]
+        "knowledge_channels.html", "knowledge_distribution.html", "knowledge_heads.html", "knowledge_layers.html",
+        "knowledge_query_heads.html"]
 
 
 def test_gamma_out_of_range_exits_2_without_traceback(tmp_path):

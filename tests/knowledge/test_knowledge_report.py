@@ -17,7 +17,7 @@ def report(reports):
 
 
 def test_units_cover_every_prunable_group_once(report, kgroups):
-    prunable = {g.id: g.n_units for g in kgroups if g.prunable and g.kind != "query_heads"}  # not analysed yet
+    prunable = {g.id: g.n_units for g in kgroups if g.prunable and g.kind != "query_heads"}  # LoRA-Taylor cannot
     counts = report.units.groupby("group").size().to_dict()
     assert counts == prunable
     assert sorted(set(report.units["kind"])) == ["attention", "hidden", "mlp"]
@@ -32,6 +32,20 @@ def test_rollups_add_up_to_the_unit_scores(report):
     assert list(by_layer["layer"]) == list(range(6))
     assert by_layer["score"].sum() == pytest.approx(layered)
     assert (by_layer["attention"] + by_layer["mlp"]).to_numpy() == pytest.approx(by_layer["score"].to_numpy())
+
+
+def test_rollups_of_a_gqa_report_leave_the_query_heads_out(reports, kgroups):
+    rep = reports["taylor"]
+    q = {g.id: g.n_units for g in kgroups if g.prunable and g.kind == "query_heads"}
+    assert q and rep.units.groupby("group").size()[list(q)].to_dict() == q
+    total = rep.rollup_units()["score"].sum()
+    assert total < rep.units["score"].sum()
+    assert rep.by_group()["share"].sum() == pytest.approx(1.0)
+    assert rep.by_kind().query("rollup")["score"].sum() == pytest.approx(total)
+    layers = rep.by_layer()
+    assert (layers["attention"] + layers["mlp"]).to_numpy() == pytest.approx(layers["score"].to_numpy())
+    assert layers["query_heads"].to_numpy() == pytest.approx(
+        rep.overlap_units().groupby("layer")["score"].sum().to_numpy())
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".json"])
@@ -146,3 +160,22 @@ def test_unknown_estimator_option_is_refused(kmodel, kgroups, ksamples):
 
     with pytest.raises(LorashearError, match="has no option"):
         analyze(kmodel, ksamples[0], estimator="ablation", groups=kgroups, variant="second")
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "llama-tied", "gpt2"])
+def test_graph_identity_is_the_model_identity_read_from_its_traced_graph(arch, tmp_path):
+    """The app holds only the traced graph of the browsed model; it must tell which reports describe it."""
+    import lorashear
+    from lorashear.knowledge.report import graph_identity, model_identity, same_model
+    from tests.tiny_models import traced
+
+    model, og, _ = traced(arch)
+    og.save(tmp_path / "graph.json")
+    back = graph_identity(lorashear.load_graph(tmp_path / "graph.json"))
+    mine = model_identity(model)
+    assert {k: back[k] for k in ("class", "config_hash", "shapes_hash", "n_params")} == \
+        {k: mine[k] for k in ("class", "config_hash", "shapes_hash", "n_params")}
+    assert same_model(back, mine)
+    other = "llama" if arch != "llama" else "gpt2"
+    assert not same_model(back, graph_identity(traced(other)[1]))
+    assert not same_model(back, None)

@@ -3,8 +3,10 @@ selection; a drill-down shows one group's members and the exact slices of any un
 exported directly (an Export job: compress + save_pruned on exactly this hand selection)."""
 from __future__ import annotations
 
-import dash_ag_grid as dag
 import json
+from typing import Any
+
+import dash_ag_grid as dag
 
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
@@ -59,7 +61,8 @@ def newest_report_job(state, mv: ModelView | None):
 
     if mv is None or knowledge._missing():
         return None
-    return next((j for j in knowledge.report_jobs(state) if j.params.get("model") == mv.source), None)
+    mine, _ = knowledge.reports_of(state, mv)  # matched by the hashes the report stores, not by path
+    return mine[0] if mine else None
 
 
 def scores_for(state, mv: ModelView | None, job=None) -> tuple[dict | None, str, int | None]:
@@ -186,6 +189,7 @@ def register_scores(app, state, get_model) -> None:
 def register(app, get_model) -> None:
     @app.callback(
         Output("units-panel", "children"), Output("units-toolbar", "style"), Output("unit-index", "max"),
+        Output("unit-index", "value"),
         Input("sel", "data"), Input("unit-index", "value"), State("model-key", "data"),
         prevent_initial_call=True,
     )
@@ -194,9 +198,19 @@ def register(app, get_model) -> None:
         gids = (sel or {}).get("groups") or []
         if mv is None or len(gids) != 1 or gids[0] not in mv.group_by_id:
             msg = "Select exactly one group." if len(gids) != 1 else "Unknown group."
-            return html.P(msg, className="muted"), {"display": "none"}, no_update
+            return html.P(msg, className="muted"), {"display": "none"}, no_update, no_update
         g = mv.group_by_id[gids[0]]
-        return units_panel(mv, gids[0], unit or 0), {}, g.n_units - 1
+        chosen = unit_of_selection(sel, ctx.triggered_id, unit)
+        return units_panel(mv, gids[0], chosen), {}, g.n_units - 1, chosen if chosen != unit else no_update
+
+
+def unit_of_selection(sel: dict | None, trigger: Any, typed: Any) -> int:
+    """The unit the panel shows: the one a heatmap click chose (``sel["unit"]``, when the selection changed),
+    else the one typed in the unit box."""
+    picked = (sel or {}).get("unit") or {}
+    if trigger == "sel" and picked.get("group") in ((sel or {}).get("groups") or [])[:1]:
+        return int(picked["unit"])
+    return int(typed or 0)
 
 
 def check_selection(mv: ModelView, text: str) -> tuple[dict[str, list[int]] | None, str]:

@@ -38,12 +38,15 @@ def _field(label: str, control: Any, err_id: str, help: str = "") -> html.Div:
                      html.Div(id=err_id, className="field-error")], className="field")
 
 
-def knowledge_options(state: AppState, source: str | None) -> list[dict]:
-    """Knowledge reports (succeeded Analyze jobs) of this model: their scores pick the units, γ protects."""
-    from .knowledge import report_jobs
+def knowledge_options(state: AppState, mv: Any) -> list[dict]:
+    """Knowledge reports (succeeded Analyze jobs) of this model — matched by the identity the report stores,
+    not by path: their scores pick the units, γ protects."""
+    from .knowledge import reports_of
 
+    if mv is None:
+        return []
     return [{"label": f"job {j.id} · {j.params.get('estimator')}", "value": j.artifacts["report"]}
-            for j in report_jobs(state) if j.params.get("model") == source]
+            for j in reports_of(state, mv)[0]]
 
 
 def pruned_options(state: AppState) -> list[dict]:
@@ -79,7 +82,7 @@ def layout(state: AppState, mv: Any) -> html.Div:
         _field("Align widths to a multiple of", dcc.Input(id="plan-align", type="text", placeholder="blank: none",
                                                            debounce=True, className="text"), "plan-err-align"),
         _field("Knowledge report (scores; γ protects its top)",
-               dcc.Dropdown(id="plan-knowledge", options=knowledge_options(state, mv.source), value=None,
+               dcc.Dropdown(id="plan-knowledge", options=knowledge_options(state, mv), value=None,
                             placeholder="none: " + ("index order (structure only)" if mv.meta else "weight magnitude")),
                "plan-err-knowledge"),
         _field("γ: protect the top fraction of node groups", dcc.Input(id="plan-gamma", type="text", debounce=True,
@@ -353,4 +356,4 @@ def register(app, state: AppState, get_model) -> None:
         if tab != "prune":
             return no_update, no_update
         mv = get_model(model_key)
-        return pruned_options(state), knowledge_options(state, mv.source if mv else None)
+        return pruned_options(state), knowledge_options(state, mv)
