@@ -223,11 +223,13 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
         if not ref_file.is_file():
             raise LorashearError(f"{ref_file}: process 0 wrote no dense losses (is {out} on a folder every process sees?)")
         ref = json.loads(ref_file.read_text())
+    # the final evaluation reads the whole validation split (up to eval_tokens per source), not the val_tokens
+    # prefix the rounds steer by: the same tokens the dense model and the pruning run were evaluated on
+    evals = {s: texts_for_tokens(t, tok, st.eval_tokens) for s, t in val.items()} if st.eval_tokens else val
     val = {s: texts_for_tokens(t, tok, st.val_tokens) for s, t in val.items()}
     need = st.tokens + st.seq_len
     train = {s: texts_for_tokens(t, tok, need, seed=st.seed + i) for i, (s, t) in enumerate(train.items())}
     packed = Mixture(train, name="recovery data").pack(tok, st.seq_len, model=model)
-    evals = {s: texts_for_tokens(t, tok, st.eval_tokens) for s, t in val.items()} if st.eval_tokens else val
     if main:
         progress(0.05, "evaluating the pruned model")
     before = perplexity_summary(model, tok, evals, st.eval_protocols, st.eval_tokens) if main else {}

@@ -138,3 +138,19 @@ def test_zero_budget_is_refused_before_anything_runs(pruned_demo, tmp_path):
     with pytest.raises(LorashearError, match="tokens must be a positive integer"):
         recover(pruned_demo, tmp_path / "o", **{**SMALL, "tokens": 0})
     assert not (tmp_path / "o").exists()
+
+
+def test_final_evaluation_reads_eval_tokens_not_the_round_prefix(pruned_demo, tmp_path):
+    """The rounds steer by a val_tokens prefix; the before/after figures use eval_tokens of the validation split,
+    the same tokens the dense model and a pruning run are evaluated on."""
+    from lorashear.data import demo_corpus
+    from lorashear.evaluate import evaluate_perplexity, load_model
+
+    rep = recover(pruned_demo, tmp_path / "out", **{**SMALL, "tokens": 2 * 4 * 64, "round_steps": 2,
+                                                    "val_tokens": 512, "eval_tokens": 2048})
+    model, tok = load_model(pruned_demo, device="cpu")
+    direct = evaluate_perplexity(model, tok, demo_corpus("validation"), protocols=("short", "long"), max_tokens=2048)
+    got = {(r["source"], r["protocol"]): r for r in rep["eval_before"]["perplexity"]}
+    for r in direct:
+        assert got[(r.source, r.protocol)]["n_tokens"] == r.n_tokens
+        assert got[(r.source, r.protocol)]["ppl"] == pytest.approx(r.ppl, rel=1e-5)
