@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from test_app_browser import CY, _run_form, _started, cy_nodes, open_tab, until
 
 from lorashear.jobs import SUCCEEDED, cancel, submit, wait
@@ -72,8 +73,15 @@ def test_browsing_another_model_in_one_tab_leaves_the_other_tab_working(dash_duo
     until(lambda: str(tiny) in _text_of(dash_duo, "#model-line"), timeout=60, msg="second tab on the other model")
     assert app_state.model_job == other.id
     open_tab(dash_duo, "Jobs")  # its forms are for the model it browses now
-    source = dash_duo.wait_for_element('#job-form input[id*=\'"name":"source"\']', timeout=30)
-    assert source.get_attribute("value") == str(tiny)
+    css = '#job-form input[id*=\'"name":"source"\']'
+
+    def source_value():  # the form may re-render between finding the box and reading it: read it afresh
+        try:
+            return dash_duo.find_element(css).get_attribute("value")
+        except (StaleElementReferenceException, NoSuchElementException):
+            return None
+
+    until(lambda: source_value() == str(tiny), timeout=30, msg=lambda: f"the form's source {source_value()!r}")
     # the first tab still browses its own model: expanding works, groups are its own (no "Unknown group")
     dash_duo.driver.switch_to.window(first)
     _tap(dash_duo, f"m:model.layers.{last}")
