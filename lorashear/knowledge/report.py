@@ -334,7 +334,7 @@ def check_model(report: KnowledgeReport, model: nn.Module) -> None:
     """Raise ``LorashearError`` unless the report was made for a model with this config and these weights' shapes."""
     mine = report.meta.get("model", {})
     other = model_identity(model)
-    if mine.get("shapes_hash") != other["shapes_hash"] or mine.get("config_hash") != other["config_hash"]:
+    if not same_model(mine, other):
         what = "parameter shapes" if mine.get("shapes_hash") != other["shapes_hash"] else "config"
         raise LorashearError(
             f"knowledge report is for another model: it describes {mine.get('class')} from {mine.get('source')!r} "
