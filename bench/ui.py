@@ -123,18 +123,24 @@ def sort_groups(d, expected_first: str) -> float:
 
 def plan_move(d) -> float:
     """Move the ratio slider one step up with the keyboard (focus on its thumb, ArrowRight: +1 %; a committed move,
-    like releasing a drag); done when the parameter line changed and no callback is pending."""
+    like releasing a drag); done when the parameter line changed and no callback is pending. Returns (done, new
+    parameter line shown) in seconds after the key event."""
     from selenium.webdriver.common.keys import Keys
 
     wait_js(d, "() => document.querySelector('#plan-params') && " + IDLE)
     before = d.find_element("css selector", "#plan-params").text
     thumb = d.find_element("css selector", "#plan-ratio [role=slider]")
     d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", thumb)
-    d.execute_script("window.__t0 = performance.now();")
+    # the clock starts at the key event in the page, not before WebDriver's send_keys (its own round trip is not
+    # the app's latency)
+    d.execute_script("window.__t0 = null; document.addEventListener('keydown', "
+                     "() => { window.__t0 = performance.now(); }, {capture: true, once: true});")
     thumb.send_keys(Keys.ARROW_RIGHT)
-    t1 = wait_js(d, "() => { const e = document.querySelector('#plan-params'); return e && e.textContent !== %r && %s; }"
-                 % (before, IDLE))
-    return (t1 - d.execute_script("return window.__t0;")) / 1000
+    changed = "() => { const e = document.querySelector('#plan-params'); return e && e.textContent !== %r; }" % before
+    t_text = wait_js(d, changed)
+    t1 = wait_js(d, "() => (%s)() && %s" % (changed, IDLE))
+    t0 = d.execute_script("return window.__t0;")
+    return (t1 - t0) / 1000, (t_text - t0) / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         first = min(groups, key=lambda g: (g.n_units * g.params_per_unit)).id
 
         overview(d, url)  # warm-up: browser cache, server caches
-        res: dict[str, list[float]] = {"overview_s": [], "expand_s": [], "expand_ops_s": [], "sort_s": [], "plan_s": []}
+        res: dict[str, list[float]] = {"overview_s": [], "expand_s": [], "expand_ops_s": [], "sort_s": [], "plan_s": [],
+                                       "plan_text_s": []}
         for i in range(args.repeat):
             res["overview_s"].append(overview(d, url))
             open_tab(d, "Graph")
@@ -171,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         open_tab(d, "Prune")
         wait_js(d, "() => document.querySelector('#plan-params') && " + IDLE)  # the first preview builds the model
         for _ in range(args.repeat):  # a new target each time (20 % -> 21 % -> ...): no cached plan
-            res["plan_s"].append(plan_move(d))
+            done, text = plan_move(d)
+            res["plan_s"].append(done)
+            res["plan_text_s"].append(text)
         summary = {k: round(statistics.median(v), 3) for k, v in res.items()}
         summary.update({"load_avg_1m": round(os.getloadavg()[0], 2), "groups": len(groups), "graph_nodes": job.result.get("nodes"), "repeat": args.repeat,
                         "config": os.path.relpath(args.config, ROOT)})
