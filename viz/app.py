@@ -28,17 +28,18 @@ UNREACHABLE_S = 8  # … and says the server is unreachable when none has arrive
 
 # Client side, on every heartbeat tick: how long since the server last answered (the "hb" store's own
 # modified_timestamp; the page load before the first answer). A dead server answers nothing, so every number and
-# status on the page is as old as that answer — the banner says so instead of showing a job "running" forever.
+# status on the page is as old as that answer — the banner says so instead of showing a job "running" forever, and
+# the page's "stale" class marks every active job status as last known (assets/style.css).
 SERVER_DOWN_JS = """
 function(n, ts) {
     const now = Date.now();
     window.lorashearLoaded = window.lorashearLoaded || now;
     const last = (ts && ts > 0) ? ts : window.lorashearLoaded;
     const age = (now - last) / 1000;
-    if (age < %d) { return ["", {display: "none"}]; }
+    if (age < %d) { return ["", {display: "none"}, "page"]; }
     return ["The server is unreachable: no answer for " + Math.round(age) + " s (since " +
             new Date(last).toLocaleTimeString() + "). Everything shown, job status included, is as of then. " +
-            "Restart the app and reload this page.", {}];
+            "Restart the app and reload this page.", {}, "page stale"];
 }
 """ % UNREACHABLE_S
 
@@ -109,7 +110,7 @@ def serve_layout(state: AppState):
         dcc.Store(id="graph-state", data=graph.initial_state(mv)),
         dcc.Store(id="hb"), dcc.Interval(id="hb-tick", interval=HEARTBEAT_S * 1000),
         html.Div(id="server-down", className="server-down", role="alert", style={"display": "none"}),
-    ], className="page")
+    ], className="page", id="page")
 
 
 def _keep_unit(sel: dict) -> dict:
@@ -188,7 +189,8 @@ def create_app(state: AppState, token: str | None = None, port: int | None = Non
         return time.time()
 
     app.clientside_callback(SERVER_DOWN_JS, Output("server-down", "children"), Output("server-down", "style"),
-                            Input("hb-tick", "n_intervals"), State("hb", "modified_timestamp"))
+                            Output("page", "className"), Input("hb-tick", "n_intervals"),
+                            State("hb", "modified_timestamp"))
 
     @app.callback(Output("sel-summary", "children"), Input("sel", "data"))
     def summarize(sel):

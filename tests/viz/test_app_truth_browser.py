@@ -123,6 +123,13 @@ def test_a_killed_server_is_shown_as_unreachable(dash_duo, traced, model_dir, tm
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen([sys.executable, "app.py", "--model", str(model_dir), "--runs", str(runs),
                                "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # a job the registry says is running, in a process that stays alive (this test's), so no reconciliation ends it
+    from lorashear.jobs import Registry
+
+    reg = Registry(runs / "jobs.sqlite")
+    running = reg.create("eval", "tests", {}, runs)
+    reg.set_process(running.id, os.getpid(), None)
+    reg.mark_running(running.id)
     try:
         until(lambda: "lorashear app on" in (tmp_path / "server.log").read_text() or server.poll() is not None,
               timeout=120, msg="app start")
@@ -130,6 +137,8 @@ def test_a_killed_server_is_shown_as_unreachable(dash_duo, traced, model_dir, tm
         dash_duo.driver.get(f"http://127.0.0.1:{port}/")
         dash_duo.wait_for_contains_text("#model-line", "LlamaForCausalLM", timeout=60)
         open_tab(dash_duo, "Jobs")
+        until(lambda: dash_duo.find_elements(f"#jobs-grid .ag-row[row-id='{running.id}'] .job-running"), timeout=30,
+              msg="the running job in the grid")
         time.sleep(10)  # more than the unreachable limit: a live server keeps the banner hidden
         assert not dash_duo.find_element("#server-down").is_displayed()
         server.kill()
@@ -137,6 +146,11 @@ def test_a_killed_server_is_shown_as_unreachable(dash_duo, traced, model_dir, tm
         banner = until(lambda: dash_duo.find_element("#server-down").is_displayed()
                        and dash_duo.find_element("#server-down"), timeout=30, msg="unreachable banner")
         assert "server is unreachable" in banner.text
+        status = dash_duo.find_element(f"#jobs-grid .ag-row[row-id='{running.id}'] .job-running")
+        shown = dash_duo.driver.execute_script(
+            "return getComputedStyle(arguments[0]).fontStyle + '|' + getComputedStyle(arguments[0], '::after').content",
+            status)
+        assert shown == 'italic|" (last known)"', shown  # the job is not claimed to be running any more
     finally:
         if server.poll() is None:
             server.kill()
