@@ -2,7 +2,8 @@
 
     python bench/prune_compare.py [--model demo] [--ratios 0.2,0.5] [--seeds 0,1,2] [--steps 200]
                                   [--methods lhspg,llm-pruner,loraprune,flap,flap-0,magnitude,random]
-                                  [--eval-tokens 16384] [--threads N] [--json OUT] [--resume-json OUT]
+                                  [--eval-tokens 16384] [--threads N] [--json OUT]
+                                  [--set periods=2,distill=1.0 --label NAME]  # a variant of every pruned row
 
 Every row is one ``lorashear.prune.prune`` run (or ``finetune_dense`` for the dense references) in a fresh
 process, so wall time and peak memory (``ru_maxrss``) are the run's own. All runs: ``--steps`` optimizer steps ×
@@ -61,7 +62,7 @@ def _one(spec: dict) -> dict:
             ev = finetune_dense(spec["model"], st)["eval_after"]
         info = {}
     else:
-        kw = dict(base, ratio=spec["ratio"], method="flap" if method == "flap-0" else method)
+        kw = dict(base, ratio=spec["ratio"], method="flap" if method == "flap-0" else method, **spec.get("set", {}))
         if method == "flap-0":
             kw["steps"] = 0
         with tempfile.TemporaryDirectory() as d:
@@ -106,15 +107,19 @@ def table(rows: list[dict]) -> str:
                [f"{s} long" for s in sources] + ["mean long", "seconds", "peak MiB", "seeds"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
-        for m in ["dense", "dense+lora"] + [m for m in LABELS if m not in ("dense", "dense+lora")]:
-            rs = [r for r in ok if r["method"] == m and (r["ratio"] in (0.0, ratio))]
-            errs = [r for r in rows if r["method"] == m and r["ratio"] == ratio and "error" in r]
+        order = ["dense", "dense+lora"] + [m for m in LABELS if m not in ("dense", "dense+lora")]
+        variants = sorted({(order.index(r["method"]), r["method"], r.get("variant", "")) for r in rows})
+        for _, m, var in variants:
+            rs = [r for r in ok if r["method"] == m and r.get("variant", "") == var and (r["ratio"] in (0.0, ratio))]
+            errs = [r for r in rows if r["method"] == m and r.get("variant", "") == var and r["ratio"] == ratio
+                    and "error" in r]
             if not rs and not errs:
                 continue
+            name = LABELS[m] + (f" [{var}]" if var else "")
             if not rs:
-                out.append(f"| {LABELS[m]} | failed: {errs[0]['error'][:120]} |")
+                out.append(f"| {name} | failed: {errs[0]['error'][:120]} |")
                 continue
-            cells = [LABELS[m], f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} M",
+            cells = [name, f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} M",
                      _ms([r.get("ratio_achieved") for r in rs], "{:.4f}") if m not in ("dense", "dense+lora") else "0"]
             for prot in ("short", "long"):
                 cells += [_ms([r["ppl"].get(f"{s}/{prot}") for r in rs]) for s in sources]
@@ -133,7 +138,8 @@ def verdict(rows: list[dict]) -> str:
         by = {}
         for r in ok:
             if r["ratio"] == ratio and r["method"] not in ("dense", "dense+lora"):
-                by.setdefault(r["method"], []).append(r["mean_short"])
+                key = r["method"] + (f" [{r['variant']}]" if r.get("variant") else "")
+                by.setdefault(key, []).append(r["mean_short"])
         if "lhspg" not in by:
             continue
         mean = {m: statistics.mean(v) for m, v in by.items()}
@@ -153,6 +159,20 @@ def verdict(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _settings(text: str | None) -> dict:
+    """``periods=2,distill=1.0,allocation=uniform`` -> {"periods": 2, "distill": 1.0, "allocation": "uniform"}."""
+    out: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            sys.exit(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_one":
         print(json.dumps(_one(json.loads(sys.argv[2]))), flush=True)
@@ -168,6 +188,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row here (rows already in it are not run again)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and dense + LoRA rows (e.g. a second "
                     "process for other ratios; merge the JSON files with --table)")
+    ap.add_argument("--set", default=None, metavar="KEY=VALUE,...", help="prune settings for every pruned row "
+                    "(e.g. periods=2,distill=1.0): a variant, run and tabled apart from the defaults; needs --label")
+    ap.add_argument("--label", default="", help="the variant's name in the table and the JSON rows")
     ap.add_argument("--table", default=None, metavar="A.json,B.json", help="only print the table of these row files")
     args = ap.parse_args()
     if args.table:
@@ -178,6 +201,9 @@ def main() -> None:
         print(table(rows))
         print("\n" + verdict(rows))
         return
+    settings = _settings(args.set)
+    if settings and not args.label:
+        sys.exit("--set needs --label (the variant's name in the table)")
     ratios = [float(x) for x in args.ratios.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -187,21 +213,24 @@ def main() -> None:
     rows: list[dict] = []
     if args.json and Path(args.json).is_file():
         rows = json.loads(Path(args.json).read_text())
-    done = {(r["method"], r["ratio"], r["seed"]) for r in rows if "error" not in r}
+    done = {(r["method"], r.get("variant", ""), r["ratio"], r["seed"]) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]
     common = dict(model=args.model, steps=args.steps, eval_tokens=args.eval_tokens, threads=args.threads)
     plan = []
     for seed in seeds:
         if not args.no_dense:
             plan += [dict(common, method=m, ratio=0.0, seed=seed) for m in ("dense", "dense+lora")]
-        plan += [dict(common, method=m, ratio=ratio, seed=seed) for ratio in ratios for m in methods]
+        plan += [dict(common, method=m, ratio=ratio, seed=seed, **({"set": settings, "variant": args.label}
+                                                                   if args.label else {}))
+                 for ratio in ratios for m in methods]
     for spec in plan:
-        if (spec["method"], spec["ratio"], spec["seed"]) in done:
+        if (spec["method"], spec.get("variant", ""), spec["ratio"], spec["seed"]) in done:
             continue
         t = time.time()
         row = _spawn(spec)
         rows.append(row)
-        print(f"[seed {spec['seed']} ρ={spec['ratio']}] {spec['method']}: "
+        print(f"[seed {spec['seed']} ρ={spec['ratio']}] {spec['method']}"
+              + (f" [{spec['variant']}]" if spec.get("variant") else "") + ": "
               + (f"mean short {row['mean_short']:.2f} long {row['mean_long']:.2f} ({time.time() - t:.0f} s)"
                  if "error" not in row else f"FAILED {row['error']}"), flush=True)
         if args.json:
