@@ -7,6 +7,7 @@ classes and the stylesheet, never inline styles (dash-cytoscape #127).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import networkx as nx
@@ -44,6 +45,34 @@ def positions(order: list[str], edges: dict[tuple[str, str], int], rank_of_order
     return pos
 
 
+CANVAS = (900.0, 560.0)  # the usual canvas (width, height) in pixels; a wider one just shows more on the sides
+WRAP_LEVELS = 14  # an overview with more levels than this is wrapped into columns
+
+
+def wrap_columns(pos: dict[str, tuple[float, float]], width: float = CANVAS[0],
+                 height: float = CANVAS[1]) -> dict[str, tuple[float, float]]:
+    """The layered overview (embed → blocks → head, one level under the other) folded into side-by-side columns
+    read top to bottom, left to right, with as many levels per column as make the whole fit the canvas's aspect
+    — so every block of a 32- or 80-block model is on screen at once, at a zoom where labels stay legible, where a
+    single column would be 40–90 levels tall."""
+    levels = sorted({y for _, y in pos.values()})
+    n = len(levels)
+    if n <= WRAP_LEVELS:
+        return pos
+    pitch = DX * 1.4  # a one-node-wide column and the gap to the next
+    rows = max(WRAP_LEVELS // 2, math.ceil(math.sqrt(n * pitch * height / (width * DY))))
+    index = {y: i for i, y in enumerate(levels)}
+    half = defaultdict(float)  # per column: half the width of its widest level
+    for x, y in pos.values():
+        col = index[y] // rows
+        half[col] = max(half[col], abs(x) + DX / 2)
+    left, shift = 0.0, {}
+    for col in range(max(half) + 1):
+        shift[col] = left + half[col]
+        left += 2 * half[col] + pitch - DX
+    return {nid: (x + shift[index[y] // rows], (index[y] % rows) * DY) for nid, (x, y) in pos.items()}
+
+
 def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highlight: set[str] | None = None,
              focus: str | None = None, node_groups: dict[str, list[str]] | None = None) -> list[dict]:
     """Cytoscape elements for the visible frontier.
@@ -56,6 +85,10 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
     edges = collapsed_edges(h, graph, exp)
     order_idx = {n: i for i, n in enumerate(sorted(vis, key=lambda n: h.nodes[n].order))}
     pos = positions(sorted(vis, key=lambda n: h.nodes[n].order), edges, order_idx)
+    overview = set(expanded) <= set(h.initial_expanded)
+    if overview:
+        pos = wrap_columns(pos)
+    wrapped = overview and any(x > DX * 3 for x, _ in pos.values())
     hl: set[str] = set()
     if highlight:
         for op in highlight:
@@ -83,6 +116,8 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
             classes.append("focus")
         if nid in grouped:
             classes.append("grouped")
+        if wrapped:
+            classes.append("overview")
         x, y = pos[nid]
         label = n.label
         if n.kind == "module":
@@ -101,6 +136,8 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
             cls = "back"
         elif fan_out[a] >= FAN_OUT or pos[b][1] - pos[a][1] > LONG_SPAN * DY:
             cls = "fan"  # broadcast inputs (rotary tables, masks) and long skips: drawn faint
+        elif pos[b][1] < pos[a][1]:
+            cls = "wrap"  # the chain continuing at the top of the next column
         else:
             cls = ""
         els.append({"data": {"id": f"{a}->{b}", "source": a, "target": b, "n": k}, "classes": cls})
@@ -133,15 +170,18 @@ def _box_label(n) -> str:
     return f"{n.module or n.label} · {n.module_class}" if n.module_class else (n.module or n.label)
 
 
-def viewport(els: list[dict], focus_ids: set[str] | None = None, width: float = 900.0,
-             height: float = 560.0) -> tuple[dict, float]:
-    """(pan, zoom) showing ``focus_ids`` (e.g. what a block just expanded into) with a rank of context, or
-    with none, the top of the graph — rather than the whole chain of blocks fitted into a few pixels. The
-    size is the usual canvas size; a wider canvas just shows more on the sides."""
+def viewport(els: list[dict], focus_ids: set[str] | None = None, width: float = CANVAS[0],
+             height: float = CANVAS[1]) -> tuple[dict, float]:
+    """(pan, zoom) showing ``focus_ids`` (e.g. what a block just expanded into) with a rank of context; with
+    none, the whole overview when it is wrapped into columns (``wrap_columns``), else the top of the graph —
+    never a long chain fitted into a few pixels."""
     nodes = [e for e in els if "position" in e]  # drawn nodes (not edges, not the boxes sized by their contents)
     if not nodes:
         return {"x": 0, "y": 0}, 1.0
     pick = [e for e in nodes if e["data"]["id"] in (focus_ids or ())]
+    floor = 0.55  # labels stay readable; pan for more
+    if not pick and any("overview" in e.get("classes", "") for e in nodes):
+        pick, floor = nodes, 0.4  # all of the overview: its nodes' larger font keeps labels legible at this zoom
     if not pick:
         top = min(e["position"]["y"] for e in nodes)
         pick = [e for e in nodes if e["position"]["y"] <= top + 8 * DY]
@@ -149,7 +189,7 @@ def viewport(els: list[dict], focus_ids: set[str] | None = None, width: float = 
     ys = [e["position"]["y"] for e in pick]
     x0, x1 = min(xs) - DX / 2, max(xs) + DX / 2
     y0, y1 = min(ys) - DY, max(ys) + DY
-    zoom = max(0.55, min(1.1, width / (x1 - x0), height / (y1 - y0)))  # labels stay readable; pan for more
+    zoom = max(floor, min(1.1, width / (x1 - x0), height / (y1 - y0)))
     return {"x": width / 2 - zoom * (x0 + x1) / 2, "y": 24 - zoom * y0}, zoom
 
 
@@ -168,6 +208,7 @@ STYLESHEET = [
                                        "text-valign": "top", "text-halign": "center", "font-size": 11,
                                        "font-weight": "bold", "color": "#4a6fa5", "padding": "14px"}},
     {"selector": "node.op", "style": {"width": 120, "height": 30, "font-size": 9}},
+    {"selector": "node.overview", "style": {"width": 170, "height": 44, "font-size": 15}},
     {"selector": "node.io", "style": {"shape": "ellipse", "background-color": "#e6e6e6", "width": 110}},
     {"selector": "node.grouped", "style": {"border-color": "#2f8f5b"}},
     {"selector": "node.g-sel", "style": {"background-color": "#ffd45c", "border-color": "#c17d00",
@@ -177,4 +218,5 @@ STYLESHEET = [
                                    "haystack-radius": 0}},
     {"selector": "edge.back", "style": {"line-color": "#d0d6de"}},
     {"selector": "edge.fan", "style": {"line-color": "#b8c4d1", "opacity": 0.2, "width": 0.6}},
+    {"selector": "edge.wrap", "style": {"line-color": "#c9d2dd", "line-style": "dashed", "opacity": 0.6}},
 ]

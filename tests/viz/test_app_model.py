@@ -116,3 +116,29 @@ def test_an_expanded_module_is_a_box_around_its_contents(app_state):
     assert all("parent" not in d for nid, d in drawn.items() if block not in H.ancestors(h, nid))
     pan, zoom = viewport(els)  # boxes have no position of their own: the viewport ignores them
     assert 0.5 < zoom <= 1.1
+
+
+def test_a_long_overview_is_wrapped_into_columns_that_fit_the_canvas():
+    """40 blocks: every block on screen at once, in reading order (down each column, then the next column), at a
+    zoom where the overview's 15 px labels are at least 6 px."""
+    import lorashear
+    from transformers import LlamaConfig
+
+    from lorashear.loading import model_from_config
+    from viz.graph_layout import CANVAS, viewport
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=40,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    og = lorashear.trace(model_from_config(cfg, seed=0))
+    h = H.build(og.graph, lorashear.module_tree(og))
+    els = elements(h, og.graph, h.initial_expanded)
+    pos = {e["data"]["id"]: (e["position"]["x"], e["position"]["y"]) for e in els if "position" in e}
+    blocks = [f"m:model.layers.{i}" for i in range(40)]
+    assert len({pos[b][0] for b in blocks}) >= 3  # several columns
+    reading = sorted(blocks, key=lambda b: (pos[b][0], pos[b][1]))
+    assert reading == blocks
+    pan, zoom = viewport(els)
+    assert zoom * 15 >= 6
+    for x, y in pos.values():  # every node inside the canvas
+        assert 0 <= pan["x"] + zoom * x <= CANVAS[0] and 0 <= pan["y"] + zoom * y <= CANVAS[1]
+    assert any("wrap" in e.get("classes", "") for e in els if "source" in e["data"])  # column-to-column edges faint
