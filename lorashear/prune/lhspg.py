@@ -115,7 +115,10 @@ class LHSPG(MaskedLoRA):
         elif how == "magnitude":
             from .units import effective_norms
 
-            new = {gid: v.numpy() for gid, v in effective_norms(self.slices, self.n_units).items()}
+            # squared, as the one-shot magnitude method and the plan preview score: the plan compares saliency per
+            # parameter, and only a squared norm adds up over parameters — ‖x_u‖ / params made every attention head
+            # look cheaper than any MLP channel and removed attention first (358 vs 138 perplexity on the demo)
+            new = {gid: v.numpy() ** 2 for gid, v in effective_norms(self.slices, self.n_units).items()}
         else:
             new = self._lora_taylor()
             if new is None:  # no gradients yet (e.g. a step without backward)

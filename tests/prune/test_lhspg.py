@@ -193,3 +193,21 @@ def test_query_heads_prune_exactly_with_the_other_kinds(arch):
         small, _ = compress(merged, groups, removal)
         got = small(input_ids=ids).logits
     assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_magnitude_saliency_plans_like_the_magnitude_method():
+    """Saliency is compared per parameter, so LHSPG's magnitude saliency must be the squared norm the one-shot
+    magnitude method plans with: with no warm-up (LoRA still zero) both fix the same plan."""
+    from lorashear.knowledge.estimators import magnitude
+    from lorashear.prune import make_plan
+    from lorashear.prune.plan import candidate_groups
+
+    _, _, groups = traced("llama-gqa")
+    model = _peft()
+    spec = PlanSpec(0.3, kinds=("attention", "mlp"))
+    scores = {gid: v ** 2 for gid, v in magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units.items()}
+    expected = make_plan(model, groups, spec, scores).removal  # on the dense weights, before the first step
+    opt = LHSPG(model, groups, spec, warmup_steps=0, periods=1, period_steps=2, saliency="magnitude")
+    _train(model, opt, 1)
+    assert any(g.kind == "attention" for g in groups if g.id in expected)  # the case the unsquared norm got wrong
+    assert opt._plan_obj.removal == expected
