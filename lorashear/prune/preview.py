@@ -48,6 +48,8 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
         protected = protected_from_report(rep, groups)
         scores = {str(g): rows.sort_values("unit")["score"].to_numpy(dtype=np.float64)
                   for g, rows in rep.units.groupby("group", sort=False)}
+        if rep.meta.get("estimator") == "magnitude":  # a norm; the plan compares scores per parameter: square it
+            scores = {g: v ** 2 for g, v in scores.items()}
         source = f"knowledge report {knowledge} ({rep.meta.get('estimator', '?')})"
     elif not meta:
         from ..knowledge.estimators import magnitude

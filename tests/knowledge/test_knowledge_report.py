@@ -179,3 +179,14 @@ def test_graph_identity_is_the_model_identity_read_from_its_traced_graph(arch, t
     other = "llama" if arch != "llama" else "gpt2"
     assert not same_model(back, graph_identity(traced(other)[1]))
     assert not same_model(back, None)
+
+
+def test_a_magnitude_report_plans_like_the_magnitude_fallback(reports, kmodel, kgroups, tmp_path):
+    """A magnitude report holds norms; the plan compares scores per parameter, so the planner squares them — the
+    plan from the report is the plan from the model's own weight magnitudes."""
+    from lorashear.prune.preview import plan_model
+
+    path = reports["magnitude"].save(tmp_path / "magnitude.parquet")
+    from_report = plan_model(kmodel, ratio=0.3, knowledge=str(path), groups=kgroups)
+    from_weights = plan_model(kmodel, ratio=0.3, groups=kgroups)
+    assert from_report.removal == from_weights.removal
