@@ -147,7 +147,9 @@ def verdict(rows: list[dict]) -> str:
         best = min(mean, key=mean.get)
         others = {m: v for m, v in mean.items() if m != "lhspg"}
         runner = min(others, key=others.get) if others else None
-        if best == "lhspg" and runner:
+        if runner is None:
+            lines.append(f"ρ={ratio}: only LHSPG in these rows ({mean['lhspg']:.2f}): nothing to compare")
+        elif best == "lhspg":
             clear = mean["lhspg"] + sd["lhspg"] < mean[runner] - sd[runner]
             one = min(len(by["lhspg"]), len(by[runner])) < 2
             lines.append(f"ρ={ratio}: LHSPG lowest ({mean['lhspg']:.2f}) vs {runner} {mean[runner]:.2f} — "

@@ -360,7 +360,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("lhspg options")
     g.add_argument("--warmup-steps", type=int, default=None, help="LoRA warm-up steps (lhspg, loraprune; default: 10%% of --steps)")
     g.add_argument("--periods", type=int, default=None, help="pruning periods (default 4)")
-    g.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 60%% of --steps over the periods)")
+    g.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 30%% of --steps over the periods)")
     g.add_argument("--epsilon", type=float, default=None, help="half-space projection threshold ε in [0, 1) (default 0)")
     g.add_argument("--saliency", default=None, choices=("lora-taylor", "magnitude"), help="LHSPG's per-unit saliency (default lora-taylor)")
     g.add_argument("--score-every", type=int, default=None, help="update the saliency EMA every N steps (default 1)")

@@ -58,7 +58,7 @@ class PruneSettings:
     # --- lhspg (warmup_steps also loraprune); None = not given, resolved in __post_init__
     warmup_steps: int | None = None  # default: 10 % of steps
     periods: int | None = None  # default 4
-    period_steps: int | None = None  # default: 60 % of steps split over the periods
+    period_steps: int | None = None  # default: 30 % of steps split over the periods (docs/lhspg.md, Investigation)
     batch_size: int = 4
     seq_len: int = 128
     lora_r: int = 8
@@ -138,7 +138,7 @@ class PruneSettings:
         self.score_every = 1 if self.score_every is None else self.score_every
         self.merge_survivors = True if self.merge_survivors is None else bool(self.merge_survivors)
         w = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
-        ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 6 // 10) // self.periods)
+        ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 3 // 10) // self.periods)
         if w < 0 or ps < 1:
             raise LorashearError("warmup-steps must be >= 0 and period-steps >= 1")
         if w + ps * self.periods > self.steps:

@@ -162,3 +162,10 @@ def test_output_folder_with_another_run_is_refused(finished, tiny_dir):
 def test_settings_check_the_schedule_fits_the_steps():
     with pytest.raises(LorashearError, match="schedule needs"):
         PruneSettings(steps=10, warmup_steps=5, periods=2, period_steps=5)
+
+
+def test_default_lhspg_schedule_is_warmup_10_pruning_30_after_60_percent():
+    """The defaults chosen in docs/lhspg.md ("Investigation"): a short pruning phase, most steps to recover."""
+    st = PruneSettings(steps=200)
+    assert (st.warmup_steps, st.periods, st.period_steps) == (20, 4, 15)
+    assert st.steps - st.warmup_steps - st.periods * st.period_steps == 120
