@@ -85,10 +85,10 @@ def elements(h: Hierarchy, graph: nx.MultiDiGraph, expanded: list[str], highligh
     edges = collapsed_edges(h, graph, exp)
     order_idx = {n: i for i, n in enumerate(sorted(vis, key=lambda n: h.nodes[n].order))}
     pos = positions(sorted(vis, key=lambda n: h.nodes[n].order), edges, order_idx)
-    overview = set(expanded) <= set(h.initial_expanded)
-    if overview:
-        pos = wrap_columns(pos)
-    wrapped = overview and any(x > DX * 3 for x, _ in pos.values())
+    wrapped = False
+    if set(expanded) <= set(h.initial_expanded):  # the overview
+        folded = wrap_columns(pos)
+        wrapped, pos = folded is not pos, folded  # wrap_columns returns its input when the chain is short
     hl: set[str] = set()
     if highlight:
         for op in highlight:

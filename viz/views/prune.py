@@ -21,7 +21,7 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 from lorashear.errors import LorashearError
 
 from .. import plan_preview as PP
-from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, plot_template, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, plot_template
 from ..session import AppState
 
 PLAN_FIELDS = ("ratio", "kinds", "allocation", "layers", "align", "knowledge", "gamma")
