@@ -47,8 +47,10 @@ class _Package(types.ModuleType):
     function of the same name, so keep that (``import lorashear.trace`` still works through sys.modules)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _WHERE.get(name) == name and hasattr(value, name):
-            value = getattr(value, name)
+        if isinstance(value, types.ModuleType) and _WHERE.get(name) == name:
+            if name not in vars(value):  # a lazy package (prune): bind nothing now — asking it for the function
+                return  # would import torch; ``lorashear.prune`` resolves through __getattr__ on first use
+            value = vars(value)[name]
         super().__setattr__(name, value)
 
 

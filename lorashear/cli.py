@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 from .errors import LorashearError
+from .settings import SettingsError
 
 # name -> (add_arguments, run); each run(args) returns an exit code.
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except SettingsError as exc:  # a field refused past the parser (e.g. by the planner): name it as a flag
+        spelled = exc if exc.respelled else exc.spelled(lambda n: "--" + n.replace("_", "-"))
+        print(f"lorashear {args.command}: error: {spelled}", file=sys.stderr)
+        return 2
     except LorashearError as exc:
         print(f"lorashear {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -330,70 +335,25 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- pruning
-def _plan_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
-    p.add_argument("model", help="model folder, 'demo'" + ("" if run else ", or a config JSON with --meta"))
-    p.add_argument("--ratio", type=float, required=True, help="fraction of the model's parameters to remove, in (0, 1)")
-    p.add_argument("--kinds", default="attention,mlp", help="group kinds that may be pruned: attention (whole kv heads with their queries), "
-                   "query_heads (GQA: the i-th query head of every kv group), mlp, hidden (default: attention,mlp)")
-    p.add_argument("--allocation", default=None if run else "global", choices=("global", "uniform"),
-                   help="global: by saliency per parameter across layers; uniform: the same fraction in every layer"
-                        + (" (default: the method's — uniform for llm-pruner, else global)" if run else ""))
-    p.add_argument("--layers", default=None, metavar="START:STOP", help="only prune these decoder layers, e.g. 4:30 or 0.1:0.9"
-                   + (" (default: all; llm-pruner: 0.125:0.9375, the paper's 4–29 of 32)" if run else ""))
-    p.add_argument("--align", type=int, default=None, metavar="N", help="keep every pruned width a multiple of N")
-    p.add_argument("--knowledge", default=None, metavar="REPORT", help="knowledge report (lorashear analyze) of this model")
-    p.add_argument("--gamma", type=float, default=None, help="protect the top GAMMA of the report (needs --knowledge)")
-    p.add_argument("--gamma-level", default="group", choices=("unit", "layer", "group"),
-                   help="what GAMMA ranks: node groups (one layer's attention or MLP; the paper's default), layers or units")
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    from .prune.settings import PlanSettings
+    from .settings import add_arguments
+
+    p.add_argument("model", help="model folder, 'demo', or a config JSON with --meta")
+    add_arguments(p, PlanSettings)
 
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
-    _plan_args(p, run=True)
+    from .prune.settings import PruneSettings
+    from .settings import add_arguments
+
+    p.add_argument("model", help="model folder, 'demo', a .gguf file or a named model")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
-    p.add_argument("--data", action="append", metavar="SPEC", help="training text: demo (train split) or [NAME=]PATH; repeatable")
-    p.add_argument("--eval-data", action="append", metavar="SPEC", help="evaluation text (default: demo, validation split)")
-    p.add_argument("--method", default="lhspg",
-                   help="pruning method: lhspg (default), or a baseline on the same groups and budget: llm-pruner, "
-                        "loraprune, flap, magnitude, random (lorashear.prune.methods.METHODS; docs/baselines.md)")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps in all: warm-up, periods and after (default 200; "
-                   "0 = no training, for the one-shot methods flap, llm-pruner, magnitude, random)")
-    g = p.add_argument_group("lhspg options")
-    g.add_argument("--warmup-steps", type=int, default=None, help="LoRA warm-up steps (lhspg, loraprune; default: 10%% of --steps)")
-    g.add_argument("--periods", type=int, default=None, help="pruning periods (default 4)")
-    g.add_argument("--period-steps", type=int, default=None, help="steps per period (default: 30%% of --steps over the periods)")
-    g.add_argument("--epsilon", type=float, default=None, help="half-space projection threshold ε in [0, 1) (default 0)")
-    g.add_argument("--saliency", default=None, choices=("lora-taylor", "magnitude"), help="LHSPG's per-unit saliency (default lora-taylor)")
-    g.add_argument("--score-every", type=int, default=None, help="update the saliency EMA every N steps (default 1)")
-    g.add_argument("--no-merge-survivors", dest="merge_survivors", action="store_const", const=False, default=None,
-                   help="do not merge surviving units' LoRA at period ends")
-    b = p.add_argument_group("baseline options")
-    b.add_argument("--taylor-variant", default=None,
-                   help="llm-pruner: element-wise first order (default), second order (diagonal Fisher), vector-wise")
-    b.add_argument("--aggregate", default=None, help="llm-pruner: per-unit aggregation (default sum)")
-    b.add_argument("--calib-samples", type=int, default=None, help="llm-pruner (default 10), flap (default 128): calibration windows of --seq-len tokens")
-    b.add_argument("--mask-every", type=int, default=None, help="loraprune: steps between mask updates (default 10)")
-    b.add_argument("--cooldown-steps", type=int, default=None, help="loraprune: steps after the last mask update (default: 10%% of --steps)")
-    b.add_argument("--no-bias-compensation", dest="bias_compensation", action="store_const", const=False, default=None,
-                   help="flap: no bias compensation")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-targets", default="all-linear", help="all-linear (every linear projection) or comma-separated module names")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--distill", type=float, default=0.0, help="weight of a KL term against the dense model's logits")
-    p.add_argument("--eval-tokens", type=int, default=16384, help="tokens per evaluation source (before and after)")
-    p.add_argument("--no-latency", action="store_true", help="skip the dense/pruned latency measurement")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda + bf16 when present, else cpu + fp32)")
+    add_arguments(p, PruneSettings, groups={"lhspg": "lhspg options", "loraprune": "lhspg/loraprune options",
+                                             "llm-pruner": "baseline options", "flap": "baseline options"})
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _kinds(text: str) -> tuple[str, ...]:
-    return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
 def _plan_cmd_args(p: argparse.ArgumentParser) -> None:
@@ -406,10 +366,11 @@ def _plan_cmd_args(p: argparse.ArgumentParser) -> None:
 @arguments(_plan_cmd_args)
 def _plan(args: argparse.Namespace) -> int:
     from .prune.preview import plan_model
+    from .prune.settings import PlanSettings
+    from .settings import from_args
 
-    plan = plan_model(args.model, ratio=args.ratio, kinds=_kinds(args.kinds), allocation=args.allocation,
-                      layers=args.layers, align=args.align, knowledge=args.knowledge, gamma=args.gamma,
-                      gamma_level=args.gamma_level, meta=args.meta)
+    settings = from_args(PlanSettings, args)
+    plan = plan_model(args.model, meta=args.meta, **settings.plan_args())
     path = plan.save(args.out)
     _print_plan(plan)
     print(f"wrote {path}")
@@ -429,20 +390,12 @@ def _print_plan(plan) -> None:
 @command("prune", help="Prune a model structurally (LHSPG on LoRA, or a baseline: --method) to a parameter ratio; write the smaller model, plan and run report.")
 @arguments(_prune_args)
 def _prune(args: argparse.Namespace) -> int:
-    from .prune.run import PruneSettings, prune
+    from .prune.run import prune
+    from .prune.settings import PruneSettings
+    from .settings import from_args
 
+    settings = from_args(PruneSettings, args)
     _set_threads(args.threads)
-    settings = PruneSettings(
-        ratio=args.ratio, method=args.method, kinds=_kinds(args.kinds), allocation=args.allocation, layers=args.layers,
-        align=args.align, knowledge=args.knowledge, gamma=args.gamma, gamma_level=args.gamma_level, steps=args.steps,
-        warmup_steps=args.warmup_steps, periods=args.periods, period_steps=args.period_steps, batch_size=args.batch_size,
-        seq_len=args.seq_len, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, lr=args.lr,
-        epsilon=args.epsilon, saliency=args.saliency, score_every=args.score_every,
-        merge_survivors=args.merge_survivors, taylor_variant=args.taylor_variant, aggregate=args.aggregate,
-        calib_samples=args.calib_samples, mask_every=args.mask_every, cooldown_steps=args.cooldown_steps,
-        bias_compensation=args.bias_compensation, distill=args.distill, data=tuple(args.data or ["demo"]),
-        eval_data=tuple(args.eval_data or ["demo"]), eval_tokens=args.eval_tokens, seed=args.seed, device=args.device,
-        checkpoint_every=args.checkpoint_every, measure_latency=not args.no_latency)
     bar = None
 
     def progress(fraction: float, stage: str) -> None:
@@ -477,49 +430,27 @@ def _prune(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- recovery
 def _recover_args(p: argparse.ArgumentParser) -> None:
+    from .recover.settings import RecoverSettings
+    from .settings import add_arguments
+
     p.add_argument("pruned", help="a pruned model folder (written by lorashear prune)")
     p.add_argument("--dense", default=None, help="the dense model it was pruned from (default: the source its sidecar names)")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
-    p.add_argument("--data", action="append", metavar="SPEC", help="sources: demo, or NAME=PATH (train); repeatable")
-    p.add_argument("--val", action="append", metavar="NAME=PATH", help="validation text of a NAME=PATH source")
-    p.add_argument("--mixture", default="dynamic", choices=("dynamic", "static"),
-                   help="dynamic: weights follow the per-source deviation from dense; static: uniform weights")
-    p.add_argument("--eta", type=float, default=1.0, help="temperature of the weight update (default 1.0)")
-    p.add_argument("--floor", type=float, default=0.1, help="share c of the mixture spread evenly over all sources (default 0.1)")
-    p.add_argument("--tokens", type=int, default=200 * 4 * 128, help="stage-1 token budget (default 102,400)")
-    p.add_argument("--round-steps", type=int, default=25, help="optimizer steps per round (default 25)")
-    p.add_argument("--stop-deviation", type=float, default=None, help="stop when every source's loss is within this many nats of dense")
-    p.add_argument("--val-tokens", type=int, default=8192, help="validation tokens per source for each round's loss")
-    p.add_argument("--instructions", default="demo", help="Alpaca-format instructions for stage 2 ('demo', a path, or 'none')")
-    p.add_argument("--instruct-steps", type=int, default=100, help="stage-2 steps (0 skips stage 2)")
-    p.add_argument("--instruct-eval-every", type=int, default=20)
-    p.add_argument("--instruct-patience", type=int, default=2, help="evaluations without improvement before stopping")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--eval-tokens", type=int, default=16384, help="tokens per source for the before/after perplexity")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    add_arguments(p, RecoverSettings)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
 @command("recover", help="Recover a pruned model: adaptive multi-source LoRA rounds, then instruction tuning; write the model and its trajectory.")
 @arguments(_recover_args)
 def _recover(args: argparse.Namespace) -> int:
-    from .recover.run import RecoverSettings, recover
+    from .recover.run import recover
+    from .recover.settings import RecoverSettings
+    from .settings import from_args
 
+    st = from_args(RecoverSettings, args)
     _set_threads(args.threads)
-    st = RecoverSettings(
-        data=tuple(args.data or ["demo"]), val_data=tuple(args.val or ()), mixture=args.mixture, eta=args.eta,
-        floor=args.floor, tokens=args.tokens, round_steps=args.round_steps, stop_deviation=args.stop_deviation,
-        val_tokens=args.val_tokens, instructions=None if args.instructions == "none" else args.instructions,
-        instruct_steps=args.instruct_steps, instruct_eval_every=args.instruct_eval_every,
-        instruct_patience=args.instruct_patience, batch_size=args.batch_size, seq_len=args.seq_len, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, lr=args.lr, eval_tokens=args.eval_tokens, seed=args.seed, device=args.device)
 
     def progress(fraction: float, stage: str) -> None:
         if not args.no_progress:

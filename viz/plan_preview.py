@@ -11,81 +11,28 @@ is free.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from lorashear.errors import LorashearError
 from lorashear.prune.names import PLAN_KINDS
+from lorashear.prune.settings import PlanSettings
+from lorashear.settings import SettingsError, parse
 
 KINDS = PLAN_KINDS  # the kinds a prune job accepts, query heads included (a model without GQA just has none)
 
 
-@dataclass(frozen=True)
-class PlanInputs:
-    """The plan form, as the prune job's parameters spell them (``to_job_params``)."""
-
-    ratio: float
-    kinds: tuple[str, ...] = ("attention", "mlp")
-    allocation: str = "global"
-    layers: str | None = None
-    align: int | None = None
-    knowledge: str | None = None  # knowledge report path
-    gamma: float | None = None
-
-    def to_job_params(self) -> dict[str, Any]:
-        """Parameters of a prune job that runs this plan's settings (the same PlanSpec fields)."""
-        out: dict[str, Any] = {"ratio": self.ratio, "kinds": ",".join(self.kinds), "allocation": self.allocation}
-        for k in ("layers", "align", "knowledge", "gamma"):
-            if getattr(self, k) not in (None, ""):
-                out[k] = getattr(self, k)
-        return out
-
-
-def parse_inputs(ratio: Any, kinds: list[str] | None, allocation: str | None, layers: str | None, align: Any,
-                 knowledge: str | None, gamma: Any) -> tuple[PlanInputs | None, dict[str, str]]:
-    """Form values -> (inputs, {}) or (None, {field: one-line message}) — messages shown next to each field."""
-    errors: dict[str, str] = {}
-
-    def number(name: str, raw: Any, kind: type, lo: float, hi: float | None) -> Any:
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            return None
-        try:
-            v = float(raw)
-        except (TypeError, ValueError):
-            errors[name] = "must be a number"
-            return None
-        if kind is int and v != int(v):
-            errors[name] = "must be a whole number"
-            return None
-        if v < lo or (hi is not None and v > hi) or not np.isfinite(v):
-            errors[name] = f"must be in [{lo:g}, {hi:g}]" if hi is not None else f"must be ≥ {lo:g}"
-            return None
-        return kind(v)
-
-    r = number("ratio", ratio, float, 0.0, 1.0)
-    if r is None and "ratio" not in errors:
-        errors["ratio"] = "required"
-    elif r is not None and not 0.0 < r < 1.0:
-        errors["ratio"] = "must be strictly between 0 and 1"
-    ks = tuple(k for k in KINDS if k in (kinds or []))
-    if not ks:
-        errors["kinds"] = "choose at least one group kind"
-    if allocation not in ("global", "uniform"):
-        errors["allocation"] = "global or uniform"
-    a = number("align", align, int, 1, None)
-    g = number("gamma", gamma, float, 0.0, 0.999)
-    if g is not None and not knowledge:
-        errors["gamma"] = "γ needs a knowledge report"
-    lay = (layers or "").strip() or None
-    if lay is not None and ":" not in lay:
-        errors["layers"] = "START:STOP, e.g. 1:5 or 0.1:0.9"
-    if errors:
-        return None, errors
-    return PlanInputs(r, ks, allocation, lay, a, knowledge or None, g), {}
+def parse_inputs(values: dict[str, Any]) -> tuple[PlanSettings | None, dict[str, str]]:
+    """Form values (the plan fields and the run's method) -> (settings, {}) or (None, {field: one-line message}),
+    through the same schema as the CLI and the prune job: the method's defaults (llm-pruner's layer range and
+    uniform allocation) are resolved exactly as the run resolves them."""
+    try:
+        return parse(PlanSettings, values), {}
+    except SettingsError as exc:
+        return None, exc.errors
 
 
 class Planner:
@@ -98,22 +45,21 @@ class Planner:
         self.meta = bool(mv.meta)
         self.model = load_model(mv.source, meta=self.meta)
         self.groups = list(mv.groups)
-        self._plans: "OrderedDict[PlanInputs, Any]" = OrderedDict()
+        self._plans: "OrderedDict[str, Any]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def plan(self, inputs: PlanInputs):
-        """The library's plan for ``inputs`` (``plan_model``); LorashearError with the library's message on
-        settings it refuses (an unreachable ratio, an empty layer range, …)."""
+    def plan(self, settings: PlanSettings):
+        """The library's plan for ``settings`` (``plan_model``, the run's planner); LorashearError with the library's
+        message on settings it refuses (an unreachable ratio, an empty layer range, …)."""
         from lorashear.prune.preview import plan_model
 
+        key = json.dumps(settings.plan_args(), sort_keys=True)
         with self._lock:
-            if inputs in self._plans:
-                self._plans.move_to_end(inputs)
-                return self._plans[inputs]
-            p = plan_model(self.model, ratio=inputs.ratio, kinds=inputs.kinds, allocation=inputs.allocation,
-                           layers=inputs.layers, align=inputs.align, knowledge=inputs.knowledge, gamma=inputs.gamma,
-                           meta=self.meta, groups=self.groups)
-            self._plans[inputs] = p
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+            p = plan_model(self.model, meta=self.meta, groups=self.groups, **settings.plan_args())
+            self._plans[key] = p
             while len(self._plans) > 32:
                 self._plans.popitem(last=False)
             return p
@@ -163,12 +109,13 @@ def planner(mv: Any) -> Planner:
     return p
 
 
-def preview(mv: Any, inputs: PlanInputs) -> dict[str, Any]:
-    """Everything the Prune tab shows for ``inputs``: the plan (its JSON), the per-layer rows and the removed
-    units per group, as a JSON-able dict (it goes into a ``dcc.Store``)."""
+def preview(mv: Any, settings: PlanSettings) -> dict[str, Any]:
+    """Everything the Prune tab shows for ``settings``: the plan (its JSON), the per-layer rows and the removed
+    units per group, as a JSON-able dict (it goes into a ``dcc.Store``); ``inputs`` are the resolved settings the
+    prune job is then given, so the run plans with exactly these values."""
     pl = planner(mv)
-    plan = pl.plan(inputs)
-    return {"inputs": asdict(inputs), "plan": plan.to_dict(), "layers": pl.per_layer(plan),
+    plan = pl.plan(settings)
+    return {"inputs": settings.to_dict(), "plan": plan.to_dict(), "layers": pl.per_layer(plan),
             "model_job": mv.job_id, "source": mv.source, "meta": mv.meta}
 
 
@@ -190,4 +137,4 @@ def unit_maps(mv: Any, plan: dict[str, Any], kind: str) -> tuple[list[int], np.n
     return layers, z, protected
 
 
-__all__ = ["PlanInputs", "parse_inputs", "Planner", "planner", "preview", "unit_maps"]
+__all__ = ["parse_inputs", "Planner", "planner", "preview", "unit_maps"]

@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import LorashearError
-from ..prune.names import METHODS as METHOD_NAMES, TRAINING_FREE
+from ..prune.settings import PruneSettings
+from ..recover.settings import RecoverSettings
+from ..settings import Param, SettingsError, collect, convert, job_params, options
 
-
-class JobParamError(LorashearError):
-    """Invalid job parameters; ``errors`` maps each bad field to its message (shown next to the field)."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = dict(errors)
-        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
-
-
-@dataclass(frozen=True)
-class Param:
-    """One form field. ``type``: text | path | file | dir | int | float | bool | choice."""
-
-    name: str
-    label: str
-    type: str = "text"
-    default: Any = None
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    min: float | None = None
-    max: float | None = None
-    help: str = ""
+JobParamError = SettingsError  # invalid job parameters: ``errors`` maps each bad field to its message
 
 
 @dataclass(frozen=True)
@@ -54,6 +34,12 @@ class JobKind:
     unavailable_reason: str = ""
     resumable: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: type | None = None  # the capability's settings schema: its fields are job parameters too
+
+    def make_settings(self, params: dict[str, Any]) -> Any:
+        """The settings a job's (validated) parameters ask for — the job entry's one call."""
+        names = options(self.settings)
+        return self.settings(**{k: v for k, v in params.items() if k in names})
 
     def availability(self) -> tuple[bool, str]:
         """(True, "") when the kind can run now; otherwise (False, why)."""
@@ -76,65 +62,35 @@ MODEL_PARAMS = ("model", "source", "dense")  # also take a named model (models.N
 
 
 def _check_one(p: Param, raw: Any) -> Any:
-    """Convert and check one value; raise ValueError with a user-facing message."""
-    if p.type == "bool":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, (list, tuple)):  # a Dash checklist gives a list
-            return bool(raw)
-        if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off", ""):
-            return False
-        if raw in (0, 1):
-            return bool(raw)
-        raise ValueError("must be true or false")
+    """Convert and check one job input (a path, or a plain value); raise ValueError with a user-facing message."""
+    from ..settings import Option
+
+    if p.type not in ("path", "file", "dir"):
+        return convert(p.name, Option(type=p.type, choices=p.choices, min=p.min, max=p.max), raw)
     text = raw.strip() if isinstance(raw, str) else raw
-    if p.type in ("int", "float"):
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        if p.type == "int":
-            if value != int(value):
-                raise ValueError("must be a whole number")
-            value = int(value)
-        if p.min is not None and value < p.min:
-            raise ValueError(f"must be ≥ {p.min:g}")
-        if p.max is not None and value > p.max:
-            raise ValueError(f"must be ≤ {p.max:g}")
-        return value
     if not isinstance(text, str):
         raise ValueError("must be text")
-    if p.type == "choice":
-        if text not in p.choices:
-            raise ValueError(f"must be one of {', '.join(p.choices)}")
-        return text
-    if p.type in ("path", "file", "dir"):
-        if p.name in MODEL_PARAMS and isinstance(text, str):
-            from ..models import NAMED
+    if p.name in MODEL_PARAMS and isinstance(text, str):
+        from ..models import NAMED
 
-            here = Path(text)
-            if (text in NAMED or text == "demo") and not here.is_file() and not (here / "config.json").is_file():
-                # a named model (also when run from the repo root, where ./demo is the assets folder): the job
-                # resolves it (converting it once) through the one loader
-                return text
-            if text.lower().endswith(".gguf"):
-                gpath = Path(text).expanduser()
-                if not gpath.is_file():
-                    raise ValueError(f"{text} does not exist")
-                return str(gpath.resolve())  # a GGUF file: converted once into a cached folder by the loader
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise ValueError(f"{text} does not exist")
-        if p.type == "file" and not path.is_file():
-            raise ValueError(f"{text} is not a file")
-        if p.type == "dir" and not path.is_dir():
-            raise ValueError(f"{text} is not a directory")
-        return str(path.resolve())
-    return text
+        here = Path(text)
+        if (text in NAMED or text == "demo") and not here.is_file() and not (here / "config.json").is_file():
+            # a named model (also when run from the repo root, where ./demo is the assets folder): the job
+            # resolves it (converting it once) through the one loader
+            return text
+        if text.lower().endswith(".gguf"):
+            gpath = Path(text).expanduser()
+            if not gpath.is_file():
+                raise ValueError(f"{text} does not exist")
+            return str(gpath.resolve())  # a GGUF file: converted once into a cached folder by the loader
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ValueError(f"{text} does not exist")
+    if p.type == "file" and not path.is_file():
+        raise ValueError(f"{text} is not a file")
+    if p.type == "dir" and not path.is_dir():
+        raise ValueError(f"{text} is not a directory")
+    return str(path.resolve())
 
 
 def preflight(clean: dict[str, Any]) -> dict[str, str]:
@@ -168,11 +124,10 @@ def preflight(clean: dict[str, Any]) -> dict[str, str]:
             config = cfg
     for name in ("data",):
         value = clean.get(name)
-        if not isinstance(value, str):
-            continue
+        specs = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
         try:
-            for spec in [s for s in value.split(",") if s.strip()]:
-                check_data_spec(spec)
+            for spec in [s for s in specs if isinstance(s, str) and s.strip()]:
+                check_data_spec(spec.strip())
         except LorashearError as exc:
             errors[name] = str(exc)
     if config is not None and isinstance(clean.get("seq_len"), int):
@@ -190,15 +145,20 @@ def _blank(raw: Any) -> bool:
 def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
     """Return clean parameters or raise ``JobParamError`` naming every bad field.
 
-    Unknown keys are errors too: a typo in a scripted submission must not be silently ignored.
-    """
+    A kind with a settings schema checks those fields through it (the same conversion, ranges and cross-field
+    rules as the CLI and the library; values left blank are not stored, so the run resolves their defaults);
+    its other parameters are the job's inputs (model folders, files). Unknown keys are errors too: a typo in a
+    scripted submission must not be silently ignored."""
     errors: dict[str, str] = {}
     clean: dict[str, Any] = {}
-    known = {p.name for p in kind.params}
+    schema = options(kind.settings) if kind.settings is not None else {}
+    known = {p.name for p in kind.params} | set(schema)
     for key in raw:
         if key not in known:
             errors[key] = f"unknown parameter for {kind.name} jobs"
     for p in kind.params:
+        if p.name in schema:
+            continue
         value = raw.get(p.name)
         if _blank(value) and p.type != "bool":
             if p.required:
@@ -210,6 +170,15 @@ def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
             clean[p.name] = _check_one(p, value if value is not None else p.default)
         except ValueError as exc:
             errors[p.name] = str(exc)
+    if kind.settings is not None:
+        given, bad = collect(kind.settings, {k: v for k, v in raw.items() if k in schema})
+        clean.update({k: list(v) if isinstance(v, tuple) else v for k, v in given.items()})
+        errors.update(bad)
+        if not bad:
+            try:
+                kind.settings(**given)  # the cross-field rules (method options, schedule, γ needs a report, ...)
+            except SettingsError as exc:
+                errors.update({k: v for k, v in exc.errors.items() if k not in errors})
     for name, msg in preflight(clean).items():  # on the fields that passed their own checks
         errors.setdefault(name, msg)
     if not errors and "check" in kind.extra:
@@ -297,51 +266,17 @@ ANALYZE = JobKind(
     requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.evaluate:load_model"),
     unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
 )
-def _prune_check(clean: dict[str, Any]) -> dict[str, str]:
-    errors = {}
-    kinds = [k.strip() for k in str(clean.get("kinds") or "").split(",") if k.strip()]
-    from ..prune.names import PLAN_KINDS
-
-    bad = [k for k in kinds if k not in PLAN_KINDS]
-    if bad or not kinds:
-        errors["kinds"] = f"unknown group kind(s) {bad or '(none)'}; use {', '.join(PLAN_KINDS)}"
-    if clean.get("gamma") is not None and not clean.get("knowledge"):
-        errors["gamma"] = "γ needs a knowledge report"
-    if clean.get("steps") == 0 and (clean.get("method") or "lhspg") not in TRAINING_FREE:
-        errors["steps"] = f"0 steps (no training) only for {', '.join(TRAINING_FREE)}"
-    return errors
-
-
 PRUNE = JobKind(
     name="prune", label="Prune",
-    description="Structured pruning with LHSPG on LoRA adaptors to a parameter ratio: warm-up, progressive periods, "
-                "then the smaller model (save_pruned), its plan and a run report with perplexity before/after.",
-    params=(
-        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
-        Param("ratio", "Target ratio of parameters to remove", "float", default=0.2, required=True, min=0.001, max=0.999),
-        Param("method", "Method", "choice", default="lhspg", choices=METHOD_NAMES,
-              help="lhspg, or a baseline on the same groups and budget (docs/baselines.md)"),
-        Param("kinds", "Group kinds", "text", default="attention,mlp", help="comma-separated: attention, query_heads (GQA), mlp, hidden"),
-        Param("allocation", "Allocation", "choice", default="global", choices=("global", "uniform")),
-        Param("layers", "Layer range", "text", help="START:STOP, e.g. 1:5 (blank: all layers)"),
-        Param("align", "Align widths to a multiple of", "int", min=1, help="blank: no alignment"),
-        Param("knowledge", "Knowledge report", "file", help="protect the top γ of this report"),
-        Param("gamma", "γ: protect the top fraction of node groups", "float", min=0.0, max=0.999),
-        Param("data", "Training data", "text", default="demo", help="comma-separated: demo or NAME=PATH"),
-        Param("steps", "Optimizer steps (in all)", "int", default=200, min=0, max=10_000_000,
-              help="0: no training (one-shot methods only: llm-pruner, flap, magnitude, random)"),
-        Param("batch_size", "Batch size", "int", default=4, min=1, max=4096),
-        Param("seq_len", "Tokens per sequence", "int", default=128, min=2, max=1_000_000),
-        Param("lr", "Learning rate", "float", default=2e-4, min=1e-8, max=1.0),
-        Param("epsilon", "Half-space ε", "float", default=0.0, min=0.0, max=0.999),
-        Param("eval_tokens", "Evaluation tokens per source", "int", default=16384, min=256),
-        Param("seed", "Seed", "int", default=0, min=0),
-        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
-    ),
+    description="Structured pruning with LHSPG (or a baseline) on LoRA adaptors to a parameter ratio: warm-up, "
+                "progressive periods, then the smaller model (save_pruned), its plan and a run report with perplexity "
+                "before/after.",
+    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
+            *job_params(PruneSettings)),
+    settings=PruneSettings,
     entry="lorashear.jobs.prune_job:run",
     requires=("lorashear.prune:prune",),
     resumable=True,
-    extra={"check": _prune_check},
 )
 RECOVER = JobKind(
     name="recover", label="Recover",
@@ -350,18 +285,9 @@ RECOVER = JobKind(
     params=(
         Param("pruned", "Pruned model directory", "dir", required=True, help="written by a Prune job (its run/model)"),
         Param("dense", "Dense model directory", "dir", help="blank: the source the pruned model's sidecar names"),
-        Param("data", "Sources", "text", default="demo", help="demo (three sources with validation splits)"),
-        Param("mixture", "Mixture", "choice", default="dynamic", choices=("dynamic", "static")),
-        Param("eta", "Temperature η", "float", default=1.0, min=0.0, max=100.0),
-        Param("floor", "Floor c", "float", default=0.1, min=0.0, max=1.0),
-        Param("tokens", "Stage-1 token budget", "int", default=102400, min=1),
-        Param("round_steps", "Steps per round", "int", default=25, min=1),
-        Param("instructions", "Instructions (stage 2)", "text", default="demo", help="demo, a path, or none"),
-        Param("instruct_steps", "Instruction steps", "int", default=100, min=0),
-        Param("eval_tokens", "Evaluation tokens per source", "int", default=16384, min=256),
-        Param("seed", "Seed", "int", default=0, min=0),
-        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
+        *job_params(RecoverSettings),
     ),
+    settings=RecoverSettings,
     entry="lorashear.jobs.recover_job:run",
     requires=("lorashear.recover:recover",),
     resumable=True,

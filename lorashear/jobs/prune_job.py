@@ -10,20 +10,11 @@ from .worker import JobContext
 
 
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from lorashear.prune.run import PruneSettings, prune
+    from lorashear.prune.run import prune
 
-    kinds = tuple(k.strip() for k in params.get("kinds", "attention,mlp").split(",") if k.strip())
-    method = params.get("method") or "lhspg"
-    only = {"epsilon": params.get("epsilon") or 0.0} if method == "lhspg" else {}  # method-specific form fields
-    settings = PruneSettings(
-        ratio=params["ratio"], method=method, kinds=kinds, **only,
-        allocation=params.get("allocation") or None, layers=params.get("layers") or None,
-        align=params.get("align"), knowledge=params.get("knowledge") or None, gamma=params.get("gamma"),
-        steps=200 if params.get("steps") is None else params["steps"], batch_size=params.get("batch_size") or 4, seq_len=params.get("seq_len") or 128,
-        lr=params.get("lr") or 2e-4, seed=params.get("seed") or 0,
-        data=tuple(s.strip() for s in (params.get("data") or "demo").split(",") if s.strip()),
-        eval_tokens=params.get("eval_tokens") or 16384,
-        device=None if params.get("device") in (None, "auto") else params["device"])
+    from .kinds import PRUNE
+
+    settings = PRUNE.make_settings(params)  # the same schema the form and the CLI were checked against
     out = ctx.out_dir / "run"
     resume = ctx.resume and (out / "run.json").is_file()
 

@@ -9,17 +9,11 @@ from .worker import JobContext
 
 
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from lorashear.recover.run import RecoverSettings, recover
+    from lorashear.recover.run import recover
 
-    st = RecoverSettings(
-        data=tuple(s.strip() for s in (params.get("data") or "demo").split(",") if s.strip()),
-        mixture=params.get("mixture") or "dynamic", eta=params.get("eta") if params.get("eta") is not None else 1.0,
-        floor=params.get("floor") if params.get("floor") is not None else 0.1, tokens=params.get("tokens") or 102400,
-        round_steps=params.get("round_steps") or 25,
-        instructions=None if (params.get("instructions") or "demo") == "none" else (params.get("instructions") or "demo"),
-        instruct_steps=params.get("instruct_steps") if params.get("instruct_steps") is not None else 100,
-        eval_tokens=params.get("eval_tokens") or 16384, seed=params.get("seed") or 0,
-        device=None if params.get("device") in (None, "auto") else params["device"])
+    from .kinds import RECOVER
+
+    st = RECOVER.make_settings(params)  # the same schema the form and the CLI were checked against
     out = ctx.out_dir / "run"
     resume = ctx.resume and (out / "run.json").is_file()
     rep = recover(params["pruned"], out, st, dense=params.get("dense") or None, resume=resume, progress=ctx.progress,

@@ -12,9 +12,9 @@ import importlib
 from typing import Any
 
 _WHERE = {"LHSPG": ".lhspg", "Plan": ".plan", "PlanSpec": ".plan", "count_removed": ".plan", "load_plan": ".plan",
-          "make_plan": ".plan", "parse_layers": ".plan", "PruneSettings": ".run", "prune": ".run", "METHODS": ".names"}
+          "make_plan": ".plan", "parse_layers": ".plan", "PruneSettings": ".settings", "PlanSettings": ".settings", "prune": ".run", "METHODS": ".names"}
 
-__all__ = ["LHSPG", "METHODS", "Plan", "PlanSpec", "PruneSettings", "count_removed", "load_plan", "make_plan",
+__all__ = ["LHSPG", "METHODS", "Plan", "PlanSettings", "PlanSpec", "PruneSettings", "count_removed", "load_plan", "make_plan",
            "parse_layers", "prune"]
 
 

@@ -21,8 +21,8 @@ the dense model before LoRA is added. What each does, and where it follows the p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,21 +31,16 @@ from torch import nn
 from ..errors import LorashearError
 from ..groups import Group
 from .masked import MaskedLoRA
-from .names import METHODS as NAMES, TRAINING_FREE
+from .names import METHODS as NAMES, ONE_SHOT
 from .plan import Plan, PlanSpec, candidate_groups, make_plan
-
-# options that apply to some methods only (PruneSettings fields; None = not given)
-METHOD_OPTIONS = ("warmup_steps", "periods", "period_steps", "epsilon", "saliency", "score_every", "merge_survivors",
-                  "taylor_variant", "aggregate", "calib_samples", "mask_every", "cooldown_steps", "bias_compensation")
 
 
 @dataclass(frozen=True)
 class Method:
+    """A pruning method: its options and their defaults are declared on ``PruneSettings`` (``settings.py``)."""
+
     name: str
     summary: str
-    trains: bool  # the schedule happens during training: needs steps >= 1
-    options: tuple[str, ...] = ()
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults of shared settings the user left unset
     prepare: Callable[[nn.Module, Any], dict] | None = None  # before tracing (FLAP: bias fields)
     setup: Callable[..., tuple[Plan, dict]] | None = None  # scores on the dense model -> plan (one-shot methods)
     optimizer: Callable[..., MaskedLoRA] | None = None
@@ -254,30 +249,22 @@ def _opt_one_shot(name: str):
     return make
 
 
-LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
-
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    Method("lhspg", "LoRAShear's LHSPG: saliency warm-up, progressive periods with half-space projection", True,
-           ("warmup_steps", "periods", "period_steps", "epsilon", "saliency", "score_every", "merge_survivors"),
+    Method("lhspg", "LoRAShear's LHSPG: saliency warm-up, progressive periods with half-space projection",
            optimizer=_opt_lhspg),
-    Method("llm-pruner", "LLM-Pruner: one-shot Taylor importance on calibration samples, then LoRA recovery", False,
-           ("taylor_variant", "aggregate", "calib_samples"),
-           defaults={"allocation": "uniform", "layers": LLM_PRUNER_LAYERS, "calib_samples": 10,
-                     "taylor_variant": "first", "aggregate": "sum"},
+    Method("llm-pruner", "LLM-Pruner: one-shot Taylor importance on calibration samples, then LoRA recovery",
            setup=_setup_llm_pruner, optimizer=_opt_one_shot("llm-pruner")),
-    Method("loraprune", "LoRAPrune: LoRA-gradient importance EMA, cubic mask schedule during LoRA training", True,
-           ("warmup_steps", "cooldown_steps", "mask_every"), defaults={"mask_every": 10, "allocation": "uniform"},
+    Method("loraprune", "LoRAPrune: LoRA-gradient importance EMA, cubic mask schedule during LoRA training",
            optimizer=_opt_loraprune),
-    Method("flap", "FLAP: fluctuation importance and bias compensation, training-free (then LoRA unless --steps 0)", False,
-           ("calib_samples", "bias_compensation"), defaults={"calib_samples": 128, "bias_compensation": True},
+    Method("flap", "FLAP: fluctuation importance and bias compensation, training-free (then LoRA unless --steps 0)",
            prepare=_prepare_flap, setup=_setup_flap, optimizer=_opt_one_shot("flap")),
-    Method("magnitude", "one-shot by weight magnitude ‖W_u‖², then LoRA recovery (a floor)", False,
+    Method("magnitude", "one-shot by weight magnitude ‖W_u‖², then LoRA recovery (a floor)",
            setup=_setup_magnitude, optimizer=_opt_one_shot("magnitude")),
-    Method("random", "one-shot by seeded random scores, then LoRA recovery (a floor)", False,
+    Method("random", "one-shot by seeded random scores, then LoRA recovery (a floor)",
            setup=_setup_random, optimizer=_opt_one_shot("random")),
 )}
 METHODS = tuple(REGISTRY)
-assert METHODS == NAMES and tuple(m for m, v in REGISTRY.items() if not v.trains) == TRAINING_FREE
+assert METHODS == NAMES and tuple(m for m, v in REGISTRY.items() if v.setup is not None) == ONE_SHOT
 
 
 def get_method(name: str) -> Method:
@@ -285,16 +272,3 @@ def get_method(name: str) -> Method:
     if m is None:
         raise LorashearError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return m
-
-
-def option_flag(name: str) -> str:
-    return "--" + ("no-merge-survivors" if name == "merge_survivors" else "no-bias-compensation"
-                   if name == "bias_compensation" else name.replace("_", "-"))
-
-
-def check_options(method: Method, given: Mapping[str, Any]) -> None:
-    """One-line refusal of an option the method does not take."""
-    for name in METHOD_OPTIONS:
-        if given.get(name) is not None and name not in method.options:
-            users = [m.name for m in REGISTRY.values() if name in m.options]
-            raise LorashearError(f"{option_flag(name)} does not apply to method {method.name} (it applies to: {', '.join(users)})")

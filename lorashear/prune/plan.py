@@ -33,6 +33,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import LorashearError
+from ..settings import SettingsError
 from ..groups import Group
 from ..jsonio import read_json, write_json_atomic
 from .names import PLAN_KINDS
@@ -59,15 +60,15 @@ class PlanSpec:
         self.kinds = tuple(self.kinds)
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
-            raise LorashearError(f"unknown group kind(s) {bad or '(none)'}; choose from {', '.join(KINDS)}")
+            raise SettingsError.one("kinds", f"unknown group kind(s) {bad or '(none)'}; choose from {', '.join(KINDS)}")
         if self.allocation not in ALLOCATIONS:
-            raise LorashearError(f"unknown allocation {self.allocation!r}; choose global or uniform")
+            raise SettingsError.one("allocation", f"unknown allocation {self.allocation!r}; choose global or uniform")
         if self.align is not None and (not isinstance(self.align, int) or self.align < 1):
-            raise LorashearError(f"--align must be a positive integer, got {self.align!r}")
+            raise SettingsError.one("align", f"align must be a positive integer, got {self.align!r}")
         if self.layers is not None:
             a, b = (int(x) for x in self.layers)
             if not 0 <= a < b:
-                raise LorashearError(f"layer range {a}:{b} is empty or negative")
+                raise SettingsError.one("layers", f"layer range {a}:{b} is empty or negative")
             self.layers = (a, b)
         self.protected = {str(k): sorted({int(u) for u in v}) for k, v in (self.protected or {}).items()}
 
@@ -76,9 +77,9 @@ def check_ratio(ratio: Any) -> float:
     try:
         r = float(ratio)
     except (TypeError, ValueError):
-        raise LorashearError(f"ratio must be a number in (0, 1), got {ratio!r}") from None
+        raise SettingsError.one("ratio", f"ratio must be a number in (0, 1), got {ratio!r}") from None
     if not 0.0 < r < 1.0 or math.isnan(r):
-        raise LorashearError(f"ratio must be in (0, 1) (the fraction of parameters to remove), got {ratio!r}")
+        raise SettingsError.one("ratio", f"ratio must be in (0, 1) (the fraction of parameters to remove), got {ratio!r}")
     return r
 
 
@@ -88,17 +89,17 @@ def parse_layers(text: str | None, n_layers: int) -> tuple[int, int] | None:
         return None
     a, sep, b = str(text).partition(":")
     if not sep:
-        raise LorashearError(f"layer range {text!r}: expected START:STOP, e.g. 4:30 or 0.1:0.9")
+        raise SettingsError.one("layers", f"layer range {text!r}: expected START:STOP, e.g. 4:30 or 0.1:0.9")
     try:
         vals = [float(x) if x.strip() else None for x in (a, b)]
     except ValueError:
-        raise LorashearError(f"layer range {text!r}: START and STOP must be numbers") from None
+        raise SettingsError.one("layers", f"layer range {text!r}: START and STOP must be numbers") from None
     frac = any(v is not None and not float(v).is_integer() for v in vals) or (
         all(v is not None and 0 <= v <= 1 for v in vals) and "." in text)
     start = 0 if vals[0] is None else int(round(vals[0] * n_layers)) if frac else int(vals[0])
     stop = n_layers if vals[1] is None else int(round(vals[1] * n_layers)) if frac else int(vals[1])
     if not 0 <= start < stop <= n_layers:
-        raise LorashearError(f"layer range {text!r} is outside the model's {n_layers} layers (0:{n_layers})")
+        raise SettingsError.one("layers", f"layer range {text!r} is outside the model's {n_layers} layers (0:{n_layers})")
     return start, stop
 
 
@@ -254,7 +255,7 @@ def candidate_groups(groups: Sequence[Group], spec: PlanSpec) -> list[Group]:
             continue
         out.append(g)
     if not out:
-        raise LorashearError(f"no prunable group of kind(s) {', '.join(spec.kinds)}"
+        raise SettingsError.one("kinds", f"no prunable group of kind(s) {', '.join(spec.kinds)}"
                              + (f" in layers {spec.layers[0]}:{spec.layers[1]}" if spec.layers else ""))
     return out
 
@@ -313,8 +314,8 @@ def make_plan(model: nn.Module, groups: Sequence[Group], spec: PlanSpec,
     removed = count_removed(model, groups, removal)
     reach = count_removed(model, groups, {g.id: orders[g.id][: caps[g.id]] for g in cands})
     if removed < target and abs(removed - target) > _largest_step(cands, steps) and reach < target:
-        raise LorashearError(
-            f"ratio {spec.ratio:g} is unreachable: with kinds {', '.join(spec.kinds)}"
+        raise SettingsError.one(
+            "ratio", f"ratio {spec.ratio:g} is unreachable: with kinds {', '.join(spec.kinds)}"
             + (f", layers {spec.layers[0]}:{spec.layers[1]}" if spec.layers else "")
             + f", the unprunable set and at least one unit kept per group, at most {reach / counter.total:.4f} "
               f"of the parameters ({reach:,} of {counter.total:,}) can be removed")

@@ -20,6 +20,7 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
                groups: list | None = None) -> Plan:
     """``model``: a model object, folder, ``demo`` or config file (``meta``: structure only)."""
     from ..errors import LorashearError
+    from ..settings import SettingsError
     from ..groups import find_groups
     from ..loading import load_model
     from ..trace import trace
@@ -38,11 +39,16 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
     scores: dict[str, np.ndarray] | None = None
     source = "none (index order)"
     if gamma is not None and not knowledge:
-        raise LorashearError("gamma needs a knowledge report")
+        raise SettingsError.one("gamma", "gamma needs a knowledge report")
     if knowledge:
         from ..knowledge import load_report, select_unprunable
 
-        rep = load_report(knowledge, model)
+        try:
+            rep = load_report(knowledge, model)
+        except SettingsError:
+            raise
+        except LorashearError as exc:  # a missing, malformed or other-model report: the knowledge field's fault
+            raise SettingsError.one("knowledge", str(exc).splitlines()[0]) from None
         if gamma is not None:
             rep = select_unprunable(rep, gamma, level=gamma_level)
         protected = protected_from_report(rep, groups)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,123 +32,14 @@ import torch
 from ..adapters import add_lora
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
-from .methods import METHOD_OPTIONS, METHODS, check_options, get_method
-from .plan import ALLOCATIONS, KINDS, PlanSpec, check_ratio, count_removed, parse_layers
+from .methods import get_method
+from .plan import PlanSpec, count_removed, parse_layers
+from .settings import PruneSettings, method_options
 
 RUN_FORMAT = "lorashear.prune-run/1"
 REPORT_FORMAT = "lorashear.prune-report/1"
 Progress = Callable[[float, str], None]
 Metric = Callable[[int, dict], None]
-
-
-@dataclass
-class PruneSettings:
-    """Everything that defines a run (``run.json``); two runs with equal settings give equal weights on CPU."""
-
-    ratio: float = 0.2
-    method: str = "lhspg"  # one of methods.METHODS
-    kinds: tuple[str, ...] = ("attention", "mlp")
-    allocation: str | None = None  # global, or uniform; default: the method's (llm-pruner: uniform), else global
-    layers: str | None = None  # "4:30" or "0.1:0.9"; default: the method's (llm-pruner: 0.125:0.9375), else all
-    align: int | None = None
-    knowledge: str | None = None  # knowledge report path: protected units with gamma
-    gamma: float | None = None
-    gamma_level: str = "group"
-    steps: int = 200  # optimizer steps in all (warm-up, periods, and after); 0 only for training-free methods
-    # --- lhspg (warmup_steps also loraprune); None = not given, resolved in __post_init__
-    warmup_steps: int | None = None  # default: 10 % of steps
-    periods: int | None = None  # default 4
-    period_steps: int | None = None  # default: 30 % of steps split over the periods (docs/lhspg.md, Investigation)
-    batch_size: int = 4
-    seq_len: int = 128
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "all-linear"
-    lr: float = 2e-4
-    epsilon: float | None = None  # default 0.0
-    saliency: str | None = None  # default lora-taylor
-    score_every: int | None = None  # default 1
-    merge_survivors: bool | None = None  # default True
-    # --- llm-pruner / flap / loraprune
-    taylor_variant: str | None = None  # llm-pruner: first (default), second, vector
-    aggregate: str | None = None  # llm-pruner: sum (default), prod, max, last
-    calib_samples: int | None = None  # llm-pruner: 10, flap: 128 calibration windows of seq_len tokens
-    mask_every: int | None = None  # loraprune: 10
-    cooldown_steps: int | None = None  # loraprune: 10 % of steps
-    bias_compensation: bool | None = None  # flap: True
-    distill: float = 0.0
-    data: tuple[str, ...] = ("demo",)
-    eval_data: tuple[str, ...] = ("demo",)
-    eval_tokens: int | None = 16384
-    eval_protocols: tuple[str, ...] = ("short", "long")
-    seed: int = 0
-    device: str | None = None
-    checkpoint_every: int = 50
-    measure_latency: bool = True
-
-    def __post_init__(self) -> None:
-        from ..knowledge.estimators import AGGREGATIONS, TAYLOR_VARIANTS
-
-        self.ratio = check_ratio(self.ratio)
-        self.kinds = tuple(self.kinds)
-        self.data, self.eval_data, self.eval_protocols = tuple(self.data), tuple(self.eval_data), tuple(self.eval_protocols)
-        m = get_method(self.method)
-        check_options(m, {k: getattr(self, k) for k in METHOD_OPTIONS})
-        bad = [k for k in self.kinds if k not in KINDS]
-        if bad or not self.kinds:
-            raise LorashearError(f"unknown group kind(s) {bad or '(none)'}; choose from {', '.join(KINDS)}")
-        for name, default in m.defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, default)
-        if self.allocation is None:
-            self.allocation = "global"
-        if self.allocation not in ALLOCATIONS:
-            raise LorashearError(f"unknown allocation {self.allocation!r}; choose global or uniform")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < (1 if m.trains else 0):
-            raise LorashearError(f"steps must be a positive integer, got {self.steps!r}" if m.trains else
-                                 f"steps must be an integer >= 0 (0: no training), got {self.steps!r}")
-        for name in ("batch_size", "seq_len", "lora_r", "checkpoint_every") + tuple(
-                n for n in ("periods", "calib_samples", "mask_every") if getattr(self, n) is not None):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise LorashearError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LorashearError(f"lr must be a positive number, got {self.lr!r}")
-        if self.distill < 0:
-            raise LorashearError(f"distill weight must be >= 0, got {self.distill!r}")
-        if self.gamma is not None and not self.knowledge:
-            raise LorashearError("gamma needs a knowledge report (--knowledge REPORT)")
-        if self.taylor_variant is not None and self.taylor_variant not in TAYLOR_VARIANTS:
-            raise LorashearError(f"unknown Taylor variant {self.taylor_variant!r}; choose one of {', '.join(TAYLOR_VARIANTS)}")
-        if self.aggregate is not None and self.aggregate not in AGGREGATIONS:
-            raise LorashearError(f"unknown aggregation {self.aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
-        if m.name == "lhspg":
-            self._lhspg_schedule()
-        elif m.name == "loraprune":
-            self.warmup_steps = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
-            self.cooldown_steps = self.cooldown_steps if self.cooldown_steps is not None else self.steps // 10
-            if self.warmup_steps < 0 or self.cooldown_steps < 0 or self.warmup_steps + self.cooldown_steps >= self.steps:
-                raise LorashearError(f"loraprune needs warmup-steps {self.warmup_steps} + cooldown-steps "
-                                     f"{self.cooldown_steps} < --steps {self.steps}")
-
-    def _lhspg_schedule(self) -> None:
-        self.periods = 4 if self.periods is None else self.periods
-        self.epsilon = 0.0 if self.epsilon is None else float(self.epsilon)
-        self.saliency = "lora-taylor" if self.saliency is None else self.saliency
-        self.score_every = 1 if self.score_every is None else self.score_every
-        self.merge_survivors = True if self.merge_survivors is None else bool(self.merge_survivors)
-        w = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
-        ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 3 // 10) // self.periods)
-        if w < 0 or ps < 1:
-            raise LorashearError("warmup-steps must be >= 0 and period-steps >= 1")
-        if w + ps * self.periods > self.steps:
-            raise LorashearError(f"the schedule needs {w} warm-up + {self.periods} × {ps} period steps = "
-                                 f"{w + ps * self.periods} steps, more than --steps {self.steps}")
-        self.warmup_steps, self.period_steps = w, ps
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # ---------------------------------------------------------------------------------------- output folder
@@ -229,7 +120,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     torch.manual_seed(st.seed)
     method = get_method(st.method)
     method_info: dict[str, Any] = {"method": method.name, "summary": method.summary,
-                                   "options": {k: getattr(st, k) for k in method.options}, "calibration_tokens": 0}
+                                   "options": {k: getattr(st, k) for k in method_options(method.name)}, "calibration_tokens": 0}
     if method.prepare is not None:
         method_info["prepare"] = method.prepare(model, st)
     progress(0.03, "tracing groups")

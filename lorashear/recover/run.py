@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,63 +32,12 @@ import torch
 
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
-from .mixture import check_rule, update_weights
+from .mixture import update_weights
+from .settings import MIXTURES, RecoverSettings  # noqa: F401 (MIXTURES: re-exported for callers)
 
 RUN_FORMAT = "lorashear.recover-run/1"
-MIXTURES = ("dynamic", "static")
 Progress = Callable[[float, str], None]
 Metric = Callable[[int, dict], None]
-
-
-@dataclass
-class RecoverSettings:
-    """Everything that defines a recovery run (``run.json``)."""
-
-    data: tuple[str, ...] = ("demo",)  # sources with train and validation splits
-    val_data: tuple[str, ...] = ()  # NAME=PATH validation files for user sources (demo brings its own)
-    mixture: str = "dynamic"
-    eta: float = 1.0
-    floor: float = 0.1
-    tokens: int = 200 * 4 * 128  # stage-1 training token budget (never exceeded)
-    round_steps: int = 25
-    stop_deviation: float | None = None  # stop when every source's deviation (nats) is below this
-    val_tokens: int = 8192  # validation tokens per source for the per-round loss
-    batch_size: int = 4
-    seq_len: int = 128
-    instructions: str | None = "demo"  # Alpaca-format data ('demo' or a path); None skips stage 2
-    instruct_steps: int = 100
-    instruct_eval_every: int = 20
-    instruct_patience: int = 2
-    instruct_max_length: int = 256
-    instruct_val_examples: int = 64
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "all-linear"
-    lr: float = 2e-4
-    eval_tokens: int | None = 16384
-    eval_protocols: tuple[str, ...] = ("short", "long")
-    seed: int = 0
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        self.data, self.val_data, self.eval_protocols = tuple(self.data), tuple(self.val_data), tuple(self.eval_protocols)
-        if self.mixture not in MIXTURES:
-            raise LorashearError(f"unknown mixture {self.mixture!r}; choose dynamic or static")
-        check_rule(self.eta, self.floor)
-        for name in ("tokens", "round_steps", "val_tokens", "batch_size", "seq_len", "lora_r", "instruct_eval_every",
-                     "instruct_patience", "instruct_max_length", "instruct_val_examples"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise LorashearError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.tokens < self.batch_size * self.seq_len:
-            raise LorashearError(f"token budget {self.tokens} is smaller than one batch ({self.batch_size} × {self.seq_len})")
-        if not isinstance(self.instruct_steps, int) or self.instruct_steps < 0:
-            raise LorashearError(f"instruct-steps must be an integer >= 0, got {self.instruct_steps!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LorashearError(f"lr must be a positive number, got {self.lr!r}")
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -230,14 +230,14 @@ def test_same_seed_same_result(tiny_dir, tmp_path, method):
 
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args, message", [
-    (["--method", "obs"], "unknown method 'obs'"),
-    (["--method", "flap", "--periods", "3"], "--periods does not apply to method flap"),
-    (["--method", "lhspg", "--taylor-variant", "second"], "--taylor-variant does not apply to method lhspg"),
-    (["--method", "magnitude", "--calib-samples", "4"], "--calib-samples does not apply to method magnitude"),
-    (["--method", "loraprune", "--no-bias-compensation"], "--no-bias-compensation does not apply to method loraprune"),
-    (["--method", "loraprune", "--steps", "0"], "steps must be a positive integer"),
-    (["--method", "llm-pruner", "--taylor-variant", "third"], "unknown Taylor variant"),
-    (["--method", "flap", "--steps", "-1"], "steps must be an integer >= 0"),
+    (["--method", "obs"], "--method: unknown 'obs'"),
+    (["--method", "flap", "--periods", "3"], "--periods: does not apply to method flap"),
+    (["--method", "lhspg", "--taylor-variant", "second"], "--taylor-variant: does not apply to method lhspg"),
+    (["--method", "magnitude", "--calib-samples", "4"], "--calib-samples: does not apply to method magnitude"),
+    (["--method", "loraprune", "--no-bias-compensation"], "--no-bias-compensation: does not apply to method loraprune"),
+    (["--method", "loraprune", "--steps", "0"], "--steps: 0 steps (no training) only for one-shot methods"),
+    (["--method", "llm-pruner", "--taylor-variant", "third"], "--taylor-variant: unknown 'third'"),
+    (["--method", "flap", "--steps", "-1"], "--steps: must be in [0, 10,000,000], got -1"),
 ])
 def test_bad_method_options_exit_2_with_one_line(tiny_dir, tmp_path, capsys, args, message):
     from lorashear.cli import main
@@ -258,12 +258,14 @@ def test_layer_range_outside_the_model(tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "o" / "model").exists()
 
 
-def test_job_form_checks_steps_zero_per_method():
-    from lorashear.jobs.kinds import _prune_check
+def test_job_form_checks_steps_zero_per_method(tiny_dir):
+    from lorashear.jobs.kinds import PRUNE, JobParamError, validate
 
-    assert "steps" in _prune_check({"kinds": "attention,mlp", "method": "lhspg", "steps": 0})
-    assert "steps" in _prune_check({"kinds": "attention,mlp", "method": "loraprune", "steps": 0})
-    assert "steps" not in _prune_check({"kinds": "attention,mlp", "method": "flap", "steps": 0})
+    for method in ("lhspg", "loraprune"):
+        with pytest.raises(JobParamError) as e:
+            validate(PRUNE, {"model": str(tiny_dir), "ratio": 0.2, "method": method, "steps": 0})
+        assert list(e.value.errors) == ["steps"]
+    assert validate(PRUNE, {"model": str(tiny_dir), "ratio": 0.2, "method": "flap", "steps": "0"})["steps"] == 0
 
 
 @pytest.mark.parametrize("method", ["flap", "loraprune"])

@@ -114,11 +114,11 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("args, message", [
-    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
-    (["--ratio", "0"], "ratio must be in (0, 1)"),
-    (["--kinds", "attention,heads"], "unknown group kind"),
-    (["--steps", "0"], "steps must be a positive integer"),
-    (["--gamma", "0.2"], "gamma needs a knowledge report"),
+    (["--ratio", "1.5"], "--ratio: must be in (0, 1), got 1.5"),
+    (["--ratio", "0"], "--ratio: must be in (0, 1), got 0"),
+    (["--kinds", "attention,heads"], "--kinds: unknown 'heads'"),
+    (["--steps", "0"], "--steps: 0 steps (no training) only for one-shot methods"),
+    (["--gamma", "0.2"], "--gamma: γ needs a knowledge report"),
 ])
 def test_bad_options_exit_2_with_one_line(tiny_dir, tmp_path, capsys, args, message):
     from lorashear.cli import main

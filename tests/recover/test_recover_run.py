@@ -135,7 +135,7 @@ def test_empty_or_malformed_instruction_file_is_refused(pruned_demo, tmp_path, c
 
 
 def test_zero_budget_is_refused_before_anything_runs(pruned_demo, tmp_path):
-    with pytest.raises(LorashearError, match="tokens must be a positive integer"):
+    with pytest.raises(LorashearError, match="tokens: must be ≥ 1, got 0"):
         recover(pruned_demo, tmp_path / "o", **{**SMALL, "tokens": 0})
     assert not (tmp_path / "o").exists()
 

@@ -63,7 +63,7 @@ def test_figures_mark_the_planned_units(app_state):
     ({"layers": "abc"}, "layers", "START:STOP"),
     ({"layers": "3:99"}, "layers", "outside the model"),
     ({"ratio": "x"}, "ratio", "must be a number"),
-    ({"ratio": 1.0}, "ratio", "strictly between 0 and 1"),
+    ({"ratio": 1.0}, "ratio", "must be in (0, 1)"),
     ({"ratio": 0.95}, "ratio", "unreachable"),
     ({"kinds": []}, "kinds", "at least one"),
     ({"align": "2.5"}, "align", "whole number"),
@@ -79,11 +79,30 @@ def test_prune_params_are_the_plan_settings(app_state):
     mv = _mv(app_state)
     data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "layers": "1:5", "align": "4"})
     params = PV.prune_params(mv, data, {"method": "magnitude", "steps": "3", "device": "cpu", "eval_tokens": ""})
-    assert params == {"model": mv.source, "ratio": 0.2, "kinds": "attention,mlp", "allocation": "global",
-                      "layers": "1:5", "align": 4, "method": "magnitude", "steps": "3", "device": "cpu"}
+    assert params == {"model": mv.source, "ratio": 0.2, "kinds": ["attention", "mlp"], "allocation": "global",
+                      "layers": "1:5", "align": 4, "gamma_level": "group", "method": "magnitude", "steps": "3",
+                      "device": "cpu"}
     from lorashear.jobs.kinds import PRUNE, validate
 
     validate(PRUNE, params)  # the form's values are valid prune-job parameters
+
+
+def test_preview_resolves_the_methods_defaults_as_the_run_does(app_state):
+    """llm-pruner with a blank layer range and allocation: the preview plans layers 0.125:0.9375 uniformly, as the run
+    does (the app used to drop the blank range and preview all layers globally)."""
+    from lorashear.jobs.kinds import PRUNE, validate
+
+    mv = _mv(app_state)
+    values = {**DEFAULT, "allocation": None, "method": "llm-pruner"}
+    data, errors, _ = PV.compute(app_state, mv, values)
+    assert not errors
+    assert data["inputs"]["layers"] == "0.125:0.9375" and data["inputs"]["allocation"] == "uniform"
+    assert data["plan"]["spec"]["layers"] == [1, 6] and data["plan"]["spec"]["allocation"] == "uniform"
+    params = PV.prune_params(mv, data, {"method": "llm-pruner", "steps": "0"})
+    settings = PRUNE.make_settings(validate(PRUNE, params))
+    assert (settings.layers, settings.allocation) == ("0.125:0.9375", "uniform")
+    assert settings.plan_args() == {k: data["inputs"][k] if k != "kinds" else tuple(data["inputs"][k])
+                                    for k in settings.plan_args()}
 
 
 def test_hand_selection_is_checked_against_the_browsed_model(app_state):

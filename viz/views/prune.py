@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from lorashear.errors import LorashearError
+from lorashear.settings import SettingsError
 
 from .. import plan_preview as PP
 from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, plot_template
@@ -216,22 +217,19 @@ def summary(data: dict) -> html.Div:
 
 
 # ------------------------------------------------------------------------------------------ compute
-_LIB_FIELD = (("unreachable", "ratio"), ("ratio", "ratio"), ("layer range", "layers"), ("no prunable group", "kinds"),
-              ("align", "align"), ("gamma", "gamma"), ("knowledge", "knowledge"))
-
-
 def compute(state: AppState, mv: Any, values: dict[str, Any]) -> tuple[dict | None, dict[str, str], str]:
-    """Plan form values -> (preview data or None, {field: message}, general message). The callback's logic,
-    testable without a browser."""
-    inputs, errors = PP.parse_inputs(*(values.get(k) for k in PLAN_FIELDS))
-    if inputs is None:
+    """Plan form values (and the run's method) -> (preview data or None, {field: message}, general message). The
+    callback's logic, testable without a browser. Field errors come from the settings schema and from the planner
+    (``SettingsError`` names the field); nothing is matched on message text."""
+    settings, errors = PP.parse_inputs({k: v for k, v in values.items() if k in PLAN_FIELDS + ("method",)})
+    if settings is None:
         return None, errors, ""
     try:
-        return PP.preview(mv, inputs), {}, ""
+        return PP.preview(mv, settings), {}, ""
+    except SettingsError as exc:
+        return None, exc.errors, ""
     except LorashearError as exc:
-        msg = str(exc).splitlines()[0]
-        field = next((f for key, f in _LIB_FIELD if key in msg.lower()), None)
-        return None, ({field: msg} if field else {}), ("" if field else msg)
+        return None, {}, str(exc).splitlines()[0]
 
 
 def figures(mv: Any, data: dict) -> tuple[go.Figure, go.Figure, go.Figure]:
@@ -250,9 +248,10 @@ def save_plan(state: AppState, data: dict) -> Path:
 
 
 def prune_params(mv: Any, data: dict, run: dict[str, Any]) -> dict[str, Any]:
-    """The Prune job's parameters: the plan's settings as the preview used them, plus the run settings."""
-    p = dict(PP.PlanInputs(**{**data["inputs"], "kinds": tuple(data["inputs"]["kinds"])}).to_job_params())
-    return {"model": mv.source, **p, **{k: v for k, v in run.items() if v not in (None, "")}}
+    """The Prune job's parameters: the plan's settings exactly as the preview resolved them (method defaults
+    included, so the run cannot plan with other values), plus the run settings."""
+    plan = {k: v for k, v in data["inputs"].items() if v is not None and k != "method"}
+    return {"model": mv.source, **plan, **{k: v for k, v in run.items() if v not in (None, "")}}
 
 
 def _submit(state: AppState, kind: str, params: dict, fields: tuple[str, ...]) -> tuple[Any, list[str], int | None]:
@@ -278,10 +277,10 @@ def register(app, state: AppState, get_model) -> None:
         Output("plan-store", "data"), Output("plan-summary", "children"), Output("plan-layers-fig", "figure"),
         Output("plan-heads-fig", "figure"), Output("plan-channels-fig", "figure"), Output("plan-msg", "children"),
         *err_outputs,
-        *[Input(f"plan-{f}", "value") for f in PLAN_FIELDS], Input("model-key", "data"), Input("tabs", "value"),
-        State("plan-store", "data"),
+        *[Input(f"plan-{f}", "value") for f in PLAN_FIELDS], Input("run-method", "value"), Input("model-key", "data"),
+        Input("tabs", "value"), State("plan-store", "data"),
     )
-    def update(ratio, kinds, allocation, layers, align, knowledge, gamma, model_key, tab, current):
+    def update(ratio, kinds, allocation, layers, align, knowledge, gamma, method, model_key, tab, current):
         # only on the Prune tab: the first preview of a model builds its model object (seconds on a 7B config),
         # which must not hold up the page load or the other tabs
         skip = (no_update,) * (6 + len(PLAN_FIELDS))
@@ -290,7 +289,7 @@ def register(app, state: AppState, get_model) -> None:
         mv = get_model(model_key)
         if mv is None:
             return skip
-        values = dict(zip(PLAN_FIELDS, (ratio, kinds, allocation, layers, align, knowledge, gamma)))
+        values = dict(zip(PLAN_FIELDS, (ratio, kinds, allocation, layers, align, knowledge, gamma)), method=method)
         data, errors, msg = compute(state, mv, values)
         errs = [errors.get(f, "") for f in PLAN_FIELDS]
         if data is None:

@@ -1,0 +1,198 @@
+"""The one spelling of a plan request and of a prune request (``lorashear plan`` / ``lorashear prune``, the
+``prune`` job kind, the app's Prune tab and Jobs form): every field with its type, default, range, help and the
+methods it applies to. The CLI flags, the job parameters and the form are generated from these classes
+(``lorashear.settings``); validation runs here, once, and every error names its field.
+
+Method defaults live on the fields (``method_defaults``), so the plan preview resolves them exactly as the run
+does (llm-pruner's layer range and uniform allocation, for instance). Torch-free: the CLI imports it for ``--help``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..settings import DEVICES, SettingsError, check, fill_method_defaults, option, options, to_params
+from .names import METHODS, ONE_SHOT, PLAN_KINDS
+
+ALLOCATIONS = ("global", "uniform")
+GAMMA_LEVELS = ("unit", "layer", "group")
+SALIENCIES = ("lora-taylor", "magnitude")
+TAYLOR_VARIANTS = ("first", "second", "vector")
+AGGREGATIONS = ("sum", "prod", "max", "last")
+LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
+
+
+def check_layer_range(text: str | None) -> str | None:
+    """The syntax of a layer range (``4:30`` indices, ``0.1:0.9`` fractions); the model resolves it."""
+    if text is None:
+        return None
+    a, sep, b = text.partition(":")
+    if not sep:
+        return "expected START:STOP, e.g. 4:30 or 0.1:0.9"
+    try:
+        [float(x) for x in (a, b) if x.strip()]
+    except ValueError:
+        return "START and STOP must be numbers"
+    return None
+
+
+@dataclass
+class PlanSettings:
+    """Which units go: what ``lorashear plan`` and the app's preview compute, and the first half of a prune run."""
+
+    ratio: float = option(0.2, "fraction of the model's parameters to remove", label="Target ratio of parameters to remove",
+                          type="float", min=0.0, max=1.0, open_min=True, open_max=True, required=True)
+    method: str = option("lhspg", "pruning method: lhspg, or a baseline on the same groups and budget (docs/baselines.md)",
+                         type="choice", choices=METHODS, label="Method")
+    kinds: tuple[str, ...] = option(("attention", "mlp"), "group kinds that may be pruned: attention (whole kv heads with "
+                                    "their queries), query_heads (GQA: the i-th query head of every kv group), mlp "
+                                    "(channels), hidden (the residual width)", type="list", choices=PLAN_KINDS,
+                                    label="Group kinds")
+    allocation: str | None = option(None, "global: one ranking across layers; uniform: the same fraction of every layer",
+                                    type="choice", choices=ALLOCATIONS, label="Allocation",
+                                    method_defaults={"llm-pruner": "uniform", "loraprune": "uniform"},
+                                    none_text="the method's: uniform for llm-pruner and loraprune, else global")
+    layers: str | None = option(None, "only prune these decoder layers, START:STOP (indices, e.g. 4:30, or fractions, "
+                                "e.g. 0.1:0.9)", label="Layer range", metavar="START:STOP",
+                                method_defaults={"llm-pruner": LLM_PRUNER_LAYERS},
+                                none_text=f"all layers; llm-pruner: {LLM_PRUNER_LAYERS}")
+    align: int | None = option(None, "keep every pruned width a multiple of N", type="int", min=1,
+                               label="Align widths to a multiple of", none_text="no alignment")
+    knowledge: str | None = option(None, "knowledge report (lorashear analyze) of this model: protect its top γ",
+                                   type="file", label="Knowledge report", metavar="REPORT")
+    gamma: float | None = option(None, "protect the top GAMMA fraction of the report (needs a knowledge report)",
+                                 type="float", min=0.0, max=1.0, open_max=True, label="γ: protect the top fraction")
+    gamma_level: str = option("group", "γ counts node groups (one layer's attention or MLP: the paper's), layers, or units",
+                              type="choice", choices=GAMMA_LEVELS, label="γ counts")
+
+    def __post_init__(self) -> None:
+        check(self, _cross)
+        fill_method_defaults(self)
+        if self.allocation is None:
+            self.allocation = "global"
+
+    def to_dict(self) -> dict:
+        return to_params(self)
+
+    def plan_args(self) -> dict[str, Any]:
+        """The planner's inputs (``prune.preview.plan_model`` keywords), method defaults resolved as the run does."""
+        return {k: getattr(self, k) for k in options(PlanSettings) if k != "method"}
+
+
+def _cross(st: Any) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if not st.kinds:
+        errors["kinds"] = f"choose at least one group kind ({', '.join(PLAN_KINDS)})"
+    if st.gamma is not None and not st.knowledge:
+        errors["gamma"] = "γ needs a knowledge report (--knowledge REPORT)"
+    bad = check_layer_range(st.layers)
+    if bad:
+        errors["layers"] = f"layer range {st.layers!r}: {bad}"
+    return errors
+
+
+@dataclass
+class PruneSettings(PlanSettings):
+    """Everything that defines a run (``run.json``); two runs with equal settings give equal weights on CPU."""
+
+    steps: int = option(200, "optimizer steps in all: warm-up, periods and after; 0 (no training) only for one-shot "
+                        f"methods ({', '.join(ONE_SHOT)})", type="int", min=0, max=10_000_000, label="Optimizer steps (in all)")
+    # --- lhspg (warmup_steps also loraprune); None = not given, resolved from steps in __post_init__
+    warmup_steps: int | None = option(None, "LoRA warm-up steps", type="int", min=0, methods=("lhspg", "loraprune"),
+                                      none_text="10% of the steps", form=False)
+    periods: int | None = option(None, "pruning periods", type="int", min=1, methods=("lhspg",),
+                                 method_defaults={"lhspg": 4}, none_text="4", form=False)
+    period_steps: int | None = option(None, "steps per period", type="int", min=1, methods=("lhspg",),
+                                      none_text="30% of the steps over the periods", form=False)
+    batch_size: int = option(4, "sequences per optimizer step", type="int", min=1, max=4096, label="Batch size")
+    seq_len: int = option(128, "tokens per sequence", type="int", min=2, max=1_000_000, label="Tokens per sequence")
+    lora_r: int = option(8, "LoRA rank", type="int", min=1, form=False)
+    lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
+    lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
+    lr: float = option(2e-4, "learning rate", type="float", min=0.0, max=1.0, open_min=True, label="Learning rate")
+    epsilon: float | None = option(None, "half-space projection threshold ε", type="float", min=0.0, max=1.0,
+                                   open_max=True, methods=("lhspg",), method_defaults={"lhspg": 0.0}, none_text="0",
+                                   label="Half-space ε")
+    saliency: str | None = option(None, "LHSPG's per-unit saliency", type="choice", choices=SALIENCIES,
+                                  methods=("lhspg",), method_defaults={"lhspg": "lora-taylor"}, none_text="lora-taylor",
+                                  form=False)
+    score_every: int | None = option(None, "update the saliency EMA every N steps", type="int", min=1, methods=("lhspg",),
+                                     method_defaults={"lhspg": 1}, none_text="1", form=False)
+    merge_survivors: bool | None = option(None, "do not merge B·A into the surviving groups' weights at period ends",
+                                          type="bool", flag="--no-merge-survivors", methods=("lhspg",),
+                                          method_defaults={"lhspg": True}, form=False)
+    # --- llm-pruner / flap / loraprune
+    taylor_variant: str | None = option(None, "Taylor importance: first (|W·∇W|), second (|W·∇W − ½·W·H·W|), vector (|Σ W·∇W|)",
+                                        type="choice", choices=TAYLOR_VARIANTS, methods=("llm-pruner",),
+                                        method_defaults={"llm-pruner": "first"}, none_text="first", form=False)
+    aggregate: str | None = option(None, "per-unit aggregation of the slices' scores", type="choice", choices=AGGREGATIONS,
+                                   methods=("llm-pruner",), method_defaults={"llm-pruner": "sum"}, none_text="sum", form=False)
+    calib_samples: int | None = option(None, "calibration windows of --seq-len tokens", type="int", min=1,
+                                       methods=("llm-pruner", "flap"), method_defaults={"llm-pruner": 10, "flap": 128},
+                                       none_text="llm-pruner 10, flap 128", form=False)
+    mask_every: int | None = option(None, "steps between mask updates", type="int", min=1, methods=("loraprune",),
+                                    method_defaults={"loraprune": 10}, none_text="10", form=False)
+    cooldown_steps: int | None = option(None, "steps after the last mask update", type="int", min=0,
+                                        methods=("loraprune",), none_text="10% of the steps", form=False)
+    bias_compensation: bool | None = option(None, "no bias compensation of the removed units' mean contribution",
+                                            type="bool", flag="--no-bias-compensation", methods=("flap",),
+                                            method_defaults={"flap": True}, form=False)
+    distill: float = option(0.0, "weight of a KL term against the dense model's logits", type="float", min=0.0, form=False)
+    data: tuple[str, ...] = option(("demo",), "training text: demo (train split) or [NAME=]PATH", type="list",
+                                   repeat=True, label="Training data")
+    eval_data: tuple[str, ...] = option(("demo",), "evaluation text (default: demo, validation split)", type="list",
+                                        repeat=True, form=False)
+    eval_tokens: int | None = option(16384, "tokens per evaluation source (before and after)", type="int", min=256,
+                                     label="Evaluation tokens per source")
+    eval_protocols: tuple[str, ...] = option(("short", "long"), "perplexity protocols", type="list",
+                                             choices=("short", "long"), cli=False, form=False)
+    seed: int = option(0, "seed of the data order, LoRA init and scores", type="int", min=0, label="Seed")
+    device: str | None = option(None, "auto, cpu or cuda", type="choice", choices=DEVICES,
+                                none_text="cuda + bf16 when present, else cpu + fp32", label="Device")
+    checkpoint_every: int = option(50, "steps between checkpoints", type="int", min=1, form=False)
+    measure_latency: bool = option(True, "skip the dense/pruned latency measurement", type="bool", flag="--no-latency",
+                                   form=False)
+
+    def __post_init__(self) -> None:
+        if self.device == "auto":
+            self.device = None
+        check(self, _cross_prune)
+        fill_method_defaults(self)
+        if self.allocation is None:
+            self.allocation = "global"
+        if self.method == "lhspg":
+            w = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+            ps = self.period_steps if self.period_steps is not None else max(1, (self.steps * 3 // 10) // self.periods)
+            self.warmup_steps, self.period_steps = w, ps
+        elif self.method == "loraprune":
+            self.warmup_steps = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+            self.cooldown_steps = self.cooldown_steps if self.cooldown_steps is not None else self.steps // 10
+        errors = _schedule(self)  # the resolved schedule must fit the step budget
+        if errors:
+            raise SettingsError(errors)
+
+    def replace(self, **changes: Any) -> "PruneSettings":
+        return replace(self, **changes)
+
+
+def _cross_prune(st: Any) -> dict[str, str]:
+    errors = _cross(st)
+    if st.steps == 0 and st.method not in ONE_SHOT:
+        errors["steps"] = f"0 steps (no training) only for one-shot methods ({', '.join(ONE_SHOT)}); {st.method} prunes while training"
+    return errors
+
+
+def _schedule(st: Any) -> dict[str, str]:
+    if st.method == "lhspg":
+        need = st.warmup_steps + st.periods * st.period_steps
+        if need > st.steps:
+            return {"steps": f"the schedule needs {st.warmup_steps} warm-up + {st.periods} × {st.period_steps} period "
+                             f"steps = {need} steps, more than {st.steps}"}
+    if st.method == "loraprune" and st.warmup_steps + st.cooldown_steps >= st.steps:
+        return {"steps": f"loraprune needs warmup-steps {st.warmup_steps} + cooldown-steps {st.cooldown_steps} < steps {st.steps}"}
+    return {}
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """The settings that apply to ``method`` only (its own options)."""
+    return tuple(n for n, (o, _) in options(PruneSettings).items() if method in o.methods)
