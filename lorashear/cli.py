@@ -108,22 +108,11 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
+    from .evaluate_settings import EvalSettings
+    from .settings import add_arguments
+
     p.add_argument("model", help="Hugging Face model folder, or 'demo' for the shipped demo model")
-    p.add_argument("--data", action="append", metavar="SPEC",
-                   help="evaluation text: 'demo' (demo corpus, validation split), 'demo:test', or [NAME=]PATH "
-                        "(.jsonl/.json/.parquet/.csv/.txt[.gz], a saved dataset folder, or a hub name when online); "
-                        "repeat for several sources (default: demo)")
-    p.add_argument("--field", default="text", help="record field holding the text (default: text)")
-    p.add_argument("--protocol", choices=("short", "long", "both"), default="both",
-                   help="short: 128-token windows (LLM-Pruner); long: min(2048, context) windows (Wanda); both")
-    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of each source")
-    p.add_argument("--no-cost", action="store_true", help="skip parameters/MACs/latency/throughput/memory")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda + bf16 when present, else cpu + fp32)")
-    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (needs the [eval] extra)")
-    p.add_argument("--include-path", default=None, help="folder of local lm-eval task YAML files")
-    p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (use 1 on a busy shared CPU: timings stay meaningful)")
+    add_arguments(p, EvalSettings)
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the report as JSON")
 
 
@@ -135,14 +124,12 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluate import evaluate_model
+    from .evaluate_settings import EvalSettings
+    from .settings import from_args
 
-    _set_threads(args.threads)
-    protocols = ("short", "long") if args.protocol == "both" else (args.protocol,)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    report = evaluate_model(args.model, data=args.data or ["demo"], field=args.field, protocols=protocols,
-                            max_tokens=args.max_tokens, cost=not args.no_cost, device=args.device, tasks=tasks,
-                            include_path=args.include_path, limit=limit)
+    settings = from_args(EvalSettings, args)
+    _set_threads(settings.threads)
+    report = evaluate_model(args.model, **settings.evaluate_args())
     head = ("source", "protocol", "window", "perplexity", "scored tokens")
     rows = [(r.source, r.protocol, str(r.window), f"{r.ppl:.3f}", f"{r.n_tokens:,}") for r in report.perplexity]
     widths = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
@@ -168,113 +155,50 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _analyze_args(p: argparse.ArgumentParser) -> None:
+    from .knowledge.settings import AnalyzeSettings
+    from .settings import add_arguments
+
     p.add_argument("model", help="Hugging Face model folder, or 'demo' for the shipped demo model")
-    p.add_argument("--estimator", default="lora-taylor", choices=("ablation", "lora-taylor", "taylor", "magnitude"),
-                   help="ablation: measured loss increase (ground truth, slow); lora-taylor: LoRAPrune's estimate from "
-                        "LoRA gradients (memory-light); taylor: LLM-Pruner's Taylor scores (base-weight gradients); "
-                        "magnitude: weight norm (no data). Default: lora-taylor")
-    p.add_argument("--data", action="append", metavar="SPEC",
-                   help="calibration text: 'demo' (demo corpus, validation split), 'demo:test', or [NAME=]PATH; "
-                        "repeat for several sources, samples are split evenly (default: demo)")
-    p.add_argument("--field", default="text", help="record field holding the text (default: text)")
-    p.add_argument("--samples", type=int, default=16, help="calibration windows (default: 16)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default: 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows and of fresh LoRA adapters")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: all at once)")
-    p.add_argument("--variant", default=None, help="taylor: first (|W·∇W|, default), second (|W·∇W − ½·W·H·W|) or vector (|Σ W·∇W|)")
-    p.add_argument("--aggregate", default=None, help="taylor / lora-taylor: combine a unit's slices by sum (default), prod, max or last")
-    p.add_argument("--rank", type=int, default=None, help="lora-taylor: rank of the fresh LoRA adapters (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="lora-taylor: LoRA alpha (default 16)")
-    p.add_argument("--bins", default=None, metavar="KIND=N,...",
-                   help="ablation: units per ablated block, e.g. attention=1,mlp=16,hidden=16 (the default)")
-    p.add_argument("--no-whole-groups", action="store_true", help="ablation: skip zeroing each layer's whole attention / MLP")
-    p.add_argument("--gamma", type=float, default=None, help="mark the top GAMMA fraction (0 <= GAMMA < 1) unprunable")
-    p.add_argument("--select", default="group", choices=("unit", "layer", "group"),
-                   help="what GAMMA counts: node groups (one layer's attention or MLP; the paper's, default), layers or units")
-    p.add_argument("--scope", default="global", choices=("global", "group"), help="units: rank across all groups (default) or within each group")
-    p.add_argument("--by", default="density", choices=("density", "score"), help="rank by score per parameter (default) or by score")
     p.add_argument("--out", required=True, help="report file: .parquet (default when no suffix) or .json")
+    add_arguments(p, AnalyzeSettings, groups={})
     p.add_argument("--figures", default=None, metavar="DIR", help="also write the figures (heads, channels, layers, distribution) here")
     p.add_argument("--figure-format", default="html,png", help="comma-separated: html, png (png needs kaleido; default: html,png)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda + bf16 when present, else cpu + fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-_ANALYZE_ONLY = {"variant": ("taylor",), "aggregate": ("taylor", "lora-taylor"), "rank": ("lora-taylor",),
-                 "alpha": ("lora-taylor",), "bins": ("ablation",), "no_whole_groups": ("ablation",)}
 
 
 @command("analyze", help="Knowledge distribution: score every unit of every prunable group; write a report and print a per-layer summary.")
 @arguments(_analyze_args)
 def _analyze(args: argparse.Namespace) -> int:
-    from .data import DEMO_MODEL_DIR
-    from .evaluate import load_model
-    from .knowledge import analyze, calibration_data, check_gamma, summary_table
-    from .knowledge.estimators import AGGREGATIONS, TAYLOR_VARIANTS
+    from .knowledge import summary_table
+    from .knowledge.run import analyze_model
+    from .knowledge.settings import AnalyzeSettings
+    from .settings import from_args
 
-    for opt, ests in _ANALYZE_ONLY.items():
-        if getattr(args, opt) not in (None, False) and args.estimator not in ests:
-            raise LorashearError(f"--{opt.replace('_', '-')} applies to {' / '.join(ests)} only, not {args.estimator}")
-    if args.gamma is not None:
-        check_gamma(args.gamma)
-    options: dict = {}
-    if args.variant is not None:
-        if args.variant not in TAYLOR_VARIANTS:
-            raise LorashearError(f"--variant must be one of {', '.join(TAYLOR_VARIANTS)}, got {args.variant!r}")
-        options["variant"] = args.variant
-    if args.aggregate is not None:
-        if args.aggregate not in AGGREGATIONS:
-            raise LorashearError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, got {args.aggregate!r}")
-        options["aggregate"] = args.aggregate
-    if args.rank is not None:
-        options["rank"] = args.rank
-    if args.alpha is not None:
-        options["alpha"] = args.alpha
-    if args.bins:
-        bins = {}
-        for part in args.bins.split(","):
-            kind, _, n = part.partition("=")
-            if not n.strip().isdigit() or int(n) < 1:
-                raise LorashearError(f"--bins: expected KIND=N with N >= 1 (e.g. mlp=16), got {part!r}")
-            bins[kind.strip()] = int(n)
-        options["bins"] = bins
-    if args.no_whole_groups:
-        options["whole_groups"] = False
-    if args.batch_size is not None and args.estimator != "magnitude":
-        options["batch_size"] = args.batch_size
-    if args.estimator == "lora-taylor":
-        options["seed"] = args.seed
+    settings = from_args(AnalyzeSettings, args)
     formats = tuple(f.strip() for f in args.figure_format.split(",") if f.strip())
     if any(f not in ("html", "png") for f in formats) or not formats:
         raise LorashearError(f"--figure-format: use html and/or png, got {args.figure_format!r}")
-
-    model, tokenizer = load_model(args.model, device=args.device)
-    source = str(DEMO_MODEL_DIR) if args.model == "demo" else args.model
-    samples, data = None, None
-    if args.estimator != "magnitude":
-        samples, data = calibration_data(tokenizer, args.data or ["demo"], n_samples=args.samples, seq_len=args.seq_len,
-                                         seed=args.seed, model=model, field=args.field)
     bar = None
 
-    def progress(done: int, total: int) -> None:
+    def progress(fraction: float, stage: str) -> None:
         nonlocal bar
         if args.no_progress:
             return
         if bar is None:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, desc=f"analyze ({args.estimator})", unit="step", file=sys.stderr)
-        bar.update(done - bar.n)
+            bar = tqdm(total=1000, desc=f"analyze ({settings.estimator})", file=sys.stderr,
+                       bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(stage)
 
     try:
-        report = analyze(model, samples, estimator=args.estimator, source=source, data=data, gamma=args.gamma,
-                         select_level=args.select, select_scope=args.scope, select_by=args.by, progress=progress, **options)
+        report = analyze_model(args.model, args.out, settings, progress=progress)
     finally:
         if bar is not None:
             bar.close()
-    path = report.save(args.out)
     print(summary_table(report))
-    print(f"wrote {path}")
+    print(f"wrote {report.path}")
     if args.figures:
         try:
             from viz.knowledge_figures import write_figures

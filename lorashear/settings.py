@@ -77,7 +77,8 @@ class Option:
     max: float | None = None
     open_min: bool = False  # min itself excluded
     open_max: bool = False
-    methods: tuple[str, ...] = ()  # applies to these pruning methods only (empty: to all)
+    methods: tuple[str, ...] = ()  # applies to these values of the class's SELECTOR field only (pruning methods,
+    # knowledge estimators; empty: to all)
     method_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the default per method when unset
     required: bool = False  # the CLI and the form ask for it explicitly (the dataclass default serves the library)
     flag: str | None = None  # CLI spelling (default --field-name; "--no-x" for a switch that turns a default-on off)
@@ -181,7 +182,8 @@ def check(obj: Any, cross: Callable[[Any], Mapping[str, str]] | None = None) -> 
     """Convert and check every field of a settings object in place (from ``__post_init__``), then the
     cross-field rules ``cross(obj) -> {field: message}``; raise one :class:`SettingsError` naming every bad field."""
     errors: dict[str, str] = {}
-    method = getattr(obj, "method", None)
+    selector = getattr(type(obj), "SELECTOR", "method")  # the field whose value ``Option.methods`` names
+    method = getattr(obj, selector, None)
     for name, (opt, _) in options(obj).items():
         raw = getattr(obj, name)
         if raw is None:
@@ -192,17 +194,11 @@ def check(obj: Any, cross: Callable[[Any], Mapping[str, str]] | None = None) -> 
             errors[name] = str(exc)
             continue
         if opt.methods and method is not None and method not in opt.methods:
-            errors[name] = f"does not apply to method {method} (it applies to: {', '.join(opt.methods)})"
+            errors[name] = f"does not apply to {selector} {method} (it applies to: {', '.join(opt.methods)})"
     if not errors and cross is not None:
         errors.update({k: v for k, v in cross(obj).items() if v})
     if errors:
         raise SettingsError(errors)
-
-
-def method_default(obj: Any, name: str) -> Any:
-    """The default of ``name`` for ``obj.method`` (or the plain default)."""
-    opt, default = options(obj)[name]
-    return opt.method_defaults.get(getattr(obj, "method", None), default)
 
 
 def fill_method_defaults(obj: Any) -> None:

@@ -18,28 +18,29 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from lorashear.data import load_sources
     from lorashear.evaluate import EvalReport, evaluate_perplexity, load_model, measure_cost
 
-    if params.get("threads"):  # like `lorashear eval --threads`: the timings' condition, recorded in the result
-        torch.set_num_threads(int(params["threads"]))
-    protocols = ("short", "long") if params["protocol"] == "both" else (params["protocol"],)
-    specs = [s.strip() for s in params["data"].split(",") if s.strip()]
+    from .kinds import EVAL
+
+    st = EVAL.make_settings(params)
+    if st.threads:  # like `lorashear eval --threads`: the timings' condition, recorded in the result
+        torch.set_num_threads(st.threads)
+    protocols = st.protocols
     ctx.progress(0.02, "loading data")
-    sources = load_sources(specs)  # data errors before the slow model load
+    sources = load_sources(list(st.data), field=st.field)  # data errors before the slow model load
     ctx.progress(0.1, "loading model")
-    device = None if params["device"] == "auto" else params["device"]
-    model, tokenizer = load_model(params["model"], device=device)
-    steps = len(sources) + (1 if params["cost"] else 0)
+    model, tokenizer = load_model(params["model"], device=st.device)
+    steps = len(sources) + (1 if st.cost else 0)
     rows = []
     for i, (name, texts) in enumerate(sources.items()):
         ctx.progress(0.15 + 0.8 * i / steps, f"perplexity on {name}")
         rows += evaluate_perplexity(model, tokenizer, {name: texts}, protocols=protocols,
-                                    max_tokens=params.get("max_tokens"))
+                                    max_tokens=st.max_tokens)
     report = EvalReport(params["model"], rows)
-    if params["cost"]:
+    if st.cost:
         ctx.progress(0.15 + 0.8 * len(sources) / steps, "measuring cost")
         report.cost = measure_cost(model)
     out = report.to_dict()
     # the conditions of the timings (the Compare view shows them next to latency and throughput)
-    out.update(threads=torch.get_num_threads(), load_avg_1m=os.getloadavg()[0], max_tokens=params.get("max_tokens"))
+    out.update(threads=torch.get_num_threads(), load_avg_1m=os.getloadavg()[0], max_tokens=st.max_tokens)
     path = ctx.out_dir / "eval.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:

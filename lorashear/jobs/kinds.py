@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorashearError
+from ..evaluate_settings import EvalSettings
+from ..knowledge.settings import AnalyzeSettings
 from ..prune.settings import PruneSettings
 from ..recover.settings import RecoverSettings
-from ..settings import Param, SettingsError, collect, convert, job_params, options
+from ..settings import Option, Param, SettingsError, collect, convert, job_params, options
 
 JobParamError = SettingsError  # invalid job parameters: ``errors`` maps each bad field to its message
 
@@ -63,8 +65,6 @@ MODEL_PARAMS = ("model", "source", "dense")  # also take a named model (models.N
 
 def _check_one(p: Param, raw: Any) -> Any:
     """Convert and check one job input (a path, or a plain value); raise ValueError with a user-facing message."""
-    from ..settings import Option
-
     if p.type not in ("path", "file", "dir"):
         return convert(p.name, Option(type=p.type, choices=p.choices, min=p.min, max=p.max), raw)
     text = raw.strip() if isinstance(raw, str) else raw
@@ -221,21 +221,11 @@ EVAL = JobKind(
     label="Evaluate",
     description="Perplexity per data source (short: 128-token windows; long: min(2048, context)) and cost "
                 "(parameters, MACs/token, latency, throughput) of a model folder — dense, pruned or recovered.",
-    params=(
-        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
-        Param("data", "Data sources", "text", default="demo",
-              help="comma-separated: demo (demo corpus, validation), demo:test, or NAME=PATH"),
-        Param("protocol", "Perplexity protocol", "choice", default="short", choices=("short", "long", "both")),
-        Param("max_tokens", "Max tokens per source", "int", min=2,
-              help="score only the first N tokens of each source (blank: all)"),
-        Param("cost", "Measure cost (parameters, MACs, latency, throughput)", "bool", default=True),
-        Param("threads", "CPU threads", "int", min=1, max=1024,
-              help="torch's CPU threads (blank: one per core); 1 keeps timings meaningful on a busy, shared CPU"),
-        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
-    ),
+    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
+            *job_params(EvalSettings)),
+    settings=EvalSettings,
     entry="lorashear.jobs.eval_job:run",
-    requires=("lorashear.evaluate:evaluate_perplexity", "lorashear.evaluate:measure_cost",
-              "lorashear.data:load_sources"),
+    requires=("lorashear.evaluate:evaluate_model",),
 )
 
 ANALYZE = JobKind(
@@ -243,28 +233,11 @@ ANALYZE = JobKind(
     description="Knowledge distribution: how much each unit, layer and group matters on calibration text "
                 "(ablation: measured loss increase, slow; lora-taylor: LoRA-gradient estimate; taylor: "
                 "LLM-Pruner's Taylor scores; magnitude: weight norms, no data).",
-    params=(
-        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
-        Param("estimator", "Estimator", "choice", default="lora-taylor",
-              choices=("lora-taylor", "ablation", "taylor", "magnitude")),
-        Param("data", "Calibration data", "text", default="demo",
-              help="comma-separated: demo, demo:test, or NAME=PATH"),
-        Param("samples", "Calibration windows", "int", default=16, min=1, max=100000),
-        Param("seq_len", "Tokens per window", "int", default=128, min=2, max=1_000_000),
-        Param("seed", "Seed", "int", default=0, min=0),
-        Param("gamma", "γ: mark the top fraction unprunable", "float", min=0.0, max=0.999,
-              help="blank: mark nothing"),
-        Param("select", "γ counts", "choice", default="group", choices=("group", "layer", "unit"),
-              help="node groups (one layer's attention or MLP: the paper's), layers, or single units"),
-        Param("scope", "Units ranked", "choice", default="global", choices=("global", "group"),
-              help="γ over units: across all groups, or within each group"),
-        Param("by", "Rank by", "choice", default="density", choices=("density", "score"),
-              help="score per parameter, or total score"),
-        Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
-    ),
+    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
+            *job_params(AnalyzeSettings)),
+    settings=AnalyzeSettings,
     entry="lorashear.jobs.analyze_job:run",
-    requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.evaluate:load_model"),
-    unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
+    requires=("lorashear.knowledge.run:analyze_model",),
 )
 PRUNE = JobKind(
     name="prune", label="Prune",

@@ -3,15 +3,29 @@
 Estimators (``ablation``, ``lora_taylor``, ``taylor``, ``magnitude``) score the units of the prunable
 groups; ``analyze`` wraps one run into a ``KnowledgeReport`` (per-unit table + roll-ups + provenance) that
 saves to Parquet or JSON; ``select_unprunable`` marks the most knowledge-dense fraction γ unprunable.
+Attributes load lazily, so ``lorashear.knowledge.settings`` (the CLI's and the job form's schema) imports
+without torch.
 """
-from .analysis import analyze, rank_agreement
-from .calibration import calibration_data, mean_loss
-from .estimators import (AGGREGATIONS, DEFAULT_BINS, ESTIMATORS, TAYLOR_VARIANTS, Scores, ablation, lora_taylor, magnitude,
-                         run_estimator, taylor)
-from .report import FORMAT, UNIT_COLUMNS, KnowledgeReport, check_model, load_report, model_identity, save_report, summary_table
-from .selection import LEVELS, check_gamma, select_unprunable
+from __future__ import annotations
 
-__all__ = ["analyze", "rank_agreement", "calibration_data", "mean_loss", "ablation", "lora_taylor", "taylor", "magnitude",
-           "run_estimator", "Scores", "ESTIMATORS", "AGGREGATIONS", "TAYLOR_VARIANTS", "DEFAULT_BINS", "KnowledgeReport",
-           "load_report", "save_report", "summary_table", "check_model", "model_identity", "FORMAT", "UNIT_COLUMNS", "select_unprunable",
-           "check_gamma", "LEVELS"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "analyze": ".analysis", "rank_agreement": ".analysis",
+    "calibration_data": ".calibration", "mean_loss": ".calibration",
+    **{n: ".estimators" for n in ("AGGREGATIONS", "DEFAULT_BINS", "ESTIMATORS", "TAYLOR_VARIANTS", "Scores", "ablation",
+                                  "lora_taylor", "magnitude", "run_estimator", "taylor")},
+    **{n: ".report" for n in ("FORMAT", "UNIT_COLUMNS", "KnowledgeReport", "check_model", "load_report",
+                              "model_identity", "save_report", "summary_table")},
+    **{n: ".selection" for n in ("LEVELS", "check_gamma", "select_unprunable")},
+    "analyze_model": ".run", "AnalyzeSettings": ".settings",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'lorashear.knowledge' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod, __name__), name)

@@ -89,7 +89,7 @@ def test_invalid_parameters_are_rejected_field_by_field(tmp_path, test_kinds):
     steps = test_kinds["steps"]
     with pytest.raises(JobParamError) as e:
         validate(steps, {"steps": "0", "delay": "soon", "colour": "red"})
-    assert e.value.errors == {"steps": "must be ≥ 1", "delay": "must be a number",
+    assert e.value.errors == {"steps": "must be in [1, 100,000], got 0", "delay": "must be a number",
                               "colour": "unknown parameter for steps jobs"}
     with pytest.raises(JobParamError) as e:
         validate(steps, {"steps": "2.5"})

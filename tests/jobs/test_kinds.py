@@ -46,7 +46,7 @@ def test_valid_forms_pass(tmp_path):
     data = tmp_path / "notes.jsonl"
     data.write_text('{"text": "hello"}\n')
     clean = validate(BUILTIN["eval"], {"model": str(DEMO_MODEL_DIR), "data": f"demo,notes={data}"})
-    assert clean["data"] == f"demo,notes={data}"
+    assert clean["data"] == ["demo", f"notes={data}"]
     assert validate(BUILTIN["analyze"], {"model": "demo", "seq_len": "128"})["seq_len"] == 128
 
 

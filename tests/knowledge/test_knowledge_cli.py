@@ -28,14 +28,14 @@ def test_gamma_out_of_range_exits_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lorashear", "analyze", "demo", "--gamma", "1.5", "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert "gamma must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
+    assert "--gamma: must be in [0, 1), got 1.5" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--data", "{short}", "--seq-len", "128"], "fewer than seq_len=128"),
-    (["--estimator", "ablation", "--variant", "second"], "--variant applies to taylor only"),
-    (["--estimator", "taylor", "--variant", "third"], "--variant must be one of first, second, vector"),
+    (["--estimator", "ablation", "--variant", "second"], "--variant: does not apply to estimator ablation (it applies to: taylor)"),
+    (["--estimator", "taylor", "--variant", "third"], "--variant: unknown 'third'; choose one of first, second, vector"),
     (["--estimator", "ablation", "--bins", "mlp=0"], "--bins: expected KIND=N"),
 ])
 def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, extra, message):
