@@ -136,6 +136,12 @@ def view(p, name, a, op, args, kw):
     return out
 
 
+# Modules whose code fixes the *outer* factor of a split that torch.export records with the outer factor as -1:
+# the graph is then identical to the common ``reshape(..., -1, head_dim)`` (CodeGen with n_head == mp_num looks
+# exactly like GPT-NeoX), so only the module can tell. The inferred side is refused there, naming the node.
+FIXED_OUTER_SPLITS = {"CodeGenAttention": "mp_num = 4 in reshape(qkv, (..., mp_num, -1))"}
+
+
 def inferred_split(p, name: str, a: dict, x: list[Expr], out: list[Expr], sizes: list) -> None:
     """A view that splits one axis into an inferred (``-1``) size and a fixed one.
 
@@ -145,7 +151,8 @@ def inferred_split(p, name: str, a: dict, x: list[Expr], out: list[Expr], sizes:
     So the classes inside the fixed factor are only safe when nothing removes their units: they are
     refused with the reason. A fixed dimension that is a whole input axis (``view(-1, hidden)``) is not
     a split and stays free. When the fixed factor holds part of an attention heads axis (CodeGen with
-    more heads than ``mp_num``), the heads on the inferred side are refused too (``build.find_groups``)."""
+    more heads than ``mp_num``), the heads on the inferred side are refused too (``build.find_groups``); in a
+    module listed in ``FIXED_OUTER_SPLITS`` the inferred side is refused outright."""
     alg = p.alg
     neg = sizes.index(-1)
     neg_leaves = {alg.find(t) for t in alg.expand(out[neg])}
@@ -162,6 +169,11 @@ def inferred_split(p, name: str, a: dict, x: list[Expr], out: list[Expr], sizes:
                       "cannot rewrite")
             alg.mark(fixed, reason)
             p.inferred_splits.append((list(out[neg]), fixed, reason))
+            held = FIXED_OUTER_SPLITS.get(a.get("module_class", ""))
+            if held:
+                alg.mark(out[neg], f"split by {a['op']} at node {name} ({a.get('module') or 'top'}): {a['module_class']} "
+                                   f"holds the outer factor constant ({held}) where the graph shows -1, so removing its "
+                                   "units would shift the blocks the module cuts")
 
 
 def transpose(p, name, a, op, args, kw):

@@ -159,7 +159,12 @@ def _query_head_proof(k: int, mlist: list[Member], reasons: list[str], flow: Zer
     (``o_proj`` and its LoRA A). With those columns zero, the unit contributes nothing wherever it is
     contracted; attention is per head, so removing its q rows too changes nothing else. Proven here when the
     only objections are the kv broadcast itself and those contractions; ``mlist`` roles are rewritten in place
-    (contracting columns → producer, q rows/bias/LoRA-B → consumer). Returns the remaining reasons."""
+    (contracting columns → producer, q rows/bias/LoRA-B → consumer). Returns the remaining reasons.
+
+    "Attention is per head" fails where something reads the class across heads on the q side — a norm over the
+    whole q projection (OLMo-2, OLMoE: ``q_norm`` of size heads × head_dim) — because the producer-side proof
+    accepted it only as a read of zeros, which the masked model no longer has: those classes stay refused,
+    each read named. A per-head norm (Qwen3's ``q_norm`` of size head_dim) reduces the head dim only."""
     reach = flow.consumer_reach.get(k, [])
     reach_reasons = {r for r, _ in reach}
     capped = len(flow.violations.get(k, [])) >= MAX_VIOLATIONS  # more violations may have been dropped: no proof
@@ -167,6 +172,11 @@ def _query_head_proof(k: int, mlist: list[Member], reasons: list[str], flow: Zer
     if rest or not reach or capped:
         return reasons
     zero_params = {p for _, p in reach}
+    live = flow.read_while_zero.get(k, [])
+    if live:  # e.g. OLMo-2/OLMoE's q_norm: one RMSNorm over all heads' q rows, before the head reshape
+        return reasons + [f"its q rows are read across query heads ({where}), but the query-head proof keeps them live (it "
+                          f"zeroes the {', '.join(sorted(zero_params))} columns instead): removing a head changes that read"
+                          for where in live]
     for m in mlist:
         if m.param in zero_params and m.axis == 1:
             m.role = "producer"

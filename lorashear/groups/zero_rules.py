@@ -76,6 +76,7 @@ def linear(f, name, a, op, args, carried):
     contracted = f.axis_classes(x[-1])
     reaching = contracted - f.z(args[0])
     f.violate(reaching, f"reaches {where} without being zero")
+    f.read_zero(contracted & f.z(args[0]), f"contracted by {where}")
     if isinstance(args[1], dict) and "param" in args[1]:
         for k in reaching:
             f.consumer_reach.setdefault(k, []).append((f"reaches {where} without being zero", args[1]["param"]))
@@ -96,6 +97,7 @@ def matmul(f, name, a, op, args, carried):
     a_, b_ = f.p.val(ra), f.p.val(rb)
     contracted = f.axis_classes(a_[-1])
     f.violate({k for k in contracted if k not in f.z(ra) and k not in f.z(rb)}, f"reaches {where} without being zero")
+    f.read_zero({k for k in contracted if k in f.z(ra) or k in f.z(rb)}, f"contracted by {where}")
     out = {k for k in f.axis_classes(a_[-2]) if k in f.z(ra)} | {k for k in f.axis_classes(b_[-1]) if k in f.z(rb)}
     out |= {k for e in a_[:-2] for k in f.axis_classes(e) if k in f.z(ra)}
     out |= {k for e in b_[:-2] for k in f.axis_classes(e) if k in f.z(rb)}
@@ -112,6 +114,7 @@ def sdpa(f, name, a, op, args, carried):
     q, k, v = args[:3]
     qd = f.axis_classes(f.p.val(q)[-1])
     f.violate({c for c in qd if c not in f.z(q) and c not in f.z(k)}, f"reaches the attention scores of {_where(name, a, op)} without being zero")
+    f.read_zero({c for c in qd if c in f.z(q) or c in f.z(k)}, f"contracted by the attention scores of {_where(name, a, op)}")
     return f.z(v)
 
 
@@ -119,6 +122,7 @@ def mean_sum(f, name, a, op, args, carried):
     reduced = f.c(args[0]) - carried
     notzero = reduced - f.z(args[0])
     f.violate(notzero, f"reduced by {_where(name, a, op)} without being zero")
+    f.read_zero(reduced & f.z(args[0]), f"reduced by {_where(name, a, op)}")
     if op == "mean":
         for k in reduced & f.z(args[0]):
             rms_compensation(f, k, name, a)
@@ -127,6 +131,7 @@ def mean_sum(f, name, a, op, args, carried):
 
 def rms_norm(f, name, a, op, args, carried):
     k_norm = f.axis_classes(f.p.val(args[0])[-1])
+    f.read_zero(k_norm & f.z(args[0]), f"normalised over by {_where(name, a, op)}")
     for k in k_norm & f.z(args[0]):
         f.compensation.setdefault(k, []).append(
             {"node": name, "module": a.get("module", ""), "weight": args[2].get("param") if is_tensor(args[2]) else None,

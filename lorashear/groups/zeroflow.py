@@ -30,6 +30,9 @@ class ZeroFlow:
         # class -> (reason, weight param) where the class is contracted by a linear without being zero but the
         # weight's input columns carry it: zeroing those columns (the consumer side) kills the unit there
         self.consumer_reach: dict[int, list[tuple[str, str]]] = {}
+        # class -> where it is contracted or reduced *while zero*: exact under the producer-side proof only (a
+        # proof that zeroes other slices, as the query-head one does, leaves these reads live)
+        self.read_while_zero: dict[int, list[str]] = {}
 
     def classes(self, v) -> set[int]:
         if v is None:
@@ -64,6 +67,12 @@ class ZeroFlow:
             lst = self.violations.setdefault(k, [])
             if reason not in lst and len(lst) < MAX_VIOLATIONS:
                 lst.append(reason)
+
+    def read_zero(self, classes, where: str) -> None:
+        for k in classes:
+            lst = self.read_while_zero.setdefault(k, [])
+            if where not in lst:
+                lst.append(where)
 
     def run(self) -> None:
         g = self.p.g
