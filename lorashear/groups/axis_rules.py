@@ -35,7 +35,7 @@ def elementwise(p, name, a, op, args, kw):
     if out_shape is None:
         return None
     out: list[Expr] = [[] for _ in out_shape]
-    ops = [(r, p.val(r)) for r in tensor_refs(args) if is_tensor(r)]
+    ops = [(r, p.val(r)) for r in tensor_refs(args)]
     p.broadcast_into(out, ops)
     for r, _ in ops:
         if isinstance(r, dict) and "param" in r:
@@ -142,7 +142,7 @@ def view(p, name, a, op, args, kw):
 FIXED_OUTER_SPLITS = {"CodeGenAttention": "mp_num = 4 in reshape(qkv, (..., mp_num, -1))"}
 
 
-def inferred_split(p, name: str, a: dict, x: list[Expr], out: list[Expr], sizes: list) -> None:
+def inferred_split(p: AxisPropagation, name: str, a: dict, x: list[Expr], out: list[Expr], sizes: list) -> None:
     """A view that splits one axis into an inferred (``-1``) size and a fixed one.
 
     The graph records one of the two factors as a constant, but not which one the module's code holds

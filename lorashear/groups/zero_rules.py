@@ -23,7 +23,7 @@ def _where(name: str, a: dict, op: str) -> str:
 
 
 def _tensors(args) -> list[dict]:
-    return [r for r in tensor_refs(args) if is_tensor(r)]
+    return list(tensor_refs(args))
 
 
 def first_input(f, name, a, op, args, carried):
@@ -139,7 +139,7 @@ def rms_norm(f, name, a, op, args, carried):
     return f.z(args[0])
 
 
-def rms_compensation(f, k: int, name: str, a: dict) -> None:
+def rms_compensation(f: ZeroFlow, k: int, name: str, a: dict) -> None:
     """Accept ``mean(x**2)`` → ``+eps`` → ``rsqrt`` → ``x * ·`` → ``weight * ·``; record weight and eps."""
     g = f.p.g
     src = a["args"][0].get("node") if isinstance(a["args"][0], dict) else None

@@ -23,7 +23,6 @@ class ZeroFlow:
     def __init__(self, prop: AxisPropagation):
         self.p = prop
         self.alg = prop.alg
-        self.carried: dict[str, Any] = {}
         self.zero: dict[str, Any] = {}
         self.violations: dict[int, list[str]] = {}
         self.compensation: dict[int, list[dict]] = {}
