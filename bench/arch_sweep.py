@@ -25,7 +25,7 @@ TINY = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, interm
             bos_token_id=0, eos_token_id=0, pad_token_id=1, rotary_dim=4, partial_rotary_factor=0.5,
             d_model=32, n_positions=64)
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "opt", "gpt_neox", "gptj",
-         "stablelm", "falcon", "bloom", "olmo", "olmo2", "cohere", "starcoder2", "gpt_bigcode", "mixtral", "qwen2_moe", "granite", "codegen", "xglm", "apertus", "olmoe"]
+         "stablelm", "falcon", "bloom", "olmo", "olmo2", "cohere", "starcoder2", "gpt_bigcode", "mixtral", "qwen2_moe", "granite", "codegen", "xglm", "apertus", "olmoe", "olmo3"]
 
 
 def build(model_type: str):

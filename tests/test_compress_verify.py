@@ -12,9 +12,20 @@ def heads(groups):
     return [g for g in groups if g.kind == "attention" and g.prunable]
 
 
+def over_claimed(groups):
+    """CodeGen's groups as a rule that claims too much would give them: the heads marked prunable. The group
+    rules refuse them at discovery (tests/test_groups_refused.py); the self-check must still catch such a claim."""
+    out = copy.deepcopy(groups)
+    for g in out:
+        if g.kind == "attention":
+            g.prunable, g.reason = True, None
+    return out
+
+
 def test_codegen_mp_num_split_is_caught_and_named():
-    # CodeGen splits qkv_proj with a constant mp_num the graph shows as -1: the heads look prunable
+    # CodeGen splits qkv_proj with a constant mp_num the graph shows as -1: heads claimed prunable are not exact
     model, _, groups = traced_extra("codegen")
+    groups = over_claimed(groups)
     g = heads(groups)[0]
     with pytest.raises(CompressionNotExact, match="not exact") as info:
         compress(model, groups, {g.id: [0]})
@@ -24,6 +35,7 @@ def test_codegen_mp_num_split_is_caught_and_named():
 
 def test_codegen_bisect_names_the_offending_groups_only():
     model, _, groups = traced_extra("codegen")
+    groups = over_claimed(groups)
     mlps = [g for g in groups if g.kind == "mlp" and g.prunable]
     removal = {heads(groups)[0].id: [1], mlps[0].id: [0, 5]}
     with pytest.raises(CompressionNotExact) as info:
@@ -34,6 +46,7 @@ def test_codegen_bisect_names_the_offending_groups_only():
 
 def test_verify_false_skips_the_check():
     model, _, groups = traced_extra("codegen")
+    groups = over_claimed(groups)
     _, report = compress(model, groups, {heads(groups)[0].id: [0]}, verify=False)
     assert not report.verified and report.max_diff is None
 

@@ -57,7 +57,7 @@ def ids(seed: int = 0, batch: int = 2, seq: int = 12) -> torch.Tensor:
 # families beyond ARCHS that break rules the ARCHS do not exercise (built the same way, on demand)
 def _extra_configs():
     from transformers import (ApertusConfig, BertConfig, CodeGenConfig, GraniteConfig, MixtralConfig, Olmo2Config,
-                              OlmoeConfig, Qwen2MoeConfig, XGLMConfig)
+                              Olmo3Config, OlmoeConfig, Qwen2MoeConfig, Qwen3Config, XGLMConfig)
 
     moe = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, vocab_size=64, num_hidden_layers=2,
                max_position_embeddings=64)
@@ -77,6 +77,10 @@ def _extra_configs():
         "qwen2-moe": lambda: Qwen2MoeConfig(intermediate_size=48, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                                             num_experts=4, num_experts_per_tok=2, **moe),
         "olmoe": lambda: OlmoeConfig(intermediate_size=48, num_experts=4, num_experts_per_tok=2, **moe),
+        # q_norm over the whole q projection (heads × head_dim), before the head reshape: query heads refused
+        "olmo3": lambda: Olmo3Config(intermediate_size=48, **moe),
+        # q_norm per head (size head_dim), after the reshape: query heads stay prunable
+        "qwen3": lambda: Qwen3Config(intermediate_size=48, head_dim=8, **moe),
         "bert": lambda: BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=48, max_position_embeddings=64),
     }
