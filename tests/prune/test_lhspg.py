@@ -180,7 +180,7 @@ def test_query_heads_prune_exactly_with_the_other_kinds(arch):
     # query heads scored least important, so the plan takes them first, then the other kinds by index
     scores = {g.id: np.full(g.n_units, -1.0) for g in groups if g.kind == "query_heads"}
     plan = make_plan(build(arch), groups, spec, scores)
-    opt = LHSPG(model, groups, spec, plan=plan, rescore=False, **SCHED)
+    opt = LHSPG(model, groups, spec, plan=plan, **SCHED)
     _train(model, opt, opt.total_steps + 2)
     removal = opt.removal()
     kinds = {g.id: g.kind for g in groups}
@@ -205,7 +205,7 @@ def test_magnitude_saliency_plans_like_the_magnitude_method():
     _, _, groups = traced("llama-gqa")
     model = _peft()
     spec = PlanSpec(0.3, kinds=("attention", "mlp"))
-    scores = {gid: v ** 2 for gid, v in magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units.items()}
+    scores = magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units
     expected = make_plan(model, groups, spec, scores).removal  # on the dense weights, before the first step
     opt = LHSPG(model, groups, spec, warmup_steps=0, periods=1, period_steps=2, saliency="magnitude")
     _train(model, opt, 1)
