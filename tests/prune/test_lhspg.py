@@ -114,7 +114,17 @@ def test_unprunable_units_are_untouched():
     assert all(after[gid] > 0.5 * before[gid] for gid in before)
 
 
-def test_state_dict_resumes_exactly():
+def _with_hp(state, **extra):
+    """A checkpoint as an older version wrote it: extra LHSPG settings in its ``hp``."""
+    import json
+
+    hp = {**json.loads(state["lorashear"]["hp"]), **extra}
+    return {**state, "lorashear": {**state["lorashear"], "hp": json.dumps(hp)}}
+
+
+@pytest.mark.parametrize("written_by", ["this version", "a version with rescore"])
+def test_state_dict_resumes_exactly(written_by):
+    """Also a checkpoint from before the always-True ``rescore`` setting was removed: the same schedule resumes."""
     _, _, groups = traced("llama-gqa")
     spec = PlanSpec(0.2, kinds=("attention", "mlp"))
     a = _peft()
@@ -125,6 +135,8 @@ def test_state_dict_resumes_exactly():
     _train(b, opt_b, 4)  # stops inside period 1
     weights = {n: p.detach().clone() for n, p in b.named_parameters()}
     state = copy.deepcopy(opt_b.state_dict())
+    if written_by != "this version":
+        state = _with_hp(state, rescore=True)
     c = _peft()
     with torch.no_grad():
         for n, p in c.named_parameters():
@@ -135,6 +147,16 @@ def test_state_dict_resumes_exactly():
     for (n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters()):
         assert torch.equal(pa, pc), n
     assert opt_a.removal() == opt_c.removal()
+
+
+def test_a_checkpoint_that_followed_the_fixed_plan_is_refused_in_one_line():
+    _, _, groups = traced("llama-gqa")
+    spec = PlanSpec(0.2, kinds=("attention", "mlp"))
+    opt = LHSPG(_peft(), groups, spec, **SCHED)
+    state = _with_hp(copy.deepcopy(opt.state_dict()), rescore=False)
+    with pytest.raises(LorashearError, match="rescore=False") as exc:
+        LHSPG(_peft(), groups, spec, **SCHED).load_state_dict(state)
+    assert "\n" not in str(exc.value)
 
 
 def test_needs_lora_and_frozen_base():
