@@ -89,6 +89,17 @@ def _tick(progress: Progress | None, done: int, total: int) -> None:
         progress(done, total)
 
 
+class _Steps:
+    """A progress counter over ``total`` steps of work: call it after each step (``done`` counts them)."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        _tick(self.progress, self.done, self.total)
+
+
 # ------------------------------------------------------------------------------------------- ablation
 def _block_plan(g: Group, bins: dict[str, int], whole_groups: bool) -> list[tuple[str, int, list[int]]]:
     size = max(1, int(bins.get(g.kind, 1)))
@@ -367,13 +378,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         slices = {g.id: idx.slices(g, ("producer",)) for g in groups}
         n_tensors = len({id(s.tensor) for sls in slices.values() for s in sls})
         total = len(batches(samples, batch_size)) + n_tensors
-        done = 0
-
-        def step():
-            nonlocal done
-            done += 1
-            _tick(progress, done, total)
-
+        step = _Steps(progress, total)
         was_training = peft_model.training
         peft_model.eval()
         loss = backward_mean_loss(peft_model, samples, batch_size, after_batch=step)
@@ -390,7 +395,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
                 uncovered.add(s.param)
             return imp
 
-        per_slice, _ = _score_slices(groups, slices, elem, progress=progress, done0=done, total=total)
+        per_slice, _ = _score_slices(groups, slices, elem, progress=progress, done0=step.done, total=total)
         if normalize_modules:
             for vs in per_slice.values():
                 for k, v in enumerate(vs):
@@ -438,13 +443,7 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
     flags = {id(p): p.requires_grad for p in model.parameters()}
     n = samples.shape[0]
     total = (n if variant == "second" else 0) + len(batches(samples, batch_size)) + len(tensors)
-    done = 0
-
-    def step():
-        nonlocal done
-        done += 1
-        _tick(progress, done, total)
-
+    step = _Steps(progress, total)
     was_training = model.training
     model.eval()
     fisher: dict[int, torch.Tensor] = {}
@@ -479,7 +478,7 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
             s.tensor.grad = None  # free the gradient as soon as it is used
             return wg if variant == "vector" else wg.abs_()
 
-        per_slice, _ = _score_slices(groups, slices, elem, vector=variant == "vector", progress=progress, done0=done, total=total)
+        per_slice, _ = _score_slices(groups, slices, elem, vector=variant == "vector", progress=progress, done0=step.done, total=total)
         units, empty = _finish(groups, per_slice, aggregate)
     finally:
         for p in model.parameters():
