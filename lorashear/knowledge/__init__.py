@@ -3,6 +3,8 @@
 Estimators (``ablation``, ``lora_taylor``, ``taylor``, ``magnitude``) score the units of the prunable
 groups; ``analyze`` wraps one run into a ``KnowledgeReport`` (per-unit table + roll-ups + provenance) that
 saves to Parquet or JSON; ``select_unprunable`` marks the most knowledge-dense fraction γ unprunable.
+Every score adds up over parameters (magnitude is ``‖x_u‖²``); ``knowledge.scoring`` holds the rules the pruning
+methods share with the estimators (unit order, saliency EMA, LoRA-Taylor accumulation).
 Attributes load lazily, so ``lorashear.knowledge.settings`` (the CLI's and the job form's schema) imports
 without torch.
 """

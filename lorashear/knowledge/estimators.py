@@ -10,14 +10,15 @@ measurements) so the report, the unprunable selection and the UI never care whic
 * ``taylor`` — LLM-Pruner's scores from true base-weight gradients: element-wise first order ``|W·∇W|``,
   second order ``|W·∇W − ½·W·H·W|`` (H = diagonal Fisher, mean squared per-sample gradient), vector-wise
   ``|Σ W·∇W|``, aggregated over the unit's slices with sum / prod / max / last;
-* ``magnitude`` — ``‖W'_u‖₂`` of the unit's producer slices (no data).
+* ``magnitude`` — ``‖W'_u‖²``, the squared L2 norm of the unit's producer slices (no data).
 
 GQA query heads (kind ``query_heads``, producer slices = o_proj columns, exact zero of the head's output) are
 scored by ablation, taylor (o_proj columns and q rows) and magnitude (o_proj columns); LoRA-Taylor cannot
 score column slices and says so (``LORA_TAYLOR_UNSCORABLE``). Their units overlap the kv-head units, so the
 report keeps them out of its roll-ups.
 
-Units of different sizes are compared per parameter downstream (``density`` in the report).
+Every score is additive over parameters (a sum of per-element or per-block contributions; hence the squared norm
+for magnitude), so units of different sizes are compared per parameter downstream (``density`` in the report).
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
-from .calibration import backward_mean_loss, batches, check_samples, mean_loss, token_nll_sum
-from .slices import ParamIndex, Slice, ZeroSlices, effective_weight, is_lora_param, logical_name
+from .calibration import backward_mean_loss, batches, check_samples, token_nll_sum
+from ..adapters import is_lora_param
+from .scoring import lora_importance
+from .slices import ParamIndex, Slice, ZeroSlices, effective_weight, logical_name
 
 ESTIMATORS = ("ablation", "lora_taylor", "taylor", "magnitude")
 AGGREGATIONS = ("sum", "prod", "max", "last")
@@ -43,6 +46,7 @@ TAYLOR_VARIANTS = ("first", "second", "vector")
 DEFAULT_BINS = {"attention": 1, "query_heads": 1, "mlp": 16, "hidden": 16}
 
 Progress = Callable[[int, int], None]  # (done, total)
+MAGNITUDE_SCORE = "squared L2 norm of the producer slices"  # what a magnitude report's ``score`` is (meta notes)
 
 
 @dataclass
@@ -83,6 +87,17 @@ def _prunable(groups: list[Group], kinds: Sequence[str] = ANALYSED_KINDS) -> lis
 def _tick(progress: Progress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
+
+
+class _Steps:
+    """A progress counter over ``total`` steps of work: call it after each step (``done`` counts them)."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        _tick(self.progress, self.done, self.total)
 
 
 # ------------------------------------------------------------------------------------------- ablation
@@ -299,62 +314,6 @@ def _has_lora(model: nn.Module) -> bool:
     return any(is_lora_param(n) for n, _ in model.named_parameters())
 
 
-_CHUNK_ELEMENTS = 1 << 22  # elements of Ĝ formed at a time (16 MiB in fp32), whatever the module's size
-
-
-def _lora_importance(layer: nn.Module, weight: torch.Tensor, unbias: bool = True) -> dict[int, torch.Tensor] | None:
-    """Per-index sums of ``|Ĝ ⊙ W'|`` along each axis of the weight (``{0: row sums, 1: column sums}``, fp32),
-    with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)`` summed over the active adapters and ``W' = W + s·B·A``. Built in
-    chunks of rows and reduced on the fly, so no weight-sized tensor is ever allocated — only the rank-r
-    factors, their gradients and one 16 MiB chunk.
-
-    With a fresh adapter (B = 0, hence ∇A = 0) the estimate is ``Ĝ = s²·∇W'·AᵀA``: a rank-r sketch of the
-    true gradient along the input axis whose expectation over A (iid, zero-mean entries) is
-    ``s²·(‖A‖²_F / in)·∇W'``. ``unbias`` divides that factor out, so that the estimate is on the gradient's
-    scale in every module (modules with different fan-in would otherwise be weighted differently when a
-    unit's slices are summed, e.g. o_proj and down_proj rows in the hidden group). Trained adapters
-    (B ≠ 0) always use the formula as is. None when no adapter got a gradient."""
-    parts = []
-    embedding = isinstance(getattr(layer, "base_layer", None), nn.Embedding)
-    for name in getattr(layer, "active_adapters", []):
-        if embedding and name in layer.lora_embedding_A:  # PEFT Embedding: ΔW = (B·A)ᵀ·s
-            a, b = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
-        elif name in getattr(layer, "lora_A", {}):
-            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-        else:
-            continue
-        if a.grad is None and b.grad is None:
-            continue
-        ga = torch.zeros_like(a) if a.grad is None else a.grad
-        gb = torch.zeros_like(b) if b.grad is None else b.grad
-        a, b, ga, gb = (t.detach().float() for t in (a, b, ga, gb))
-        s = float(layer.scaling[name])
-        g_scale = s
-        if unbias and not b.any():
-            g_scale = a.shape[1] / (s * float(a.pow(2).sum()))  # s / (s²·‖A‖²_F / in)
-        parts.append((a, b, ga, gb, s, g_scale))
-    if not parts:
-        return None
-    transposed = embedding or getattr(layer, "fan_in_fan_out", False)
-    w = weight.detach()
-    w = w.T if transposed else w  # work in (out, in)
-    row_sums = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
-    col_sums = torch.zeros(w.shape[1], dtype=torch.float32, device=w.device)
-    step = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
-    for r0 in range(0, w.shape[0], step):
-        rows = slice(r0, r0 + step)
-        g = torch.zeros((min(step, w.shape[0] - r0), w.shape[1]), dtype=torch.float32, device=w.device)
-        w_eff = w[rows].float().clone()
-        for a, b, ga, gb, s, g_scale in parts:
-            # ∇B·A + B·∇A − ∇B·∇A = ∇B·(A − ∇A) + B·∇A
-            g.addmm_(gb[rows], a - ga, alpha=g_scale).addmm_(b[rows], ga, alpha=g_scale)
-            w_eff.addmm_(b[rows], a, alpha=s)
-        imp = g.mul_(w_eff).abs_()
-        row_sums[rows] = imp.sum(1)
-        col_sums += imp.sum(0)
-    return {0: col_sums, 1: row_sums} if transposed else {0: row_sums, 1: col_sums}
-
-
 def _fresh_embedding_adapters(peft_model: nn.Module) -> None:
     """PEFT initialises embedding adapters the other way round (A = 0, B random), which would make Ĝ mix the
     embedding *columns* — the hidden units — through B·Bᵀ. Re-initialise them like linear ones (A random,
@@ -379,7 +338,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
     module that holds a producer slice (linear rows, embedding columns) and removed again afterwards.
     Base weights keep ``requires_grad=False``: only the rank-r LoRA gradients are ever allocated, and
     ``|Ĝ ⊙ W'|`` is formed one module at a time. Producer slices without an adapter cannot be scored this
-    way and are listed in ``notes["uncovered"]``. ``unbias``: see ``_lora_importance`` (fresh adapters
+    way and are listed in ``notes["uncovered"]``. ``unbias``: see ``scoring.lora_importance`` (fresh adapters
     only). ``normalize_modules`` divides each module's per-unit vector by its L2 norm before summing (a
     detail of LoRAPrune's code; off by default because it erases the differences between layers this
     analysis is about). GQA query heads are not scored (``LORA_TAYLOR_UNSCORABLE``, listed in
@@ -419,13 +378,7 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         slices = {g.id: idx.slices(g, ("producer",)) for g in groups}
         n_tensors = len({id(s.tensor) for sls in slices.values() for s in sls})
         total = len(batches(samples, batch_size)) + n_tensors
-        done = 0
-
-        def step():
-            nonlocal done
-            done += 1
-            _tick(progress, done, total)
-
+        step = _Steps(progress, total)
         was_training = peft_model.training
         peft_model.eval()
         loss = backward_mean_loss(peft_model, samples, batch_size, after_batch=step)
@@ -437,12 +390,12 @@ def lora_taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *,
         uncovered: set[str] = set()
 
         def elem(s: Slice) -> torch.Tensor | None:
-            imp = _lora_importance(s.lora, s.tensor, unbias) if s.lora is not None else None
+            imp = lora_importance(s.lora, s.tensor, unbias) if s.lora is not None else None
             if imp is None:
                 uncovered.add(s.param)
             return imp
 
-        per_slice, _ = _score_slices(groups, slices, elem, progress=progress, done0=done, total=total)
+        per_slice, _ = _score_slices(groups, slices, elem, progress=progress, done0=step.done, total=total)
         if normalize_modules:
             for vs in per_slice.values():
                 for k, v in enumerate(vs):
@@ -490,13 +443,7 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
     flags = {id(p): p.requires_grad for p in model.parameters()}
     n = samples.shape[0]
     total = (n if variant == "second" else 0) + len(batches(samples, batch_size)) + len(tensors)
-    done = 0
-
-    def step():
-        nonlocal done
-        done += 1
-        _tick(progress, done, total)
-
+    step = _Steps(progress, total)
     was_training = model.training
     model.eval()
     fisher: dict[int, torch.Tensor] = {}
@@ -531,7 +478,7 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
             s.tensor.grad = None  # free the gradient as soon as it is used
             return wg if variant == "vector" else wg.abs_()
 
-        per_slice, _ = _score_slices(groups, slices, elem, vector=variant == "vector", progress=progress, done0=done, total=total)
+        per_slice, _ = _score_slices(groups, slices, elem, vector=variant == "vector", progress=progress, done0=step.done, total=total)
         units, empty = _finish(groups, per_slice, aggregate)
     finally:
         for p in model.parameters():
@@ -548,15 +495,20 @@ def taylor(model: nn.Module, groups: list[Group], samples: torch.Tensor, *, vari
 @torch.no_grad()
 def magnitude(model: nn.Module, groups: list[Group], samples: torch.Tensor | None = None, *,
               progress: Progress | None = None, kinds: Sequence[str] = ANALYSED_KINDS) -> Scores:
-    """``‖W'_u‖₂``: the L2 norm of the unit's producer slices of the effective weights. Needs no data."""
+    """``‖W'_u‖²``: the *squared* L2 norm of the unit's producer slices of the effective weights. Needs no data.
+
+    Squared, not the norm itself, because scores must add up: the squared norm of a block or a group is the sum
+    of its units', and score per parameter then compares a 49k-parameter head with a 768-parameter MLP channel
+    fairly (``‖x_u‖ / params`` made every head look cheaper than any channel). Every consumer — the plan, the
+    one-shot magnitude method, the preview, γ's density ranking — uses this number as is."""
     groups = _prunable(groups, kinds)
     idx = ParamIndex(model)
     slices = {g.id: idx.slices(g, ("producer",)) for g in groups}
     total = len({id(s.tensor) for sls in slices.values() for s in sls})
     per_slice, _ = _score_slices(groups, slices, lambda s: effective_weight(s).float().pow(2), progress=progress, total=total)
     units, empty = _finish(groups, per_slice, "sum")
-    units = {k: np.sqrt(v) for k, v in units.items()}
-    return Scores("magnitude", units, settings={"norm": "l2", "roles": ["producer"]}, notes={"unscored_groups": empty})
+    return Scores("magnitude", units, settings={"norm": "l2", "squared": True, "roles": ["producer"]},
+                  notes={"score": MAGNITUDE_SCORE, "unscored_groups": empty})
 
 
 def run_estimator(name: str, model: nn.Module, groups: list[Group], samples: torch.Tensor | None, *,

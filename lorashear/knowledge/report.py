@@ -22,10 +22,15 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
-from .estimators import OVERLAP_KINDS, Scores
-from .slices import is_lora_param, logical_name
+from .estimators import MAGNITUDE_SCORE, OVERLAP_KINDS, Scores
+from ..adapters import is_lora_param
+from .slices import logical_name
 
-FORMAT = "lorashear.knowledge/1"
+FORMAT = "lorashear.knowledge/2"
+# Version 1 differs in one thing: a magnitude report's score was the norm ‖x_u‖, which does not add up over
+# parameters (every reader squared it again). Version 2 stores ‖x_u‖²; a version-1 file is squared on load.
+FORMAT_V1 = "lorashear.knowledge/1"
+READABLE = (FORMAT_V1, FORMAT)
 UNIT_COLUMNS = ["group", "kind", "layer", "unit", "params", "score", "density", "block", "block_size", "unprunable"]
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "_commit_hash",
                     "_attn_implementation_autoset", "_attn_implementation", "output_attentions", "output_hidden_states"}
@@ -273,7 +278,11 @@ def _json_default(o):
 
 
 def load_report(path: str | Path, model: nn.Module | None = None) -> KnowledgeReport:
-    """Read a report written by ``save_report``; with ``model``, also check that it describes that model."""
+    """Read a report written by ``save_report``; with ``model``, also check that it describes that model.
+
+    A version-1 file (``lorashear.knowledge/1``) is read as version 2: a magnitude report's scores, stored then as
+    the norm ``‖x_u‖``, are squared (and the densities recomputed) so that every report's scores add up over
+    parameters; its stored unprunable column is kept as it was selected."""
     path = Path(path)
     if not path.is_file():
         raise LorashearError(f"{path}: no such knowledge report")
@@ -282,10 +291,10 @@ def load_report(path: str | Path, model: nn.Module | None = None) -> KnowledgeRe
             doc = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LorashearError(f"{path}: not a knowledge report (malformed JSON: {exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in READABLE:
             raise LorashearError(f"{path}: not a knowledge report (format is not {FORMAT})")
         units = pd.DataFrame(doc["units"])
-        meta, blocks = doc["meta"], doc.get("blocks", [])
+        meta, blocks = dict(doc["meta"], format=doc["format"]), doc.get("blocks", [])
     else:
         import pyarrow.parquet as pq
 
@@ -298,13 +307,18 @@ def load_report(path: str | Path, model: nn.Module | None = None) -> KnowledgeRe
             raise LorashearError(f"{path}: a Parquet file, but not a knowledge report (no '{_META_KEY.decode()}' metadata)")
         extra = json.loads(raw)
         meta, blocks = extra["meta"], extra.get("blocks", [])
-        if meta.get("format") != FORMAT:
-            raise LorashearError(f"{path}: knowledge report format {meta.get('format')!r}; this version reads {FORMAT}")
+        if meta.get("format") not in READABLE:
+            raise LorashearError(f"{path}: knowledge report format {meta.get('format')!r}; this version reads "
+                                 f"{' and '.join(READABLE)}")
         units = table.to_pandas()
     missing = [c for c in UNIT_COLUMNS if c not in units.columns]
     if missing:
         raise LorashearError(f"{path}: knowledge report lacks column(s) {missing}")
-    report = KnowledgeReport(_typed(units[UNIT_COLUMNS]), meta,
+    units = _typed(units[UNIT_COLUMNS])
+    if meta.get("format") == FORMAT_V1 and meta.get("estimator") == "magnitude":
+        units["score"] = units["score"] ** 2  # ‖x_u‖ → ‖x_u‖²: the additive score version 2 stores
+        units["density"] = units["score"] / units["params"].clip(lower=1)
+    report = KnowledgeReport(units, _current_meta(meta),
                              pd.DataFrame(blocks, columns=["group", "level", "block", "first_unit", "n_units", "loss", "delta"]))
     if model is not None:
         check_model(report, model)
@@ -327,7 +341,19 @@ def read_meta(path: str | Path) -> dict:
         raise LorashearError(f"{path}: not a knowledge report (cannot read Parquet: {exc})") from None
     if raw is None:
         raise LorashearError(f"{path}: a Parquet file, but not a knowledge report (no '{_META_KEY.decode()}' metadata)")
-    return json.loads(raw)["meta"]
+    return _current_meta(json.loads(raw)["meta"])
+
+
+def _current_meta(meta: dict) -> dict:
+    """A version-1 report's meta as version 2 writes it (``load_report`` squares a magnitude report's scores);
+    ``upgraded_from`` records that the file itself is older."""
+    if meta.get("format") != FORMAT_V1:
+        return meta
+    meta = dict(meta, format=FORMAT, upgraded_from=FORMAT_V1)
+    if meta.get("estimator") == "magnitude":
+        meta["settings"] = dict(meta.get("settings") or {}, squared=True)
+        meta["notes"] = dict(meta.get("notes") or {}, score=MAGNITUDE_SCORE)
+    return meta
 
 
 def check_model(report: KnowledgeReport, model: nn.Module) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 from ..errors import LorashearError
 from .estimators import OVERLAP_KINDS
 from .report import KnowledgeReport
+from .scoring import unit_order
 
 LEVELS = ("unit", "layer", "group")
 SCOPES = ("global", "group")
@@ -38,9 +39,7 @@ def n_selected(gamma: float, n: int) -> int:
 
 def _top(values: pd.Series, k: int) -> pd.Index:
     """Index labels of the k largest values; NaN ranks last, ties broken by position (stable, deterministic)."""
-    v = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    order = np.lexsort((np.arange(len(v)), -np.nan_to_num(v, nan=-np.inf)))
-    return values.index[order[:k]]
+    return values.index[unit_order(values.to_numpy(dtype=np.float64, na_value=np.nan), descending=True)[:k]]
 
 
 def select_unprunable(report: KnowledgeReport, gamma: float, *, level: str = "group", scope: str = "global",

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters import is_lora_param
 from ..errors import LorashearError
 from ..groups import Group, Member
-
-_LORA_PARAM = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")
 
 
 def logical_name(param: str) -> str:
@@ -25,10 +24,6 @@ def logical_name(param: str) -> str:
     if param.startswith("base_model.model."):
         param = param[len("base_model.model."):]
     return param.replace(".base_layer.", ".")
-
-
-def is_lora_param(param: str) -> bool:
-    return bool(_LORA_PARAM.search(param))
 
 
 @dataclass

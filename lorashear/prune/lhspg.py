@@ -4,7 +4,7 @@ The optimizer owns only the LoRA factors (AdamW on A and B); base weights never 
 AdamW step it runs the pruning schedule (formulation and defaults: ``docs/lhspg.md``):
 
 * **warm-up** (``warmup_steps``): LoRA trains; a saliency EMA per unit is updated from LoRA information only
-  (LoRA-Taylor ``|Ĝ ⊙ W'|`` over the unit's producer rows, or ``‖x_u‖``), every ``score_every`` steps;
+  (LoRA-Taylor ``|Ĝ ⊙ W'|`` over the unit's producer rows, or ``‖x_u‖²``), every ``score_every`` steps;
 * at the end of warm-up the **plan** is fixed (``make_plan`` on the EMA, or the plan given): how many units each
   group loses, reaching the parameter target within one unit;
 * ``periods`` **periods** of ``period_steps`` steps: at each period start the saliency is re-read and every
@@ -21,7 +21,8 @@ checkpoint of model + optimizer resumes exactly.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import json
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
+from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
+from .masked import MaskedLoRA
 from .plan import Plan, PlanSpec, make_plan, period_share
-from .masked import MaskedLoRA, lora_layers
-from .units import UnitSlice
+from .units import UnitSlice, effective_sq_norms
 
-SALIENCY = ("lora-taylor", "magnitude", "report")
+SALIENCY = ("lora-taylor", "magnitude")
 
 
 class LHSPG(MaskedLoRA):
@@ -44,12 +46,9 @@ class LHSPG(MaskedLoRA):
     def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, warmup_steps: int = 20,
                  periods: int = 4, period_steps: int = 30, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, epsilon: float = 0.0, saliency: str = "lora-taylor", ema: float = 0.9,
-                 score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None,
-                 report_scores: Mapping[str, np.ndarray] | None = None, rescore: bool = True):
+                 score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None):
         if saliency not in SALIENCY:
             raise LorashearError(f"unknown saliency {saliency!r}; choose one of {', '.join(SALIENCY)}")
-        if saliency == "report" and not report_scores:
-            raise LorashearError("saliency 'report' needs a knowledge report")
         for name, v in (("warmup_steps", warmup_steps), ("period_steps", period_steps)):
             if not isinstance(v, int) or v < (0 if name == "warmup_steps" else 1):
                 raise LorashearError(f"{name} must be an integer >= {0 if name == 'warmup_steps' else 1}, got {v!r}")
@@ -59,9 +58,10 @@ class LHSPG(MaskedLoRA):
             raise LorashearError(f"epsilon must be in [0, 1), got {epsilon!r}")
         hp = dict(warmup_steps=warmup_steps, periods=periods, period_steps=period_steps, epsilon=float(epsilon),
                   saliency=saliency, ema=float(ema), score_every=max(1, int(score_every)),
-                  merge_survivors=bool(merge_survivors), rescore=bool(rescore))
+                  merge_survivors=bool(merge_survivors))
         super().__init__(model, groups, spec, lr=lr, betas=betas, weight_decay=weight_decay, plan=plan, hp=hp)
-        self.report_scores = {k: np.asarray(v, dtype=np.float64) for k, v in (report_scores or {}).items()}
+        # the producer slices as the knowledge estimators see them (with their LoRA layer): what LoRA-Taylor scores
+        self.score_slices = {gid: [us.source for us in sls] for gid, sls in self.slices.items()}
         self._period_idx: list | None = None  # cached slice indices of the current period
         if saliency == "lora-taylor":  # its per-step chunks must not stay resident (see prune/memory.py)
             from .memory import return_large_frees_to_os
@@ -109,49 +109,16 @@ class LHSPG(MaskedLoRA):
     # ------------------------------------------------------------------------------------ saliency
     def _score(self) -> None:
         """Update the saliency EMA of every candidate unit from LoRA information only."""
-        how = self.hp["saliency"]
-        if how == "report":
-            new = {gid: self.report_scores.get(gid, np.full(n, np.nan)) for gid, n in self.n_units.items()}
-        elif how == "magnitude":
-            from .units import effective_norms
-
+        if self.hp["saliency"] == "magnitude":
             # squared, as the one-shot magnitude method and the plan preview score: the plan compares saliency per
             # parameter, and only a squared norm adds up over parameters — ‖x_u‖ / params made every attention head
             # look cheaper than any MLP channel and removed attention first (358 vs 138 perplexity on the demo)
-            new = {gid: v.numpy() ** 2 for gid, v in effective_norms(self.slices, self.n_units).items()}
+            new = {gid: v.numpy() for gid, v in effective_sq_norms(self.slices, self.n_units).items()}
         else:
-            new = self._lora_taylor()
+            new = lora_taylor_units(self.score_slices, self.n_units, unbias=True)
             if new is None:  # no gradients yet (e.g. a step without backward)
                 return
-        beta = self.hp["ema"]
-        for gid, v in new.items():
-            old = self.sched["scores"].get(gid)
-            v = np.asarray(v, dtype=np.float64)
-            self.sched["scores"][gid] = (v if old is None else beta * np.asarray(old) + (1 - beta) * v).tolist()
-
-    def _lora_taylor(self) -> dict[str, np.ndarray] | None:
-        from ..knowledge.estimators import _lora_importance
-
-        cache: dict[int, dict[int, torch.Tensor] | None] = {}
-        out: dict[str, np.ndarray] = {}
-        any_grad = False
-        for gid, sls in self.slices.items():
-            acc = torch.zeros(self.n_units[gid], dtype=torch.float64)
-            for us in sls:
-                if us.lora_b is None:
-                    continue
-                layer = self.lora_layers.get(id(us.lora_b))
-                key = id(us.base)
-                if key not in cache:
-                    cache[key] = _lora_importance(layer, us.base, unbias=True) if layer is not None else None
-                imp = cache[key]
-                if imp is None:
-                    continue
-                any_grad = True
-                # per-index sums keyed by the weight's own axes; a producer slice is the output axis
-                acc.index_add_(0, us.unit_of, imp[us.axis].detach().double().cpu())
-            out[gid] = acc.numpy()
-        return out if any_grad else None
+        ema_update(self.sched["scores"], new, self.hp["ema"])
 
     # --------------------------------------------------------------------------------------- periods
     def _fix_plan(self) -> None:
@@ -171,14 +138,10 @@ class LHSPG(MaskedLoRA):
             k = period_share(q, p, P)
             if k == 0:
                 continue
-            if self.hp["rescore"] or self._plan_obj is None:
-                s = np.asarray(self.sched["scores"].get(gid, np.zeros(self.n_units[gid])), dtype=np.float64)
-                taken = set(masked.get(gid, ())) | protected.get(gid, set())
-                order = [int(u) for u in np.lexsort((np.arange(len(s)), np.where(np.isnan(s), np.inf, s))) if int(u) not in taken]
-            else:
-                planned = self._plan_obj.removal.get(gid, [])
-                order = [u for u in planned if u not in set(masked.get(gid, ()))]
-            chosen[gid] = sorted(order[:k])
+            # re-read at every period start: the EMA has moved since the plan fixed the counts
+            s = self.sched["scores"].get(gid, np.zeros(self.n_units[gid]))
+            taken = set(masked.get(gid, ())) | protected.get(gid, set())
+            chosen[gid] = sorted(unit_order(s, exclude=taken)[:k].tolist())
         self.sched["period"] = {"index": p, "start": self.sched["step"], "units": chosen}
         self.sched["events"].append([self.sched["step"], f"period {p + 1}/{P} starts: {sum(map(len, chosen.values()))} units"])
         self._period_idx = None
@@ -270,8 +233,17 @@ class LHSPG(MaskedLoRA):
                 for p in (a, b):
                     self.state.pop(p, None)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """As ``MaskedLoRA.load_state_dict``; a checkpoint written before the ``rescore`` setting was removed (it
+        was always True in a run: every period re-reads the saliency, as now) resumes as the same schedule."""
+        extra = state_dict.get("lorashear")
+        if extra is not None and "rescore" in json.loads(extra["hp"]):
+            hp = json.loads(extra["hp"])
+            if hp.pop("rescore") is not True:
+                raise LorashearError("checkpoint was written with LHSPG rescore=False (periods following the fixed "
+                                     "plan's units), which this version no longer has")
+            state_dict = {**state_dict, "lorashear": {**extra, "hp": json.dumps(hp)}}
+        super().load_state_dict(state_dict)
+
     def _loaded(self) -> None:
         self._period_idx = None
-
-
-_lora_layers = lora_layers

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
-from ..knowledge.slices import is_lora_param
+from ..adapters import is_lora_param
 from .plan import Plan, PlanSpec, candidate_groups, count_removed, plan_from_dict
 from .units import UnitSlice, unit_slices, zero_units
 

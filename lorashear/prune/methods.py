@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import LorashearError
 from ..groups import Group
+from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
 from .masked import MaskedLoRA
 from .names import METHODS as NAMES, ONE_SHOT
 from .plan import Plan, PlanSpec, candidate_groups, make_plan
@@ -134,40 +135,18 @@ class LoRAPrune(MaskedLoRA):
                 have = set(self.sched["masked"].get(gid, []))
                 if want <= len(have):
                     continue
-                s = np.asarray(self.sched["scores"].get(gid, np.zeros(self.n_units[gid])), dtype=np.float64)
-                order = [int(u) for u in np.lexsort((np.arange(len(s)), np.where(np.isnan(s), np.inf, s)))
-                         if int(u) not in have and int(u) not in protected.get(gid, set())]
-                take[gid] = order[: want - len(have)]
+                s = self.sched["scores"].get(gid, np.zeros(self.n_units[gid]))
+                take[gid] = unit_order(s, exclude=have | protected.get(gid, set()))[: want - len(have)].tolist()
             if take:
                 self.mask(take, f"mask update at {f:.3f} of the target")
             if t == self.last_update:
                 self._finish_plan()
 
     def _score(self) -> None:
-        from ..knowledge.estimators import _lora_importance
-
-        cache: dict[int, Any] = {}
-        new: dict[str, np.ndarray] = {}
-        any_grad = False
-        for gid, sls in self.score_slices.items():
-            acc = torch.zeros(self.n_units[gid], dtype=torch.float64)
-            for s in sls:
-                key = id(s.tensor)
-                if key not in cache:
-                    cache[key] = _lora_importance(s.lora, s.tensor, unbias=False)
-                imp = cache[key]
-                if imp is None:
-                    continue
-                any_grad = True
-                v = s.reduce(imp, self.n_units[gid])
-                acc += v / (v.norm() + 1e-8)  # L2-normalised per module (LoRAPrune's code)
-            new[gid] = acc.numpy()
-        if not any_grad:
-            return
-        beta = self.hp["ema"]
-        for gid, v in new.items():
-            old = self.sched["scores"].get(gid)
-            self.sched["scores"][gid] = (v if old is None else beta * np.asarray(old) + (1 - beta) * v).tolist()
+        # producer and consumer slices, each module's vector L2-normalised before the sum (LoRAPrune's code)
+        new = lora_taylor_units(self.score_slices, self.n_units, unbias=False, normalize=True)
+        if new is not None:
+            ema_update(self.sched["scores"], new, self.hp["ema"])
 
 
 # ---------------------------------------------------------------------------------- one-shot scoring
@@ -197,7 +176,7 @@ def _setup_magnitude(model, groups, spec, st, tok):
     from ..knowledge.estimators import magnitude
 
     cands = candidate_groups(groups, spec)
-    scores = {gid: v ** 2 for gid, v in magnitude(model, cands, kinds=spec.kinds).units.items()}  # squared norms add over parameters
+    scores = magnitude(model, cands, kinds=spec.kinds).units  # squared norms: they add up over parameters
     return _plan(model, groups, spec, scores, "weight magnitude ‖x_u‖² of the dense model"), {}
 
 

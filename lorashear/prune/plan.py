@@ -32,10 +32,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
+from ..adapters import is_lora_param
 from ..errors import LorashearError
 from ..settings import SettingsError
 from ..groups import Group
 from ..jsonio import read_json, write_json_atomic
+from ..knowledge.scoring import unit_order
+from ..knowledge.slices import ParamIndex
 from .names import PLAN_KINDS
 
 PLAN_FORMAT = "lorashear.plan/1"
@@ -163,8 +166,6 @@ class ParamCounter:
     over its axes, updated incrementally as units are added."""
 
     def __init__(self, model: nn.Module, groups: Sequence[Group]):
-        from ..knowledge.slices import ParamIndex, is_lora_param
-
         idx = ParamIndex(model)
         self.total = sum(p.numel() for n, p in _unique_params(model) if not is_lora_param(n))
         self.shape: dict[int, tuple[int, ...]] = {}
@@ -278,11 +279,7 @@ def _order(g: Group, scores: Mapping[str, np.ndarray], protected: set[int]) -> l
     s = np.asarray(scores.get(g.id, np.zeros(g.n_units)), dtype=np.float64)
     if s.shape != (g.n_units,):
         raise LorashearError(f"scores for group '{g.id}' have {s.shape[0] if s.ndim else 0} entries, the group has {g.n_units} units")
-    key = np.where(np.isnan(s), np.inf, s)
-    order = np.lexsort((np.arange(g.n_units), key))
-    if protected:
-        order = order[~np.isin(order, np.fromiter(protected, dtype=np.int64))]
-    return order.tolist()
+    return unit_order(s, exclude=protected).tolist()
 
 
 def _max_remove(g: Group, order_len: int, step: int) -> int:

@@ -1,9 +1,10 @@
 """A plan for a model before any training: the units a run with these settings would remove.
 
-Scores come from a knowledge report when one is given (its estimator's per-unit scores, and γ's unprunable
-set), otherwise from weight magnitude (``‖x_u‖`` of the producer slices), or index order on a meta-device model
-(structure only). LHSPG fixes its own plan after warm-up from its saliency, with the same counting and the same
-allocation, so the numbers (parameters before/after, units per group) are the run's; which units go may differ.
+Scores come from a knowledge report when one is given (its estimator's per-unit scores, used as they are: every
+estimator's scores add up over parameters; and γ's unprunable set), otherwise from weight magnitude (``‖x_u‖²`` of
+the producer slices), or index order on a meta-device model (structure only). LHSPG fixes its own plan after
+warm-up from its saliency, with the same counting and the same allocation, so the numbers (parameters before/after,
+units per group) are the run's; which units go may differ.
 """
 from __future__ import annotations
 
@@ -54,14 +55,12 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
         protected = protected_from_report(rep, groups)
         scores = {str(g): rows.sort_values("unit")["score"].to_numpy(dtype=np.float64)
                   for g, rows in rep.units.groupby("group", sort=False)}
-        if rep.meta.get("estimator") == "magnitude":  # a norm; the plan compares scores per parameter: square it
-            scores = {g: v ** 2 for g, v in scores.items()}
         source = f"knowledge report {knowledge} ({rep.meta.get('estimator', '?')})"
     elif not meta:
         from ..knowledge.estimators import magnitude
 
         # squared norms add over parameters, so score per parameter compares units of different sizes fairly
-        scores = {gid: v ** 2 for gid, v in magnitude(model, [g for g in groups if g.prunable]).units.items()}
+        scores = magnitude(model, [g for g in groups if g.prunable]).units
         source = "weight magnitude ‖x_u‖²"
     spec = PlanSpec(ratio=ratio, kinds=tuple(kinds), allocation=allocation, layers=parse_layers(layers, n_layers),
                     align=align, protected=protected)

@@ -314,7 +314,7 @@ def _removed_over_time(history: dict, groups: list) -> list[dict]:
 # ----------------------------------------------------------------------------------------- checkpoints
 def _state_tensors(peft_model: Any, opt: Any) -> dict[str, torch.Tensor]:
     """LoRA factors and every base tensor the optimizer may have changed (LoRA layers' bases, producer tensors)."""
-    from ..knowledge.slices import is_lora_param
+    from ..adapters import is_lora_param
 
     changed = {id(us.base) for sls in opt.slices.values() for us in sls}
     for layer in opt.lora_layers.values():

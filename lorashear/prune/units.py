@@ -36,6 +36,7 @@ class UnitSlice:
     lora_a: torch.Tensor | None
     scaling: float
     lora_side: str = "out"  # "out": the indices are rows of B; "in": columns of A (a slice on the input axis)
+    source: Slice | None = None  # the knowledge slice it was made from (its LoRA layer: what saliency scores)
 
     def indices(self, units: Sequence[int]) -> torch.Tensor:
         return torch.isin(self.unit_of, torch.as_tensor(list(units), dtype=torch.long)).nonzero().flatten()
@@ -101,7 +102,7 @@ def _unit_slice(gid: str, s: Slice) -> UnitSlice:
             else:
                 a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
             scaling = float(layer.scaling[name])
-    return UnitSlice(gid, s.tensor, s.axis, s.unit_of, b, a, scaling, side)
+    return UnitSlice(gid, s.tensor, s.axis, s.unit_of, b, a, scaling, side, s)
 
 
 def zero_units(slices: Mapping[str, list[UnitSlice]], removal: Mapping[str, Sequence[int]]) -> None:
@@ -116,8 +117,9 @@ def zero_units(slices: Mapping[str, list[UnitSlice]], removal: Mapping[str, Sequ
                 us.zero_lora_rows(idx)
 
 
-def effective_norms(slices: Mapping[str, list[UnitSlice]], n_units: Mapping[str, int]) -> dict[str, torch.Tensor]:
-    """``‖x_u‖`` of the effective producer weights of every unit of every group (float64, cpu)."""
+def effective_sq_norms(slices: Mapping[str, list[UnitSlice]], n_units: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """``‖x_u‖²`` of the effective producer weights of every unit of every group (float64, cpu): squared, like
+    ``knowledge.estimators.magnitude``, so that the score adds up over parameters."""
     out = {}
     with torch.no_grad():
         for gid, sls in slices.items():
@@ -129,5 +131,5 @@ def effective_norms(slices: Mapping[str, list[UnitSlice]], n_units: Mapping[str,
                 if d is not None:
                     x = x + d.to(x.device)
                 acc.index_add_(0, us.unit_of, x.pow(2).sum(1).double().cpu())
-            out[gid] = acc.sqrt()
+            out[gid] = acc
     return out

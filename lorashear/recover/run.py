@@ -395,7 +395,7 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
 def _save_best(out: Path, peft_model: Any) -> None:
     from safetensors.torch import save_file
 
-    from ..knowledge.slices import is_lora_param
+    from ..adapters import is_lora_param
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     tmp = out / "checkpoints" / ".instruct-best.tmp"
@@ -415,7 +415,7 @@ def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> None:
     from safetensors.torch import save_file
 
     from ..jsonio import keep_newest, write_dir_atomic
-    from ..knowledge.slices import is_lora_param
+    from ..adapters import is_lora_param
 
     def write(tmp: Path) -> None:
         save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)},

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import lorashear
 from lorashear.knowledge import ablation, lora_taylor, magnitude, taylor
 from lorashear.knowledge import estimators as est_mod
-from lorashear.knowledge.slices import is_lora_param
+from lorashear.knowledge.scoring import lora_importance
+from lorashear.adapters import is_lora_param
 
 
 def _group(groups, gid):
@@ -185,13 +186,16 @@ def test_fresh_adapter_estimate_is_an_unbiased_gradient_sketch(fresh_copy, kgrou
         s = layer.scaling["default"]
         g_hat = s * gb @ a * (a.shape[1] / (s * s * a.pow(2).sum()))
         expected = ((g_hat.T if transposed else g_hat) * w).abs().detach()
-        got = est_mod._lora_importance(layer, w)  # per-index sums along each axis, never the full matrix
+        got = lora_importance(layer, w)  # per-index sums along each axis, never the full matrix
         torch.testing.assert_close(got[0], expected.sum(1), rtol=1e-4, atol=1e-9)
         torch.testing.assert_close(got[1], expected.sum(0), rtol=1e-4, atol=1e-9)
 
 
-def test_magnitude_is_the_l2_norm_of_the_producer_slices(kmodel, kgroups):
+def test_magnitude_is_the_squared_l2_norm_of_the_producer_slices(kmodel, kgroups):
+    """Squared, so that scores add up: a unit's score is the sum over its producer elements of w²."""
     g = _group(kgroups, "model.layers.5.mlp:channels")
     params = dict(kmodel.named_parameters())
     sq = sum(_unit_sum(params[m.param].detach().pow(2), m, g.n_units) for m in g.members if m.role == "producer")
-    np.testing.assert_allclose(magnitude(kmodel, [g]).units[g.id], np.sqrt(sq), rtol=1e-5)
+    sc = magnitude(kmodel, [g])
+    np.testing.assert_allclose(sc.units[g.id], sq, rtol=1e-5)
+    assert sc.settings["squared"] and "squared" in sc.notes["score"]

@@ -8,6 +8,7 @@ import torch
 
 from lorashear import LorashearError
 from lorashear.knowledge import calibration_data, check_model, load_report, select_unprunable
+from lorashear.knowledge.report import read_meta
 from lorashear.knowledge.calibration import check_samples
 
 
@@ -181,12 +182,94 @@ def test_graph_identity_is_the_model_identity_read_from_its_traced_graph(arch, t
     assert not same_model(back, None)
 
 
-def test_a_magnitude_report_plans_like_the_magnitude_fallback(reports, kmodel, kgroups, tmp_path):
-    """A magnitude report holds norms; the plan compares scores per parameter, so the planner squares them — the
-    plan from the report is the plan from the model's own weight magnitudes."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_magnitude_report_plans_like_the_magnitude_fallback(reports, kmodel, kgroups, tmp_path, version):
+    """A magnitude report holds squared norms — scores that add up, compared per parameter by the plan as they are —
+    so the plan from the report is the plan from the model's own weight magnitudes; a version-1 file (norms) too."""
     from lorashear.prune.preview import plan_model
 
     path = reports["magnitude"].save(tmp_path / "magnitude.parquet")
+    if version == 1:
+        _as_version_1(path)
     from_report = plan_model(kmodel, ratio=0.3, knowledge=str(path), groups=kgroups)
     from_weights = plan_model(kmodel, ratio=0.3, groups=kgroups)
     assert from_report.removal == from_weights.removal
+
+
+# ------------------------------------------------------------------------------------ additive scores, old files
+def test_magnitude_scores_add_up_to_the_groups_squared_weight_norm(reports, kmodel):
+    """Scores add up: a magnitude report's group total is the squared Frobenius norm of the group's producer rows."""
+    params = dict(kmodel.named_parameters())
+    by_group = reports["magnitude"].by_group().set_index("group")["score"]
+    for gid, names in (("model.layers.2.mlp:channels", ["gate_proj", "up_proj"]),
+                       ("model.layers.4.self_attn:heads", ["q_proj", "k_proj", "v_proj"])):
+        module = gid.split(":")[0]
+        want = sum(float(params[f"{module}.{n}.weight"].detach().double().pow(2).sum()) for n in names)
+        assert by_group[gid] == pytest.approx(want, rel=1e-5), gid
+
+
+def _as_version_1(path):
+    """Rewrite a saved report as version 1 wrote it: format 1 and, for magnitude, the norm ‖x_u‖ as the score."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def old_meta(meta):
+        meta = dict(meta, format="lorashear.knowledge/1")
+        if meta["estimator"] == "magnitude":
+            meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "squared"}
+            meta["notes"] = {k: v for k, v in meta["notes"].items() if k != "score"}
+        return meta
+
+    def old_units(units, estimator):
+        if estimator == "magnitude":
+            units["score"] = np.sqrt(units["score"])
+            units["density"] = units["score"] / units["params"]
+        return units
+
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        doc["format"], doc["meta"] = "lorashear.knowledge/1", old_meta(doc["meta"])
+        doc["units"] = old_units(pd.DataFrame(doc["units"]), doc["meta"]["estimator"]).to_dict(orient="list")
+        path.write_text(json.dumps(doc))
+        return
+    table = pq.read_table(path)
+    extra = json.loads(table.schema.metadata[b"lorashear.knowledge"])
+    extra["meta"] = old_meta(extra["meta"])
+    units = old_units(table.to_pandas(), extra["meta"]["estimator"])
+    table = pa.Table.from_pandas(units, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata({b"lorashear.knowledge": json.dumps(extra).encode()}), path)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".json"])
+def test_a_version_1_magnitude_report_is_squared_on_load(reports, tmp_path, suffix):
+    """Version 1 stored a magnitude report's norms; reading it gives the squared norms version 2 stores, and says so."""
+    rep = reports["magnitude"]
+    path = rep.save(tmp_path / f"old{suffix}")
+    _as_version_1(path)
+    back = load_report(path)
+    np.testing.assert_allclose(back.units["score"], rep.units["score"], rtol=1e-12)
+    np.testing.assert_allclose(back.units["density"], rep.units["density"], rtol=1e-12)
+    assert back.meta["format"] == "lorashear.knowledge/2" and back.meta["upgraded_from"] == "lorashear.knowledge/1"
+    assert back.meta["notes"]["score"] == rep.meta["notes"]["score"] and back.meta["settings"]["squared"]
+    assert select_unprunable(back, 0.3).meta["selection"]["rule"] == select_unprunable(rep, 0.3).meta["selection"]["rule"]
+    assert read_meta(path)["upgraded_from"] == "lorashear.knowledge/1"
+
+
+def test_a_version_1_report_of_another_estimator_loads_unchanged(reports, tmp_path):
+    rep = reports["taylor"]
+    path = rep.save(tmp_path / "old.parquet")
+    _as_version_1(path)
+    pd.testing.assert_frame_equal(load_report(path).units, rep.units)
+
+
+def test_an_unknown_report_version_is_refused(reports, tmp_path):
+    import json
+
+    path = reports["magnitude"].save(tmp_path / "new.json")
+    doc = json.loads(path.read_text())
+    doc["format"] = doc["meta"]["format"] = "lorashear.knowledge/3"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LorashearError, match="not a knowledge report"):
+        load_report(path)

@@ -114,7 +114,17 @@ def test_unprunable_units_are_untouched():
     assert all(after[gid] > 0.5 * before[gid] for gid in before)
 
 
-def test_state_dict_resumes_exactly():
+def _with_hp(state, **extra):
+    """A checkpoint as an older version wrote it: extra LHSPG settings in its ``hp``."""
+    import json
+
+    hp = {**json.loads(state["lorashear"]["hp"]), **extra}
+    return {**state, "lorashear": {**state["lorashear"], "hp": json.dumps(hp)}}
+
+
+@pytest.mark.parametrize("written_by", ["this version", "a version with rescore"])
+def test_state_dict_resumes_exactly(written_by):
+    """Also a checkpoint from before the always-True ``rescore`` setting was removed: the same schedule resumes."""
     _, _, groups = traced("llama-gqa")
     spec = PlanSpec(0.2, kinds=("attention", "mlp"))
     a = _peft()
@@ -125,6 +135,8 @@ def test_state_dict_resumes_exactly():
     _train(b, opt_b, 4)  # stops inside period 1
     weights = {n: p.detach().clone() for n, p in b.named_parameters()}
     state = copy.deepcopy(opt_b.state_dict())
+    if written_by != "this version":
+        state = _with_hp(state, rescore=True)
     c = _peft()
     with torch.no_grad():
         for n, p in c.named_parameters():
@@ -135,6 +147,16 @@ def test_state_dict_resumes_exactly():
     for (n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters()):
         assert torch.equal(pa, pc), n
     assert opt_a.removal() == opt_c.removal()
+
+
+def test_a_checkpoint_that_followed_the_fixed_plan_is_refused_in_one_line():
+    _, _, groups = traced("llama-gqa")
+    spec = PlanSpec(0.2, kinds=("attention", "mlp"))
+    opt = LHSPG(_peft(), groups, spec, **SCHED)
+    state = _with_hp(copy.deepcopy(opt.state_dict()), rescore=False)
+    with pytest.raises(LorashearError, match="rescore=False") as exc:
+        LHSPG(_peft(), groups, spec, **SCHED).load_state_dict(state)
+    assert "\n" not in str(exc.value)
 
 
 def test_needs_lora_and_frozen_base():
@@ -180,7 +202,7 @@ def test_query_heads_prune_exactly_with_the_other_kinds(arch):
     # query heads scored least important, so the plan takes them first, then the other kinds by index
     scores = {g.id: np.full(g.n_units, -1.0) for g in groups if g.kind == "query_heads"}
     plan = make_plan(build(arch), groups, spec, scores)
-    opt = LHSPG(model, groups, spec, plan=plan, rescore=False, **SCHED)
+    opt = LHSPG(model, groups, spec, plan=plan, **SCHED)
     _train(model, opt, opt.total_steps + 2)
     removal = opt.removal()
     kinds = {g.id: g.kind for g in groups}
@@ -205,7 +227,7 @@ def test_magnitude_saliency_plans_like_the_magnitude_method():
     _, _, groups = traced("llama-gqa")
     model = _peft()
     spec = PlanSpec(0.3, kinds=("attention", "mlp"))
-    scores = {gid: v ** 2 for gid, v in magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units.items()}
+    scores = magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units
     expected = make_plan(model, groups, spec, scores).removal  # on the dense weights, before the first step
     opt = LHSPG(model, groups, spec, warmup_steps=0, periods=1, period_steps=2, saliency="magnitude")
     _train(model, opt, 1)
