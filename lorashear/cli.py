@@ -203,7 +203,7 @@ _ANALYZE_ONLY = {"variant": ("taylor",), "aggregate": ("taylor", "lora-taylor"),
 @arguments(_analyze_args)
 def _analyze(args: argparse.Namespace) -> int:
     from .data import DEMO_MODEL_DIR
-    from .evaluate import load_model
+    from .loading import load_model
     from .knowledge import analyze, calibration_data, check_gamma, summary_table
     from .knowledge.estimators import AGGREGATIONS, TAYLOR_VARIANTS
 

@@ -12,7 +12,7 @@ from .worker import JobContext
 
 
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from lorashear.evaluate import load_model
+    from lorashear.loading import load_model
     from lorashear.knowledge import analyze, calibration_data
 
     estimator = params["estimator"]

@@ -294,7 +294,7 @@ ANALYZE = JobKind(
         Param("device", "Device", "choice", default="auto", choices=("auto", "cpu", "cuda")),
     ),
     entry="lorashear.jobs.analyze_job:run",
-    requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.evaluate:load_model"),
+    requires=("lorashear.knowledge:analyze", "lorashear.knowledge:calibration_data", "lorashear.loading:load_model"),
     unavailable_reason="not available yet: the knowledge analysis (lorashear.knowledge) has not landed",
 )
 def _prune_check(clean: dict[str, Any]) -> dict[str, str]:
