@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
