@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorashear import compress, find_groups, save_pruned, trace  # noqa: E402
 from lorashear.evaluate import _cpu_peak_rss  # noqa: E402
-from lorashear.loading import load_model, model_from_config  # noqa: E402
+from lorashear.loading import load_causal_lm, model_from_config  # noqa: E402
 
 
 def _vm_rss() -> int:
@@ -73,7 +73,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     order = (True, False) if args.verify_first else (False, True)
-    measure("demo", load_model("demo"), order)
+    measure("demo", load_causal_lm("demo"), order)
     from transformers import LlamaConfig
 
     h, layers, inter, vocab = (int(x) for x in args.big.split(","))

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from lorashear.data import demo_corpus  # noqa: E402
-from lorashear.evaluate import evaluate_perplexity, load_model, measure_cost, unigram_perplexity  # noqa: E402
+from lorashear.evaluate import evaluate_perplexity, measure_cost, unigram_perplexity  # noqa: E402
+from lorashear.loading import load_model  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def demo_part(args) -> dict:
     import torch
 
-    from lorashear.evaluate import load_model
+    from lorashear.loading import load_model
     from lorashear.groups import find_groups
     from lorashear.trace import trace
     from lorashear.knowledge import analyze, calibration_data, rank_agreement, select_unprunable

@@ -97,7 +97,7 @@ def quality(args) -> None:
 # ---------------------------------------------------------------------------------------------- step time
 def steptime(args) -> None:
     from lorashear.adapters import add_lora
-    from lorashear.evaluate import load_model
+    from lorashear.loading import load_model
     from lorashear.groups import find_groups
     from lorashear.prune import LHSPG, PlanSpec
     from lorashear.trace import trace
@@ -191,16 +191,16 @@ def latency(args) -> None:
     source the loader takes, e.g. ``smollm2-135m``) against those pruned folders (``lorashear prune --out``)."""
     from lorashear.compress import compress
     from lorashear.groups import find_groups
-    from lorashear.loading import load_model, model_from_config
+    from lorashear.loading import load_causal_lm, model_from_config
     from lorashear.prune.preview import plan_model
     from lorashear.trace import trace
 
     if args.pruned:
-        model = load_model(args.model).eval()
+        model = load_causal_lm(args.model).eval()
         what = f"{args.model} ({type(model).__name__})"
         variants = {"dense": model}
         for d in args.pruned.split(","):
-            variants[Path(d).parent.name if Path(d).name == "model" else Path(d).name] = load_model(d).eval()
+            variants[Path(d).parent.name if Path(d).name == "model" else Path(d).name] = load_causal_lm(d).eval()
     else:
         model = model_from_config(_big_config(args), seed=0)
         what = "random-init LLaMA"

@@ -49,7 +49,8 @@ def _one(spec: dict) -> dict:
     t = time.time()
     method = spec["method"]
     if method in ("dense", "dense+lora"):
-        from lorashear.evaluate import count_parameters, load_model, perplexity_summary
+        from lorashear.evaluate import count_parameters, perplexity_summary
+        from lorashear.loading import load_model
         from lorashear.prune.run import _data
 
         st = PruneSettings(**base)

@@ -36,7 +36,8 @@ def _ppl(ev, proto="short"):
 
 
 def main() -> None:
-    from lorashear.evaluate import evaluate_perplexity, load_model, perplexity_summary
+    from lorashear.evaluate import evaluate_perplexity, perplexity_summary
+    from lorashear.loading import load_model
     from lorashear.prune.run import PruneSettings, prune
     from lorashear.recover.run import RecoverSettings, recover
 

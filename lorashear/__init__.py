@@ -16,11 +16,13 @@ _EXPORTS = {
     "trace": ["OpGraph", "load_graph", "module_tree", "trace"],
     "groups": ["Group", "Member", "find_groups", "load_groups", "save_groups"],
     "compress": ["CompressReport", "CompressionNotExact", "compress", "mask_units"],
-    "export": ["load_pruned", "save_pruned"],
+    "export": ["save_pruned"],
+    "pruned_format": ["load_pruned"],
+    "loading": ["check_model_source", "load_model", "pick_device"],
     "data": ["DEMO_MODEL_DIR", "DEMO_SOURCES", "Mixture", "PackedMixture", "calibration_samples", "demo_corpus",
              "demo_instructions", "load_instructions", "load_texts", "pack", "tokenize_instructions"],
-    "evaluate": ["CostReport", "PerplexityResult", "evaluate_model", "evaluate_perplexity", "load_model",
-                 "measure_cost", "perplexity", "pick_device"],
+    "evaluate": ["CostReport", "PerplexityResult", "evaluate_model", "evaluate_perplexity", "measure_cost",
+                 "perplexity"],
     "prune": ["LHSPG", "Plan", "PlanSpec", "PruneSettings", "load_plan", "make_plan", "prune"],
     "knowledge": ["KnowledgeReport", "analyze", "calibration_data", "load_report", "rank_agreement", "save_report",
                   "select_unprunable"],
@@ -62,10 +64,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .data import (DEMO_MODEL_DIR, DEMO_SOURCES, Mixture, PackedMixture, calibration_samples,  # noqa: F401
                        demo_corpus, demo_instructions, load_instructions, load_texts, pack, tokenize_instructions)
     from .evaluate import (CostReport, PerplexityResult, evaluate_model, evaluate_perplexity,  # noqa: F401
-                           load_model, measure_cost, perplexity, pick_device)
-    from .export import load_pruned, save_pruned  # noqa: F401
+                           measure_cost, perplexity)
+    from .export import save_pruned  # noqa: F401
     from .groups import Group, Member, find_groups, load_groups, save_groups  # noqa: F401
     from .knowledge import (KnowledgeReport, analyze, calibration_data, load_report, rank_agreement,  # noqa: F401
                             save_report, select_unprunable)
+    from .loading import check_model_source, load_model, pick_device  # noqa: F401
     from .prune import LHSPG, Plan, PlanSpec, PruneSettings, load_plan, make_plan, prune  # noqa: F401
+    from .pruned_format import load_pruned  # noqa: F401
     from .trace import OpGraph, load_graph, module_tree, trace  # noqa: F401

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import LorashearError
+from .evaluate import forward_logits
 from .groups import Group
 
 Removal = dict[str, list[int]]  # group id -> units to remove
@@ -72,16 +73,6 @@ def verification_batch(model: nn.Module, *, batch: int = VERIFY_BATCH, seq_len: 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, min(seq_len, int(ctx))), generator=gen)
     return ids.to(next(model.parameters()).device)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        return model(input_ids=ids, use_cache=False).logits
-    finally:
-        model.train(was_training)
 
 
 def validate_removal(groups: list[Group], removal: Removal) -> dict[str, Group]:
@@ -153,7 +144,7 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
     if verify and removal and not any(p.is_meta for p in model.parameters()):  # a meta model has no numbers to check
         ids = verification_batch(model)
         mask_units(model, groups, removal)  # in place: the zeroed producer slices are about to be removed
-        reference = _logits(model, ids)
+        reference = forward_logits(model, ids)
     params_before = sum(p.numel() for p in model.parameters())
     owners = _owners(model)
     attrs: dict[str, dict[str, float | int]] = {}
@@ -222,7 +213,7 @@ def compress(model: nn.Module, groups: list[Group], removal: Removal, *, inplace
     if reference is not None:
         report.tolerance = verify_tolerance(reference)
         try:
-            out = _logits(model, ids)
+            out = forward_logits(model, ids)
         except Exception as exc:  # a module that kept an old size fails outright instead of computing wrong numbers
             raise CompressionNotExact(
                 f"the compressed model fails to run ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}) "

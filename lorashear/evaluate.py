@@ -16,54 +16,39 @@ docstring), latency of one forward at batch 1, throughput of a batched forward, 
 ``VmHWM`` reset just before it through ``/proc/self/clear_refs``, else ``getrusage`` ``ru_maxrss`` since
 the process started; the method used is named in the report).
 
-Device policy (``pick_device``): CUDA with bf16 when a GPU is present, otherwise CPU with fp32.
+Device policy (``loading.pick_device``, applied by the one loader ``loading.load_model``): CUDA with bf16 when
+a GPU is present, otherwise CPU with fp32.
 """
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from .data import model_context, token_stream
+from .data import load_sources, model_context, token_stream
 from .errors import LorashearError
+from .loading import load_model
 
 SHORT_WINDOW = 128
 LONG_WINDOW_MAX = 2048
 PROTOCOLS = ("short", "long")
 
 
-# ------------------------------------------------------------------------------------- device / loading
-def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype): the given device, else CUDA + bf16 when available, else CPU + fp32."""
-    if device is None:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise LorashearError(f"unknown device {device!r}") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise LorashearError("device 'cuda' requested but no CUDA GPU is available")
-    return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-
-
-def load_model(
-    path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a Hugging Face folder (``"demo"`` means the shipped demo model),
-    on ``pick_device``'s device and dtype unless given; the model is put in eval mode. The one loader
-    (``lorashear.loading.load_model``) does the work: pruned folders through ``load_pruned``, adapters,
-    refusal of anything that is not a causal LM."""
-    from .loading import load_model_and_tokenizer
-
-    dev, default_dtype = pick_device(device)
-    return load_model_and_tokenizer(path, device=dev, dtype=dtype or default_dtype)
+@torch.no_grad()
+def forward_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of one forward of ``ids`` without KV cache, in eval mode (the model's training flag is restored):
+    the number that compress's and save_pruned's self-checks compare between two models."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(input_ids=ids, use_cache=False).logits
+    finally:
+        model.train(was_training)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -471,8 +456,6 @@ def evaluate_model(
 ) -> EvalReport:
     """Load a model folder and evaluate it: perplexity per data source (specs as in
     ``data.load_sources``) under each protocol, optionally cost and lm-eval tasks."""
-    from .data import load_sources
-
     for p in protocols:
         if p not in PROTOCOLS:
             raise LorashearError(f"unknown perplexity protocol {p!r}; choose short, long or both")

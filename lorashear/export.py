@@ -9,7 +9,9 @@ Two cases, and the sidecar says which one was produced:
   (e.g. GPT-2 derives head_dim from n_embd / n_head). ``load_pruned(dir)`` rebuilds the model from the
   config, resizes each parameter to its saved shape and restores the recorded module attributes.
 
-Never pickles modules: weights are safetensors, everything else is JSON.
+Never pickles modules: weights are safetensors, everything else is JSON. The format itself — the sidecar,
+the per-layer reshape, ``load_pruned`` — lives in ``pruned_format``, below both this writer and the loader;
+``load_pruned`` and ``read_sidecar`` are importable from here too, as the export stage's public names.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import CompressReport
+from .compress import CompressReport, verification_batch
 from .errors import LorashearError
+from .evaluate import forward_logits
 from .jsonio import write_dir_atomic, write_json_atomic
+from .pruned_format import ADAPTER, SIDECAR, SIDECAR_FORMAT, load_pruned, model_from_config, read_sidecar, write_sidecar
 
-SIDECAR = "lorashear.json"
-ADAPTER = "adapter"  # subfolder of a pruned folder saved with merge_lora=False
+__all__ = ["ADAPTER", "SIDECAR", "config_overrides", "load_pruned", "read_sidecar", "save_pruned"]
 
 
 def _base(model: nn.Module, merge: bool = True) -> nn.Module:
@@ -71,8 +74,6 @@ def config_overrides(model: nn.Module, config) -> tuple[dict[str, dict[str, Any]
     compress changed: a config field shared by several modules (Qwen3's ``rms_norm_eps`` feeds the hidden
     norms and the per-head q/k norms) must not silently change one of them on reload.
     """
-    from .loading import model_from_config
-
     ref = model_from_config(copy.deepcopy(config), meta=True)
     have = _shapes(ref)
     mismatch = next((f"config gives {k} shape {have.get(k)}, pruned model has {v}" for k, v in _shapes(model).items() if have.get(k) != v), None)
@@ -131,7 +132,7 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
     else:
         why = "a stock config describes every layer"
     sidecar = {
-        "format": "lorashear.pruned/1",
+        "format": SIDECAR_FORMAT,
         "case": "stock" if stock else "lorashear",
         "case_reason": why,
         "model_class": type(base).__name__,
@@ -153,7 +154,7 @@ def save_pruned(model: nn.Module, out_dir: str | Path, *, report: CompressReport
         base.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / SIDECAR, sidecar)
+        write_sidecar(tmp, sidecar)
         if keep_adapter:
             model.save_pretrained(tmp / ADAPTER)
             acfg_path = tmp / ADAPTER / "adapter_config.json"
@@ -177,8 +178,6 @@ def _check_round_trip(model: nn.Module, folder: Path, stock: bool, adapter: Path
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from .compress import _logits, verification_batch
-
     param = next(model.parameters())
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -200,11 +199,12 @@ def _check_round_trip(model: nn.Module, folder: Path, stock: bool, adapter: Path
     back_base = back.get_base_model() if hasattr(back, "get_base_model") else back
     for name, buf in back_base.named_buffers():
         mine = have.get(name)
-        if mine is not None and (mine.shape != buf.shape or not torch.allclose(mine.float(), buf.float().to(mine.device), rtol=1e-6, atol=1e-7)):
+        if mine is not None and not _same_buffer(mine, buf):
             raise LorashearError(f"the saved folder rebuilds buffer {name} differently from the pruned model "
-                                 f"(shape {list(buf.shape)} vs {list(mine.shape)}): the config does not describe it")
+                                 f"(shape {list(buf.shape)} vs {list(mine.shape)}, {_dtype(buf)} vs {_dtype(mine)}): "
+                                 "the config does not describe it")
     ids = verification_batch(model)
-    want, got = _logits(model, ids).float(), _logits(back, ids).float()
+    want, got = forward_logits(model, ids).float(), forward_logits(back, ids).float()
     scale = max(1.0, float(want.abs().max()))
     tol = (1e-5 if param.dtype in (torch.float32, torch.float64) else 2e-2) * scale
     diff = float((want - got).abs().max()) if want.shape == got.shape else float("inf")
@@ -213,10 +213,25 @@ def _check_round_trip(model: nn.Module, folder: Path, stock: bool, adapter: Path
                              f"(tolerance {tol:.1g}); nothing was written")
 
 
+def _same_buffer(mine: torch.Tensor, rebuilt: torch.Tensor) -> bool:
+    """Whether a buffer the reload rebuilds from the config (rotary ``inv_freq``) holds what the in-memory model's
+    does. Compared in the coarser of the two dtypes: a model cast to bf16 holds a bf16-rounded ``inv_freq`` that
+    transformers rebuilds in fp32 on reload — the same numbers, not a different buffer."""
+    if mine.shape != rebuilt.shape:
+        return False
+    if mine.is_floating_point() and rebuilt.is_floating_point():
+        coarse = max((mine.dtype, rebuilt.dtype), key=lambda d: torch.finfo(d).eps)
+        a, b = mine.to(coarse).float(), rebuilt.to(device=mine.device, dtype=coarse).float()
+        return bool(torch.allclose(a, b, rtol=1e-6, atol=1e-7))
+    return bool(torch.equal(mine, rebuilt.to(mine.device)))
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
 def _config_problem(config) -> str | None:
     """Why transformers would refuse to save/load this config, or None."""
-    from .loading import model_from_config
-
     try:
         if hasattr(config, "validate"):
             config.validate()
@@ -225,65 +240,3 @@ def _config_problem(config) -> str | None:
         cause = exc.__cause__ or exc
         return str(cause).strip().splitlines()[0]
     return None
-
-
-def read_sidecar(model_dir: str | Path) -> dict | None:
-    path = Path(model_dir) / SIDECAR
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LorashearError(f"{path}: malformed sidecar JSON (line {exc.lineno}: {exc.msg})") from None
-
-
-def load_pruned(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Load any model written by ``save_pruned`` (or a plain HF model directory).
-
-    The ``lorashear`` case goes through transformers' own ``from_pretrained`` too — so checkpoint layouts that
-    differ from the in-memory one (transformers 5 saves MoE experts one by one and fuses them on load) are
-    converted exactly as for a stock model — on a model whose parameters were first resized to the saved
-    shapes and whose recorded module attributes were restored.
-    """
-    from .loading import _causal_lm_class, from_pretrained_checked, load_config
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise LorashearError(f"{model_dir}: no such model directory")
-    side = read_sidecar(model_dir)
-    config = load_config(model_dir)
-    if side is None or side.get("case") == "stock":
-        return from_pretrained_checked(_causal_lm_class(config), model_dir, dtype=dtype).eval()
-    if not any(model_dir.glob("*.safetensors")):
-        raise LorashearError(f"{model_dir}: no *.safetensors weights")
-    cls = _causal_lm_class(config)
-    shapes, module_attrs = side.get("param_shapes", {}), side.get("module_attrs", {})
-
-    def __init__(self, config, *args, **kwargs):
-        cls.__init__(self, config, *args, **kwargs)
-        _reshape(self, shapes, module_attrs, model_dir)
-
-    resized = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
-    model = from_pretrained_checked(resized, model_dir, config=config, dtype=dtype)
-    model.__class__ = cls  # the subclass only changed construction
-    return model.eval()
-
-
-def _reshape(model: nn.Module, shapes: dict[str, list[int]], module_attrs: dict[str, dict], model_dir: Path) -> None:
-    """Give every parameter its saved shape and every module its recorded size attributes."""
-    for name, shape in shapes.items():
-        owner, _, attr = name.rpartition(".")
-        try:
-            mod = model.get_submodule(owner) if owner else model
-        except AttributeError:
-            raise LorashearError(f"{model_dir}: sidecar names parameter '{name}' that the config does not build") from None
-        old = mod._parameters.get(attr)
-        if old is not None and list(old.shape) != shape:
-            mod._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
-    mods = dict(model.named_modules())
-    for path, attrs in module_attrs.items():
-        mod = mods.get(path)
-        if mod is None:
-            raise LorashearError(f"{model_dir}: sidecar names module '{path}' that the config does not build")
-        for attr, val in attrs.items():
-            setattr(mod, attr, tuple(val) if isinstance(val, list) else val)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import LorashearError
 from .jsonio import read_json, write_json_atomic
-from .loading import load_model
+from .loading import load_causal_lm
 
 _SKIP_TARGETS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default"}
 _WRAPPER = "m"  # attribute name of the traced model inside the export wrapper (stripped from all paths)
@@ -131,7 +131,7 @@ def trace(source: Any, *, meta: bool = False, batch: int = 2, seq_len: int = 16)
     ``meta=True`` builds the model on the meta device from its config: the structure of a 70B model
     without loading a single weight.
     """
-    model = load_model(source, meta=meta)
+    model = load_causal_lm(source, meta=meta)
     if not hasattr(model, "config") and not hasattr(getattr(model, "base_model", None), "config"):
         raise LorashearError(f"{type(model).__name__} is not a Hugging Face model (no config)")
     ep = export_model(model, batch=batch, seq_len=seq_len)

@@ -12,13 +12,13 @@ import torch
 
 from lorashear.data import DEMO_MODEL_DIR, demo_corpus, token_stream
 from lorashear.errors import LorashearError
+from lorashear.loading import pick_device
 from lorashear.evaluate import (
     count_parameters,
     evaluate_perplexity,
     macs_per_token,
     measure_cost,
     perplexity,
-    pick_device,
     protocol_window,
     unigram_perplexity,
 )

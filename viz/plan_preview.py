@@ -39,11 +39,11 @@ class Planner:
     """The model object and groups of one browsed model, and the plans made on them."""
 
     def __init__(self, mv: Any):
-        from lorashear.loading import load_model
+        from lorashear.loading import load_causal_lm
 
         self.mv = mv
         self.meta = bool(mv.meta)
-        self.model = load_model(mv.source, meta=self.meta)
+        self.model = load_causal_lm(mv.source, meta=self.meta)
         self.groups = list(mv.groups)
         self._plans: "OrderedDict[str, Any]" = OrderedDict()
         self._lock = threading.Lock()

@@ -9,14 +9,15 @@ in ``AXIS_RULES`` (and, for pass 2, one in ``zero_rules.ZERO_RULES``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..axes import AxisConflict, Expr
 from .ops import (ADDITIVE, ALONG, BINARY, COMPARE, CREATE, EXPAND, IDENTITY, LAYER_NORM, LIKE, MATMUL, OTHER_UNARY, REDUCE,
                   REDUCE_TUPLE, SPLIT, VIEW, ZERO_UNARY, is_tensor, tensor_refs)
 
-if TYPE_CHECKING:
-    from .propagate import AxisPropagation
+# A rule receives the walk (propagate.AxisPropagation) as its first argument; the table does not import the walk that imports
+# it, so the annotations name it through this alias.
+AxisPropagation = Any
 
 AxisRule = Callable[["AxisPropagation", str, dict, str, Any, dict], Any]
 

@@ -16,7 +16,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     import torch
 
     from lorashear.data import load_sources
-    from lorashear.evaluate import EvalReport, evaluate_perplexity, load_model, measure_cost
+    from lorashear.evaluate import EvalReport, evaluate_perplexity, measure_cost
+    from lorashear.loading import load_model
 
     from .kinds import EVAL
 

@@ -54,12 +54,12 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from lorashear.evaluate import count_parameters
     from lorashear.export import save_pruned
     from lorashear.groups import find_groups
-    from lorashear.loading import load_model_and_tokenizer
+    from lorashear.loading import load_model
     from lorashear.trace import trace
 
     removal, origin = removal_of(params)
     ctx.progress(0.05, "loading the model")
-    model, tok = load_model_and_tokenizer(params["model"], device="cpu")
+    model, tok = load_model(params["model"], device="cpu")
     ctx.progress(0.3, "tracing groups")
     groups = find_groups(trace(model))
     ctx.log(f"removing {sum(map(len, removal.values()))} units of {len(removal)} groups ({origin})")

@@ -12,7 +12,8 @@ from typing import Any
 from .worker import JobContext
 
 # the modules whose code decides what graph.json / groups.json contain
-_GRAPH_CODE = ("lorashear.trace", "lorashear.groups", "lorashear.axes", "lorashear.loading", "lorashear.export", "lorashear.jsonio")
+_GRAPH_CODE = ("lorashear.trace", "lorashear.groups", "lorashear.axes", "lorashear.loading", "lorashear.export", "lorashear.jsonio",
+               "lorashear.pruned_format")
 
 
 def code_fingerprint() -> str:

@@ -17,7 +17,7 @@ def analyze_model(model: str | Path, out: str | Path, settings: AnalyzeSettings 
     from dataclasses import replace
 
     from ..data import DEMO_MODEL_DIR
-    from ..evaluate import load_model
+    from ..loading import load_model
     from .analysis import analyze
     from .calibration import calibration_data
 

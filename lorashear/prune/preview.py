@@ -23,7 +23,7 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
     from ..errors import LorashearError
     from ..settings import SettingsError
     from ..groups import find_groups
-    from ..loading import load_model
+    from ..loading import load_causal_lm
     from ..trace import trace
     from .plan import check_ratio
 
@@ -32,7 +32,7 @@ def plan_model(model: Any, *, ratio: float, kinds: Sequence[str] = ("attention",
         from ..data import DEMO_MODEL_DIR
 
         model = DEMO_MODEL_DIR
-    model = load_model(model, meta=meta)
+    model = load_causal_lm(model, meta=meta)
     if groups is None:
         groups = find_groups(trace(model))
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None) or 1

@@ -107,7 +107,8 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
 def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric,
          acc: Any = None) -> dict:
     from .. import parallel
-    from ..evaluate import count_parameters, load_model, pick_device
+    from ..evaluate import count_parameters
+    from ..loading import load_model, pick_device
     from ..groups import find_groups
     from ..trace import trace
 
@@ -237,7 +238,7 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
                    **overrides: Any) -> dict:
     """The honest reference: the dense model given the same LoRA budget as a pruning run (same adapters, data
     stream, steps, tokens, lr), merged and evaluated the same way. Returns {eval_before, eval_after, ...}."""
-    from ..evaluate import load_model, pick_device
+    from ..loading import load_model, pick_device
 
     st = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
     progress = progress or (lambda f, s: None)

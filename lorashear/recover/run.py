@@ -146,7 +146,8 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     from .. import parallel
     from ..data import Mixture, texts_for_tokens
     from ..adapters import add_lora
-    from ..evaluate import load_model, perplexity_summary, pick_device
+    from ..evaluate import perplexity_summary
+    from ..loading import load_model, pick_device
 
     acc = acc or parallel.Solo()
     main = acc.is_main_process

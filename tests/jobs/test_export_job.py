@@ -17,7 +17,7 @@ def test_export_job_removes_a_hand_selection_and_the_folder_reloads(registry, tm
     from lorashear.data import DEMO_MODEL_DIR
     from lorashear.evaluate import count_parameters
     from lorashear.groups import find_groups
-    from lorashear.loading import load_model
+    from lorashear.loading import load_causal_lm
     from lorashear.prune.plan import count_removed
     from lorashear.trace import trace
 
@@ -26,9 +26,9 @@ def test_export_job_removes_a_hand_selection_and_the_folder_reloads(registry, tm
     done = wait(registry, job.id, timeout_s=300)
     assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])
 
-    dense = load_model(DEMO_MODEL_DIR)
+    dense = load_causal_lm(DEMO_MODEL_DIR)
     expected = count_removed(dense, find_groups(trace(dense)), units)  # the planner's exact count
-    small = load_model(done.artifacts["model"])
+    small = load_causal_lm(done.artifacts["model"])
     assert count_parameters(small) == count_parameters(dense) - expected == done.result["params_after"]
     attn = small.model.layers[1].self_attn
     assert attn.k_proj.weight.shape[0] == dense.model.layers[1].self_attn.k_proj.weight.shape[0] // 2  # 2 of 4 kv heads

@@ -132,7 +132,7 @@ def test_bad_options_exit_2_with_one_line(tiny_dir, tmp_path, capsys, args, mess
 def test_knowledge_report_of_another_model_is_refused(tiny_dir, tmp_path):
     from lorashear.knowledge import analyze
 
-    from lorashear.evaluate import load_model
+    from lorashear.loading import load_model
 
     demo, _ = load_model("demo", device="cpu")
     report = analyze(demo, None, estimator="magnitude", source="demo")

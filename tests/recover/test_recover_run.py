@@ -144,7 +144,8 @@ def test_final_evaluation_reads_eval_tokens_not_the_round_prefix(pruned_demo, tm
     """The rounds steer by a val_tokens prefix; the before/after figures use eval_tokens of the validation split,
     the same tokens the dense model and a pruning run are evaluated on."""
     from lorashear.data import demo_corpus
-    from lorashear.evaluate import evaluate_perplexity, load_model
+    from lorashear.evaluate import evaluate_perplexity
+    from lorashear.loading import load_model
 
     rep = recover(pruned_demo, tmp_path / "out", **{**SMALL, "tokens": 2 * 4 * 64, "round_steps": 2,
                                                     "val_tokens": 512, "eval_tokens": 2048})

@@ -115,7 +115,7 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
 
 
 def test_hand_selection_exports_from_the_groups_tab(dash_duo, app_state):
-    from lorashear.loading import load_model
+    from lorashear.loading import load_causal_lm
 
     gid = "model.layers.3.self_attn:heads"
     dash_duo.start_server(create_app(app_state))
@@ -138,6 +138,6 @@ def test_hand_selection_exports_from_the_groups_tab(dash_duo, app_state):
           or "failed" in dash_duo.find_element("#job-head").text, timeout=300, step=0.5, msg="export job")
     job = app_state.registry.list(kind="export")[0]
     assert job.status == "succeeded", (job.message, job.log_path.read_text()[-3000:])
-    small = load_model(job.artifacts["model"])
+    small = load_causal_lm(job.artifacts["model"])
     assert small.model.layers[3].self_attn.k_proj.weight.shape[0] * 4 == \
         small.model.layers[2].self_attn.k_proj.weight.shape[0] * 3  # one of 4 kv heads gone, layer 3 only
