@@ -119,10 +119,6 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", help="Perplexity per data source (short/long protocols) and cost of a causal LM; prints a table.")
 @arguments(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
-    import json
-    import os
-    from pathlib import Path
-
     from .evaluate import evaluate_model
     from .evaluate_settings import EvalSettings
     from .settings import from_args
@@ -145,12 +141,9 @@ def _eval(args: argparse.Namespace) -> int:
     for task, res in (report.lm_eval or {}).items():
         print(f"lm-eval {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        os.replace(tmp, out)
-        print(f"wrote {out}")
+        from .jsonio import write_json_atomic
+
+        print(f"wrote {write_json_atomic(args.json_out, report.to_dict())}")
     return 0
 
 

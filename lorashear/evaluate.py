@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -453,20 +453,32 @@ def evaluate_model(
     tasks: Sequence[str] | None = None,
     include_path: str | Path | None = None,
     limit: int | float | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> EvalReport:
     """Load a model folder and evaluate it: perplexity per data source (specs as in
-    ``data.load_sources``) under each protocol, optionally cost and lm-eval tasks."""
+    ``data.load_sources``) under each protocol, optionally cost and lm-eval tasks. The one call behind
+    ``lorashear eval`` and the ``eval`` job (``progress(fraction, stage)`` moves once per source)."""
+    progress = progress or (lambda f, s: None)
     for p in protocols:
         if p not in PROTOCOLS:
             raise LorashearError(f"unknown perplexity protocol {p!r}; choose short, long or both")
     if max_tokens is not None and max_tokens < 2:
         raise LorashearError(f"max_tokens must be >= 2, got {max_tokens}")
+    progress(0.02, "loading data")
     sources = load_sources(list(data), field=field, split=split)  # data errors before the slow model load
+    progress(0.1, "loading the model")
     model, tokenizer = load_model(model_path, device=device)
-    rows = evaluate_perplexity(model, tokenizer, sources, protocols=protocols, max_tokens=max_tokens)
+    steps = len(sources) + (1 if cost else 0) + (1 if tasks else 0)
+    rows = []
+    for i, (name, texts) in enumerate(sources.items()):
+        progress(0.15 + 0.8 * i / steps, f"perplexity on {name}")
+        rows += evaluate_perplexity(model, tokenizer, {name: texts}, protocols=protocols, max_tokens=max_tokens)
     report = EvalReport(str(model_path), rows)
     if cost:
+        progress(0.15 + 0.8 * len(sources) / steps, "measuring cost")
         report.cost = measure_cost(model)
     if tasks:
+        progress(0.15 + 0.8 * (steps - 1) / steps, "lm-eval tasks")
         report.lm_eval = run_lm_eval(model, tokenizer, tasks, include_path=include_path, limit=limit)
+    progress(1.0, "done")
     return report
