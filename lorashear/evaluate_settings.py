@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import DEVICES, check, option, to_params
+from .settings import device_option, check, option, to_params
 
 PROTOCOL_CHOICES = ("short", "long", "both")
 
@@ -27,8 +27,7 @@ class EvalSettings:
                         label="Measure cost (parameters, MACs, latency, throughput)")
     threads: int | None = option(None, "torch's CPU threads (1 keeps timings meaningful on a busy, shared CPU)",
                                  type="int", min=1, max=1024, label="CPU threads", none_text="one per core")
-    device: str | None = option(None, "auto, cpu or cuda", type="choice", choices=DEVICES,
-                                none_text="cuda + bf16 when present, else cpu + fp32", label="Device")
+    device: str | None = device_option()
     tasks: tuple[str, ...] = option((), "comma-separated lm-eval tasks (needs the [eval] extra)", type="list", form=False)
     include_path: str | None = option(None, "folder of local lm-eval task YAML files", type="dir", form=False)
     limit: float | None = option(None, "lm-eval: examples per task (a fraction below 1)", type="float", min=0.0,

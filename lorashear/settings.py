@@ -99,6 +99,19 @@ def option(default: Any = None, help: str = "", **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": opt})
 
 
+def device_option() -> Any:
+    """The ``device`` field every capability shares (auto = not given: cuda + bf16 when present, else cpu + fp32)."""
+    return option(None, "auto, cpu or cuda", type="choice", choices=DEVICES, label="Device",
+                  none_text="cuda + bf16 when present, else cpu + fp32")
+
+
+def eval_options(help: str) -> tuple[Any, Any]:
+    """The ``eval_tokens`` and ``eval_protocols`` fields of a run that evaluates before and after."""
+    return (option(16384, help, type="int", min=256, label="Evaluation tokens per source"),
+            option(("short", "long"), "perplexity protocols", type="list", choices=("short", "long"), cli=False,
+                   form=False))
+
+
 def options(cls_or_obj: Any) -> dict[str, tuple[Option, Any]]:
     """``{field name: (Option, dataclass default)}`` in declaration order (fields without an Option are skipped)."""
     out = {}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..axes import AxisConflict, Expr
-from .ops import (ADDITIVE, ALONG, BINARY, COMPARE, CREATE, EXPAND, IDENTITY, LAYER_NORM, LIKE, MATMUL, OTHER_UNARY, REDUCE,
+from .ops import (rule_table, ADDITIVE, ALONG, BINARY, COMPARE, CREATE, EXPAND, IDENTITY, LAYER_NORM, LIKE, MATMUL, OTHER_UNARY, REDUCE,
                   REDUCE_TUPLE, SPLIT, VIEW, ZERO_UNARY, is_tensor, tensor_refs)
 
 # A rule receives the walk (propagate.AxisPropagation) as its first argument; the table does not import the walk that imports
@@ -370,18 +370,7 @@ def rms_norm(p, name, a, op, args, kw):
     return list(x)
 
 
-def _table(*entries: tuple[set[str] | str, AxisRule]) -> dict[str, AxisRule]:
-    """Build the table; an op listed twice is a mistake in the table, caught at import."""
-    table: dict[str, AxisRule] = {}
-    for ops, rule in entries:
-        for op in ([ops] if isinstance(ops, str) else sorted(ops)):
-            if op in table:
-                raise ValueError(f"op {op!r} has two axis rules")
-            table[op] = rule
-    return table
-
-
-AXIS_RULES: dict[str, AxisRule] = _table(
+AXIS_RULES: dict[str, AxisRule] = rule_table("axis", 
     (IDENTITY, identity),
     ("getitem", getitem),
     (ZERO_UNARY | OTHER_UNARY | ADDITIVE | COMPARE | BINARY, elementwise),

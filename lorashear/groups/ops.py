@@ -5,7 +5,8 @@ element-wise, reductions, views, …) so that each pass's rule table lists a fam
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 IDENTITY = {"clone", "contiguous", "alias", "detach", "dropout", "_to_copy", "to", "type_as", "lift_fresh_copy",
             "feature_dropout", "alpha_dropout", "_assert_tensor_metadata", "_to_dim_order_copy"}
@@ -62,3 +63,15 @@ def rule_failure(name: str, a: dict, exc: Exception) -> str:
     """The reason recorded when a rule raises: it names the op and node, so a rule bug refuses only what it touches."""
     msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return f"rule for {a.get('target', a.get('op'))} failed at node {name} ({a.get('module') or 'top'}): {type(exc).__name__}: {msg}"
+
+
+def rule_table(what: str, *entries: tuple[set[str] | str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """An op -> rule table; an op listed twice is a mistake in the table, caught at import (``what`` names the
+    table in that error: "axis", "zero")."""
+    table: dict[str, Callable[..., Any]] = {}
+    for ops, rule in entries:
+        for op in ([ops] if isinstance(ops, str) else sorted(ops)):
+            if op in table:
+                raise ValueError(f"op {op!r} has two {what} rules")
+            table[op] = rule
+    return table

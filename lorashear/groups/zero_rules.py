@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .ops import ADDITIVE, EXPAND, IDENTITY, MATMUL, SPLIT, VIEW, ZERO_UNARY, is_tensor, tensor_refs
+from .ops import rule_table, ADDITIVE, EXPAND, IDENTITY, MATMUL, SPLIT, VIEW, ZERO_UNARY, is_tensor, tensor_refs
 
 # A rule receives the walk (zeroflow.ZeroFlow) as its first argument; the table does not import the walk that imports
 # it, so the annotations name it through this alias.
@@ -180,18 +180,7 @@ def rms_compensation(f: ZeroFlow, k: int, name: str, a: dict) -> None:
     f.compensation.setdefault(k, []).append({"node": name, "module": module, "weight": weight, "eps": eps})
 
 
-def _table(*entries: tuple[set[str] | str, ZeroRule]) -> dict[str, ZeroRule]:
-    """Build the table; an op listed twice is a mistake in the table, caught at import."""
-    table: dict[str, ZeroRule] = {}
-    for ops, rule in entries:
-        for op in ([ops] if isinstance(ops, str) else sorted(ops)):
-            if op in table:
-                raise ValueError(f"op {op!r} has two zero rules")
-            table[op] = rule
-    return table
-
-
-ZERO_RULES: dict[str, ZeroRule] = _table(
+ZERO_RULES: dict[str, ZeroRule] = rule_table("zero", 
     ("getitem", first_input),
     (IDENTITY | ZERO_UNARY | VIEW | EXPAND | SPLIT | {"transpose", "swapaxes", "t", "permute", "unsqueeze", "squeeze",
                                                      "slice", "select", "zeros_like"}, first_input),

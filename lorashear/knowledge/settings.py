@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..settings import DEVICES, check, option, to_params
+from ..settings import device_option, check, option, to_params
 
 ESTIMATOR_NAMES = ("lora-taylor", "ablation", "taylor", "magnitude")
 VARIANTS = ("first", "second", "vector")
@@ -65,8 +65,7 @@ class AnalyzeSettings:
                         choices=("global", "group"), label="Units ranked")
     by: str = option("density", "rank by score per parameter (density) or by score", type="choice",
                      choices=("density", "score"), label="Rank by")
-    device: str | None = option(None, "auto, cpu or cuda", type="choice", choices=DEVICES,
-                                none_text="cuda + bf16 when present, else cpu + fp32", label="Device")
+    device: str | None = device_option()
 
     def __post_init__(self) -> None:
         if self.device == "auto":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..settings import DEVICES, SettingsError, check, fill_method_defaults, option, options, to_params
+from ..settings import device_option, eval_options, SettingsError, check, fill_method_defaults, option, options, to_params
 from .names import METHODS, ONE_SHOT, PLAN_KINDS
 
 ALLOCATIONS = ("global", "uniform")
@@ -142,13 +142,11 @@ class PruneSettings(PlanSettings):
                                    repeat=True, label="Training data")
     eval_data: tuple[str, ...] = option(("demo",), "evaluation text (default: demo, validation split)", type="list",
                                         repeat=True, form=False)
-    eval_tokens: int | None = option(16384, "tokens per evaluation source (before and after)", type="int", min=256,
-                                     label="Evaluation tokens per source")
-    eval_protocols: tuple[str, ...] = option(("short", "long"), "perplexity protocols", type="list",
-                                             choices=("short", "long"), cli=False, form=False)
+    eval_tokens: int | None
+    eval_protocols: tuple[str, ...]
+    eval_tokens, eval_protocols = eval_options("tokens per evaluation source (before and after)")
     seed: int = option(0, "seed of the data order, LoRA init and scores", type="int", min=0, label="Seed")
-    device: str | None = option(None, "auto, cpu or cuda", type="choice", choices=DEVICES,
-                                none_text="cuda + bf16 when present, else cpu + fp32", label="Device")
+    device: str | None = device_option()
     checkpoint_every: int = option(50, "steps between checkpoints", type="int", min=1, form=False)
     measure_latency: bool = option(True, "skip the dense/pruned latency measurement", type="bool", flag="--no-latency",
                                    form=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import DEVICES, check, option, to_params
+from ..settings import device_option, eval_options, check, option, to_params
 
 MIXTURES = ("dynamic", "static")
 
@@ -44,13 +44,11 @@ class RecoverSettings:
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear or comma-separated module names", cli=False, form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, max=1.0, open_min=True, form=False)
-    eval_tokens: int | None = option(16384, "tokens per source for the before/after perplexity", type="int", min=256,
-                                     label="Evaluation tokens per source")
-    eval_protocols: tuple[str, ...] = option(("short", "long"), "perplexity protocols", type="list",
-                                             choices=("short", "long"), cli=False, form=False)
+    eval_tokens: int | None
+    eval_protocols: tuple[str, ...]
+    eval_tokens, eval_protocols = eval_options("tokens per source for the before/after perplexity")
     seed: int = option(0, "seed of the data order and LoRA init", type="int", min=0, label="Seed")
-    device: str | None = option(None, "auto, cpu or cuda", type="choice", choices=DEVICES,
-                                none_text="cuda + bf16 when present, else cpu + fp32", label="Device")
+    device: str | None = device_option()
 
     def __post_init__(self) -> None:
         if self.device == "auto":
