@@ -30,13 +30,13 @@ from torch import nn
 from ..errors import LorashearError
 from ..groups import Group
 from .plan import Plan, PlanSpec, make_plan, period_share
-from .masked import MaskedLoRA, lora_layers
+from .masked import PruningOptimizer, lora_layers
 from .units import UnitSlice
 
 SALIENCY = ("lora-taylor", "magnitude", "report")
 
 
-class LHSPG(MaskedLoRA):
+class LHSPG(PruningOptimizer):
     """See the module docstring. ``model`` is a PEFT LoRA model; ``groups`` its groups (traced from the base)."""
 
     method = "lhspg"
