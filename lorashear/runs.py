@@ -97,7 +97,8 @@ def open_run(out: str | Path, fmt: str, settings: dict, *, resume: bool, what: s
              **fields: Any) -> RunFolder:
     """Check ``out`` for a run with ``settings`` (``fields``: what else run.json records, e.g. the model) and
     return its ``RunFolder``; nothing is written. Refused, in one line: a new run in a folder that holds something;
-    ``resume`` with no run.json, with other settings, of a finished run, or of checkpoints in an older layout."""
+    ``resume`` with no run.json, of another kind of run, with other settings, of a finished run, or of checkpoints
+    in an older layout."""
     out = Path(out)
     run_file = out / "run.json"
     prev = None
@@ -108,6 +109,9 @@ def open_run(out: str | Path, fmt: str, settings: dict, *, resume: bool, what: s
             prev = json.loads(run_file.read_text())
         except json.JSONDecodeError:
             raise LorashearError(f"{run_file}: malformed run.json; cannot resume") from None
+        if prev.get("format") != fmt:
+            raise LorashearError(f"{out}: holds a {prev.get('format') or 'unknown'} run, not a {what} "
+                                 f"({fmt}); nothing to resume")
         old = prev.get("settings") or {}
         if old != settings:
             diff = sorted(set(k for k, v in settings.items() if old.get(k) != v) | (set(old) - set(settings)))

@@ -78,6 +78,16 @@ def test_resume_with_other_settings_names_them(tmp_path):
         runs.open_run(tmp_path / "o", "f/1", {"lr": 2.0, "seed": 0}, resume=True)
 
 
+def test_resume_of_another_kind_of_run_is_refused(tmp_path):
+    from lorashear.prune.run import RUN_FORMAT as PRUNE
+    from lorashear.recover.run import RUN_FORMAT as RECOVER, RecoverSettings
+
+    st = RecoverSettings().to_dict()
+    _write_run(tmp_path / "o", PRUNE, st, "failed")
+    with pytest.raises(LorashearError, match=f"holds a {PRUNE} run, not a recovery"):
+        runs.open_run(tmp_path / "o", RECOVER, st, resume=True, what="recovery")
+
+
 def test_a_folder_holding_other_files_is_refused_for_a_new_run(tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o/notes.txt").write_text("mine")

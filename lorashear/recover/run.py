@@ -9,7 +9,10 @@ Output folder::
     OUT/trajectory.json   per round: weights, per-source loss / perplexity / deviation from dense, tokens used
     OUT/report.json       perplexity per source (both protocols) before and after, instruction validation loss
     OUT/run.json          settings and status
-    OUT/checkpoints/      after every round and every instruction evaluation; ``resume=True`` continues exactly
+    OUT/checkpoints/      step-N/ after every round and every instruction evaluation (N: optimizer steps over both
+                          stages; the newest two kept) and instruct-best.safetensors; ``resume=True`` continues exactly
+
+The run folder, its checkpoints, the batch seeds, the NaN stop and the training step are ``lorashear.runs``'.
 
 Rule and defaults: ``docs/recovery.md``.
 
