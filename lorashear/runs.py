@@ -85,7 +85,8 @@ class RunFolder:
         except BaseException as exc:
             if main:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                self.info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", message=first)
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                self.info.update(status=status, message=first)
                 write_json_atomic(self.run_file, self.info)
             raise
         if main:
@@ -189,7 +190,8 @@ def load_checkpoint(ck: str | Path, model: torch.nn.Module, opt: torch.optim.Opt
     with torch.no_grad():
         for name, t in tensors.items():
             if name not in params:
-                raise LorashearError(f"{ck}: checkpoint tensor '{name}' is not in this model; was it written by another run?")
+                raise LorashearError(f"{ck}: checkpoint tensor '{name}' is not in this model; "
+                                     "was it written by another run?")
             params[name].data.copy_(t.to(params[name].device))
     blob = torch.load(ck / "optimizer.pt", weights_only=True)
     opt.load_state_dict(blob["optimizer"])

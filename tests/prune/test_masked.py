@@ -50,8 +50,9 @@ def test_a_zero_set_that_left_the_plan_is_refused():
     for t in range(opt.total_steps - 1):  # up to the last step of the last period
         _step(model, opt, t)
     extra = next(g for g in groups if g.id in opt.fixed_plan.removal)
-    free = next(u for u in range(extra.n_units) if u not in opt.fixed_plan.removal[extra.id]
-                and u not in opt.removal().get(extra.id, []) and u not in opt.sched["period"]["units"].get(extra.id, []))
+    taken = set(opt.fixed_plan.removal[extra.id]) | set(opt.removal().get(extra.id, [])) \
+        | set(opt.sched["period"]["units"].get(extra.id, []))
+    free = next(u for u in range(extra.n_units) if u not in taken)
     opt.mask({extra.id: [free]}, "a unit the plan does not take")
     with pytest.raises(RuntimeError, match="zero set differs from the plan fixed"):
         _step(model, opt, opt.total_steps - 1)
