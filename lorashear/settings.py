@@ -187,7 +187,7 @@ def convert(name: str, opt: Option, raw: Any) -> Any:
 
 
 def _num(v: float) -> str:
-    return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1000 else f"{v:g}"
+    return f"{int(v):,}" if float(v).is_integer() and 1000 <= abs(v) < 1e15 else f"{v:g}"
 
 
 # ------------------------------------------------------------------------------------ whole settings

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("jsonio", "axes", "adapters", "parallel", "data", "settings"),  # plain helpers: files, index algebra, LoRA set-up,
     # data sources, the settings schema machinery
+    ("runs",),  # the run scaffold: run folder, checkpoints, seeded batches, the train step
     ("pruned_format",),  # the model folder on disk: config -> causal-LM class, sidecar, reshape, load_pruned
     ("models",),  # named models and GGUF files -> cached folders
     ("loading",),  # the one loader

@@ -1,8 +1,9 @@
 """Structured pruning: the plan (which units go), the pruning optimizers (LHSPG and the baselines), and the run
 that ends in a smaller model.
 
-``make_plan`` → ``Plan`` (exact parameter counts, JSON); ``LHSPG`` (a ``torch.optim.Optimizer`` over LoRA
-factors); ``methods`` (the registry behind ``--method``: lhspg, llm-pruner, loraprune, flap, magnitude, random);
+``make_plan`` → ``Plan`` (exact parameter counts, JSON); ``PruningOptimizer`` (what every pruning optimizer
+shares: a ``torch.optim.Optimizer`` over LoRA factors) and ``LHSPG``; ``methods`` (the registry behind
+``--method``: lhspg, llm-pruner, loraprune, flap, magnitude, random);
 ``prune`` (load → LoRA → train → compress → ``save_pruned`` → evaluate), behind the CLI and the job.
 Attributes load lazily, so ``lorashear.prune.names`` is importable without torch.
 """
@@ -12,10 +13,11 @@ import importlib
 from typing import Any
 
 _WHERE = {"LHSPG": ".lhspg", "Plan": ".plan", "PlanSpec": ".plan", "count_removed": ".plan", "load_plan": ".plan",
-          "make_plan": ".plan", "parse_layers": ".plan", "PruneSettings": ".settings", "PlanSettings": ".settings", "prune": ".run", "METHODS": ".names"}
+          "make_plan": ".plan", "parse_layers": ".plan", "PruneSettings": ".settings", "PlanSettings": ".settings",
+          "prune": ".run", "METHODS": ".names", "PruningOptimizer": ".masked"}
 
-__all__ = ["LHSPG", "METHODS", "Plan", "PlanSettings", "PlanSpec", "PruneSettings", "count_removed", "load_plan", "make_plan",
-           "parse_layers", "prune"]
+__all__ = ["LHSPG", "METHODS", "Plan", "PlanSettings", "PlanSpec", "PruneSettings", "PruningOptimizer", "count_removed",
+           "load_plan", "make_plan", "parse_layers", "prune"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,14 +31,14 @@ from torch import nn
 from ..errors import LorashearError
 from ..groups import Group
 from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
-from .masked import MaskedLoRA
+from .masked import PruningOptimizer
 from .plan import Plan, PlanSpec, make_plan, period_share
 from .units import UnitSlice, effective_sq_norms
 
 SALIENCY = ("lora-taylor", "magnitude")
 
 
-class LHSPG(MaskedLoRA):
+class LHSPG(PruningOptimizer):
     """See the module docstring. ``model`` is a PEFT LoRA model; ``groups`` its groups (traced from the base)."""
 
     method = "lhspg"
@@ -234,7 +234,7 @@ class LHSPG(MaskedLoRA):
                     self.state.pop(p, None)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """As ``MaskedLoRA.load_state_dict``; a checkpoint written before the ``rescore`` setting was removed (it
+        """As ``PruningOptimizer.load_state_dict``; a checkpoint written before the ``rescore`` setting was removed (it
         was always True in a run: every period re-reads the saliency, as now) resumes as the same schedule."""
         extra = state_dict.get("lorashear")
         if extra is not None and "rescore" in json.loads(extra["hp"]):

@@ -5,15 +5,22 @@ LHSPG (``lhspg.py``) and the baselines (``methods.py``: one-shot LLM-Pruner / FL
 iterative LoRAPrune) are subclasses; the prune run's loop (``run.py``) only ever sees this interface:
 
 * ``step()`` — an AdamW step on A and B, with the method's schedule around it; masked units stay zero;
-* ``removal()`` — units that are zero now, per group; ``plan`` — the plan (``None`` until it is fixed);
+* ``removal()`` — units that are zero now, per group;
+* ``fixed_plan`` — the plan as it was fixed (given, or made at the end of warm-up; ``None`` until then), never
+  changed afterwards; ``plan`` — the run's plan: the fixed plan, and once the schedule has finished, the fixed plan
+  with the units actually zeroed (an iterative method re-reads saliency, so *which* units may differ; *how many*
+  per group may not — checked against the fixed plan, refused otherwise);
 * ``phase(t)`` — a label for step ``t`` (``warmup``, ``pruning``, ``after``, ``recovery``);
 * ``boundary(t)`` — True when step ``t`` completed a masking stage (the run writes a checkpoint then);
 * ``metrics()`` — per-step numbers (sparsity per kind, period) for the report and the Jobs view;
+* ``events()`` — what the schedule did and when, as (step, text) rows;
+* ``changed_tensors()`` — the base tensors the optimizer writes (a checkpoint must hold them besides LoRA);
 * ``state_dict`` / ``load_state_dict`` — AdamW state plus the schedule (``sched``) and settings (``hp``).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -26,9 +33,9 @@ from .plan import Plan, PlanSpec, candidate_groups, count_removed, plan_from_dic
 from .units import UnitSlice, unit_slices, zero_units
 
 
-class MaskedLoRA(torch.optim.AdamW):
-    """AdamW over the LoRA factors of ``model`` with a held zero set. ``hp``: the method's settings (JSON-able;
-    a checkpoint written with other settings is refused)."""
+class PruningOptimizer(torch.optim.AdamW):
+    """AdamW over the LoRA factors of ``model`` with a held zero set: the base of every pruning method's
+    optimizer. ``hp``: the method's settings (JSON-able; a checkpoint written with other settings is refused)."""
 
     method = "masked"
 
@@ -58,13 +65,43 @@ class MaskedLoRA(torch.optim.AdamW):
             "periods": [],  # units taken per masking stage (the history)
             "events": [],  # (step, what)
         }
-        self._plan_obj = plan
+        self._plan_obj = plan  # the fixed plan: set once (given, or by the subclass when its warm-up ends)
+        self._realized: Plan | None = None  # cache of ``plan`` once the schedule finished
         self._masked_idx: list | None = None
 
     # ------------------------------------------------------------------------------------ interface
     @property
-    def plan(self) -> Plan | None:
+    def fixed_plan(self) -> Plan | None:
+        """The plan as fixed (``None`` until then); never changed afterwards."""
         return self._plan_obj
+
+    @property
+    def plan(self) -> Plan | None:
+        """The run's plan: ``fixed_plan`` until the schedule finishes, then the fixed plan with the units actually
+        zeroed, the periods that zeroed them and the exact count of removed parameters (a new ``Plan``)."""
+        if self._plan_obj is None or not self.sched.get("finished"):
+            return self._plan_obj
+        if self._realized is None:
+            self._realized = replace(self._plan_obj, removal=self.removal(),
+                                     periods=[dict(p) for p in self.sched["periods"]],
+                                     params_removed=count_removed(self.model, self.groups, self.removal()))
+        return self._realized
+
+    def events(self) -> list[list]:
+        """What the schedule did and when: ``[step, text]`` rows (a copy)."""
+        return [list(e) for e in self.sched["events"]]
+
+    def changed_tensors(self) -> list[torch.Tensor]:
+        """Base tensors this optimizer may write (unit rows it zeroes or projects, LoRA merged into its layers'
+        bases): with the LoRA factors, what a checkpoint must hold to resume exactly."""
+        seen: dict[int, torch.Tensor] = {}
+        for sls in self.slices.values():
+            for us in sls:
+                seen.setdefault(id(us.base), us.base)
+        for layer in self.lora_layers.values():
+            w = layer.get_base_layer().weight
+            seen.setdefault(id(w), w)
+        return list(seen.values())
 
     @property
     def total_steps(self) -> int:
@@ -115,6 +152,7 @@ class MaskedLoRA(torch.optim.AdamW):
         self.sched["periods"].append(units)
         self.sched["events"].append([self.sched["step"], f"{what}: {sum(map(len, units.values()))} units masked"])
         self._masked_idx = None
+        self._realized = None
 
     def _hold_masked(self) -> None:
         """Masked units stay exactly zero: AdamW moved their LoRA-B rows; put them back to zero."""
@@ -127,14 +165,23 @@ class MaskedLoRA(torch.optim.AdamW):
             us.zero_lora_rows(idx)
 
     def _finish_plan(self) -> None:
-        """At the end of the schedule the plan's removal is the zero set (same counts per group; which units may
-        differ from the plan fixed earlier when scores moved); the exact count is recomputed."""
-        if self._plan_obj is None:
+        """The schedule has ended: check the zero set against the fixed plan — the same number of units in every
+        group (which units may differ when scores moved; the plan's parameter counts per group hold either way)
+        and no protected unit — and from here on ``plan`` is the realized plan. The fixed plan is not touched."""
+        fixed = self._plan_obj
+        if fixed is None:
             return
-        self._plan_obj.removal = self.removal()
-        self._plan_obj.periods = [dict(p) for p in self.sched["periods"]]
-        self._plan_obj.params_removed = count_removed(self.model, self.groups, self._plan_obj.removal)
-        self.sched["plan"] = self._plan_obj.to_dict()
+        removal = self.removal()
+        want = {gid: len(u) for gid, u in fixed.removal.items() if u}
+        got = {gid: len(u) for gid, u in removal.items()}
+        if got != want:
+            raise RuntimeError(f"{self.method}: the zero set differs from the plan fixed at step "
+                               f"{self.sched['step']}: units per group {got} vs {want}")
+        hit = {gid: sorted(set(u) & set(self.spec.protected.get(gid, ()))) for gid, u in removal.items()}
+        if any(hit.values()):
+            raise RuntimeError(f"{self.method}: protected units were zeroed: {({g: u for g, u in hit.items() if u})}")
+        self.sched["finished"] = True
+        self._realized = None
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -156,6 +203,7 @@ class MaskedLoRA(torch.optim.AdamW):
             if self.sched.get("plan"):
                 self._plan_obj = plan_from_dict(self.sched["plan"])
             self._masked_idx = None
+            self._realized = None
             self._loaded()
 
     def _loaded(self) -> None:

@@ -1,7 +1,7 @@
 """The pruning methods of ``lorashear prune --method``: one registry for the CLI, the job kind and ``PruneSettings``.
 
 Every method is the same run (``run.py``: data stream, plan, LoRA settings, step and token budget, compress,
-``save_pruned``, report) with a different *optimizer* over the LoRA factors — a ``MaskedLoRA`` subclass that
+``save_pruned``, report) with a different *optimizer* over the LoRA factors — a ``PruningOptimizer`` subclass that
 zeroes units at its scheduled steps and holds them at zero — and, for the one-shot methods, scores computed on
 the dense model before LoRA is added. What each does, and where it follows the published code: ``docs/baselines.md``.
 
@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import LorashearError
 from ..groups import Group
 from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
-from .masked import MaskedLoRA
+from .masked import PruningOptimizer
 from .names import METHODS as NAMES, ONE_SHOT
 from .plan import Plan, PlanSpec, candidate_groups, make_plan
 
@@ -44,11 +44,11 @@ class Method:
     summary: str
     prepare: Callable[[nn.Module, Any], dict] | None = None  # before tracing (FLAP: bias fields)
     setup: Callable[..., tuple[Plan, dict]] | None = None  # scores on the dense model -> plan (one-shot methods)
-    optimizer: Callable[..., MaskedLoRA] | None = None
+    optimizer: Callable[..., PruningOptimizer] | None = None
 
 
 # ------------------------------------------------------------------------------------------ optimizers
-class OneShot(MaskedLoRA):
+class OneShot(PruningOptimizer):
     """All of the plan's units are zero from step 0 on; LoRA trains the survivors (recovery)."""
 
     def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, plan: Plan, *, method: str,
@@ -61,7 +61,7 @@ class OneShot(MaskedLoRA):
         return "recovery"
 
 
-class LoRAPrune(MaskedLoRA):
+class LoRAPrune(PruningOptimizer):
     """LoRAPrune's progressive pruning: ``warmup_steps`` of LoRA training with the importance EMA; the plan is
     fixed from the EMA at the end of warm-up (counts per group, the run's allocation); then every
     ``mask_every`` steps each group's masked count follows the cubic schedule

@@ -21,16 +21,15 @@ A checkpoint does not depend on the number of processes: a run can resume with a
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
+from .. import runs
 from ..adapters import add_lora
-from ..errors import LorashearError
 from ..jsonio import write_json_atomic
 from .methods import get_method
 from .plan import PlanSpec, count_removed, parse_layers
@@ -42,38 +41,12 @@ Progress = Callable[[float, str], None]
 Metric = Callable[[int, dict], None]
 
 
-# ---------------------------------------------------------------------------------------- output folder
-def _check_out(out: Path, settings: PruneSettings, resume: bool) -> dict | None:
-    """Refuse a folder that holds something else; returns the previous run.json when resuming."""
-    run_file = out / "run.json"
-    if resume:
-        if not run_file.is_file():
-            raise LorashearError(f"{out}: nothing to resume (no run.json)")
-        prev = json.loads(run_file.read_text())
-        if prev.get("settings") != settings.to_dict():
-            diff = sorted(k for k, v in settings.to_dict().items() if prev.get("settings", {}).get(k) != v)
-            raise LorashearError(f"{out}: holds a run with other settings ({', '.join(diff)}); resume with the same options")
-        if prev.get("status") == "finished":
-            raise LorashearError(f"{out}: that run already finished; nothing to resume")
-        return prev
-    if out.exists() and any(out.iterdir()):
-        what = "a different run" if run_file.is_file() else "other files"
-        raise LorashearError(f"{out}: already holds {what}; choose an empty --out (or --resume the run in it)")
-    return None
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    from ..jsonio import numbered_dirs
-
-    ck = numbered_dirs(out / "checkpoints", "step-")
-    return ck[-1] if ck else None
-
-
 # --------------------------------------------------------------------------------------------- the run
 def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = None, *, resume: bool = False,
           progress: Progress | None = None, metric: Metric | None = None, **overrides: Any) -> dict:
     """Prune ``model`` (a model folder, ``demo``, or anything ``load_model`` takes) into ``out``; returns the
-    run report. ``overrides`` are ``PruneSettings`` fields."""
+    run report. ``overrides`` are ``PruneSettings`` fields. The run folder's rules (refusals, resume, status)
+    are ``lorashear.runs``'."""
     from .. import parallel
 
     settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
@@ -81,27 +54,13 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
-    prev = _check_out(out, settings, resume)  # every process checks before any writes
-    acc.wait_for_everyone()
+    folder = runs.open_run(out, RUN_FORMAT, settings.to_dict(), resume=resume, model=str(model))  # every process checks
+    acc.wait_for_everyone()  # ... before process 0 writes
     main = acc.is_main_process
     progress = progress if progress and main else (lambda f, s: None)
     metric = metric if metric and main else (lambda step, values: None)
-    run_info = {"format": RUN_FORMAT, "model": str(model), "settings": settings.to_dict(), "status": "running",
-                "started": prev["started"] if prev else time.strftime("%Y-%m-%dT%H:%M:%S"), "message": None}
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run.json", run_info)
-    try:
-        report = _run(model, out, settings, resume, progress, metric, acc)
-    except BaseException as exc:
-        if main:
-            run_info.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            write_json_atomic(out / "run.json", run_info)
-        raise
-    if main:
-        run_info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_json_atomic(out / "run.json", run_info)
-    return report
+    with folder.running(main):
+        return _run(model, out, settings, resume, progress, metric, acc)
 
 
 def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric,
@@ -146,9 +105,10 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
     start, history = 0, {"steps": [], "events": []}
     if resume:
-        ck = _latest_checkpoint(out)
+        ck = runs.latest_checkpoint(out)
         if ck is not None:
-            start, history = _load_checkpoint(ck, peft_model, opt)
+            start, state = runs.load_checkpoint(ck, peft_model, opt)
+            history = state["history"]
             progress(0.1, f"resumed from {ck.name}")
     counter_cache: dict[str, int] = {}
 
@@ -160,34 +120,26 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
 
     trained = acc.prepare(peft_model) if st.steps > start else peft_model  # DDP: LoRA grads all-reduced
     peft_model.train()
-    last_good = _latest_checkpoint(out)
+    loss_fn = _loss_fn(teacher, st.distill)
     for t in range(start, st.steps):
-        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)  # the same global batch everywhere
-        losses = []
-        for part in parallel.micro_batches(ids, acc):  # this process's rows, per accumulation step
-            with acc.accumulate(trained):
-                loss = _loss(trained, part.to(device), teacher, st.distill)
-                acc.backward(loss)
-            losses.append(loss.detach())
-        loss_value = parallel.mean_over_processes(torch.stack(losses).mean(), acc)  # the global batch's loss
-        if not math.isfinite(loss_value):  # every process sees the same value: they stop together
-            where = f"the last good checkpoint ({last_good.name}) is in {last_good.parent}" if last_good else "no checkpoint had been written yet"
-            raise LorashearError(f"loss became {loss_value} at step {t}: stopped; {where}; lower --lr and --resume")
-        opt.step()  # the same step on every process: same gradients, same weights, same zero set
-        opt.zero_grad(set_to_none=True)
+        ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))  # the same global batch everywhere
+        ids = ids.to(device)
+        # the same step on every process: same gradients, same weights, same zero set
+        loss_value = runs.train_step(trained, opt, {"input_ids": ids, "labels": ids}, t, loss_fn=loss_fn, acc=acc,
+                                     out=out)
         row = {"step": t + 1, "loss": loss_value, "lr": opt.param_groups[0]["lr"], "phase": opt.phase(t),
                "removed_params": removed_params(), **opt.metrics()}
         history["steps"].append(row)
         metric(t + 1, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
         progress(0.1 + 0.7 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {row['loss']:.3f} ({row['phase']})")
         if (t + 1) % st.checkpoint_every == 0 or opt.boundary(t) or t + 1 == st.steps:
-            history["events"] = opt.sched["events"]
+            history["events"] = opt.events()
             if main:
-                last_good = _save_checkpoint(out, t + 1, peft_model, opt, history)
+                runs.save_checkpoint(out, t + 1, peft_model, opt, {"history": history}, changed=opt.changed_tensors())
     progress(0.82, "compressing")
     removal = opt.removal()
-    plan = opt.plan
-    if plan is None or removal != plan.removal:
+    plan = opt.plan  # the fixed plan, or once the schedule finished the realized one (checked against it)
+    if plan is None or removal != {gid: u for gid, u in plan.removal.items() if u}:
         raise RuntimeError(f"the zero set differs from the plan: {removal} vs {plan.removal if plan else None}")
     if not main:  # process 0 compresses, saves and evaluates; the others are done
         return {"main": False, "process": acc.process_index, "removal": removal, "history": history["steps"]}
@@ -211,7 +163,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "plan_params_removed": plan.params_removed,
         "removed_by_layer": plan.by_layer(), "removed_over_time": _removed_over_time(history, groups),
         "eval_before": before_eval, "eval_after": after_eval, "history": history["steps"],
-        "events": opt.sched["events"], "tokens_trained": st.steps * st.batch_size * st.seq_len,
+        "events": opt.events(), "tokens_trained": st.steps * st.batch_size * st.seq_len,
         "optimizer_steps": st.steps, "scores_from": plan.scores_from, "method_info": method_info,
         "calibration_tokens": method_info.get("calibration_tokens", 0),
         "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
@@ -222,16 +174,22 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     return report
 
 
-def _loss(model: Any, ids: torch.Tensor, teacher: Any, distill: float) -> torch.Tensor:
-    """Next-token cross-entropy, plus ``distill`` × KL(teacher ‖ model) per token when a teacher is given."""
-    out = model(input_ids=ids, labels=ids, use_cache=False)
+def _loss_fn(teacher: Any, distill: float) -> runs.LossFn:
+    """The training loss (``runs.train_step``'s ``loss_fn``): next-token cross-entropy, plus ``distill`` ×
+    KL(teacher ‖ model) per token when a teacher is given."""
     if teacher is None:
-        return out.loss
-    with torch.no_grad():
-        tl = teacher(input_ids=ids, use_cache=False).logits.float()
-    kd = torch.nn.functional.kl_div(out.logits.float().log_softmax(-1), tl.log_softmax(-1), log_target=True,
-                                    reduction="batchmean") / ids.shape[1]
-    return out.loss + distill * kd
+        return runs.causal_lm_loss
+
+    def loss(model: Any, batch: Any, reduction: str = "mean") -> torch.Tensor:
+        ids = batch["input_ids"]
+        out = model(input_ids=ids, labels=batch["labels"], use_cache=False)
+        with torch.no_grad():
+            tl = teacher(input_ids=ids, use_cache=False).logits.float()
+        kd = torch.nn.functional.kl_div(out.logits.float().log_softmax(-1), tl.log_softmax(-1), log_target=True,
+                                        reduction="batchmean") / ids.shape[1]
+        mean = out.loss + distill * kd
+        return mean if reduction == "mean" else mean * runs.labelled_tokens(batch)
+    return loss
 
 
 def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progress: Progress | None = None,
@@ -250,15 +208,10 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
     peft_model.train()
     losses = []
-    for t in range(st.steps):
-        ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + t)
-        loss = _loss(peft_model, ids.to(device), None, 0.0)
-        if not torch.isfinite(loss):
-            raise LorashearError(f"loss became {loss.item()} at step {t}")
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.item()))
+    for t in range(st.steps):  # the pruning run's batches and step, without pruning
+        ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))
+        ids = ids.to(device)
+        losses.append(runs.train_step(peft_model, opt, {"input_ids": ids, "labels": ids}, t))
         progress(0.1 + 0.8 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {losses[-1]:.3f}")
     merged = peft_model.merge_and_unload()
     after = _evaluate(merged, tok, eval_sources, st, progress, 0.92, "fine-tuned dense")
@@ -310,53 +263,3 @@ def _removed_over_time(history: dict, groups: list) -> list[dict]:
             out.append({k: v for k, v in row.items() if k == "step" or k == "removed_params" or k.startswith("sparsity_")})
             last = key
     return out
-
-
-# ----------------------------------------------------------------------------------------- checkpoints
-def _state_tensors(peft_model: Any, opt: Any) -> dict[str, torch.Tensor]:
-    """LoRA factors and every base tensor the optimizer may have changed (LoRA layers' bases, producer tensors)."""
-    from ..adapters import is_lora_param
-
-    changed = {id(us.base) for sls in opt.slices.values() for us in sls}
-    for layer in opt.lora_layers.values():
-        changed.add(id(layer.get_base_layer().weight))
-    out, seen = {}, set()
-    for name, p in peft_model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        if is_lora_param(name) or id(p) in changed:
-            out[name] = p.detach().contiguous().cpu()
-            seen.add(id(p))
-    return out
-
-
-def _save_checkpoint(out: Path, step: int, peft_model: Any, opt: Any, history: dict) -> Path:
-    from safetensors.torch import save_file
-
-    from ..jsonio import keep_newest, write_dir_atomic
-
-    def write(tmp: Path) -> None:
-        save_file(_state_tensors(peft_model, opt), str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
-
-    final = write_dir_atomic(out / "checkpoints" / f"step-{step}", write)
-    keep_newest(out / "checkpoints", "step-", 2)
-    return final
-
-
-def _load_checkpoint(ck: Path, peft_model: Any, opt: Any) -> tuple[int, dict]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(ck / "weights.safetensors"))
-    params = dict(peft_model.named_parameters(remove_duplicate=False))
-    with torch.no_grad():
-        for name, t in tensors.items():
-            if name not in params:
-                raise LorashearError(f"{ck}: checkpoint tensor '{name}' is not in this model; was it written by another run?")
-            params[name].data.copy_(t.to(params[name].device))
-    blob = torch.load(ck / "optimizer.pt", weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
-    torch.set_rng_state(blob["rng"])
-    state = json.loads((ck / "state.json").read_text())
-    return int(state["step"]), state["history"]

@@ -109,7 +109,7 @@ class PruneSettings(PlanSettings):
     lora_r: int = option(8, "LoRA rank", type="int", min=1, form=False)
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
-    lr: float = option(2e-4, "learning rate", type="float", min=0.0, max=1.0, open_min=True, label="Learning rate")
+    lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, label="Learning rate")
     epsilon: float | None = option(None, "half-space projection threshold ε", type="float", min=0.0, max=1.0,
                                    open_max=True, methods=("lhspg",), method_defaults={"lhspg": 0.0}, none_text="0",
                                    label="Half-space ε")

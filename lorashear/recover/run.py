@@ -9,7 +9,10 @@ Output folder::
     OUT/trajectory.json   per round: weights, per-source loss / perplexity / deviation from dense, tokens used
     OUT/report.json       perplexity per source (both protocols) before and after, instruction validation loss
     OUT/run.json          settings and status
-    OUT/checkpoints/      after every round and every instruction evaluation; ``resume=True`` continues exactly
+    OUT/checkpoints/      step-N/ after every round and every instruction evaluation (N: optimizer steps over both
+                          stages; the newest two kept) and instruct-best.safetensors; ``resume=True`` continues exactly
+
+The run folder, its checkpoints, the batch seeds, the NaN stop and the training step are ``lorashear.runs``'.
 
 Rule and defaults: ``docs/recovery.md``.
 
@@ -30,12 +33,14 @@ from typing import Any, Callable
 
 import torch
 
+from .. import runs
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
 from .mixture import update_weights
 from .settings import MIXTURES, RecoverSettings  # noqa: F401 (MIXTURES: re-exported for callers)
 
 RUN_FORMAT = "lorashear.recover-run/1"
+INSTRUCT_STREAM = 10**9  # the instruction stage's batches: runs.batch_seed(seed, INSTRUCT_STREAM + its step)
 Progress = Callable[[float, str], None]
 Metric = Callable[[int, dict], None]
 
@@ -96,16 +101,8 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
         dense = (side or {}).get("provenance", {}).get("source")
         if not dense:
             raise LorashearError(f"{pruned}: the sidecar does not name the dense model; give --dense")
-    run_file = out / "run.json"
-    if resume:
-        if not run_file.is_file():
-            raise LorashearError(f"{out}: nothing to resume (no run.json)")
-        prev = json.loads(run_file.read_text())
-        if prev.get("settings") != st.to_dict():
-            raise LorashearError(f"{out}: holds a recovery with other settings; resume with the same options")
-    elif out.exists() and any(out.iterdir()):
-        raise LorashearError(f"{out}: already holds {'a different run' if run_file.is_file() else 'other files'}; "
-                             "choose an empty --out (or --resume)")
+    folder = runs.open_run(out, RUN_FORMAT, st.to_dict(), resume=resume, what="recovery", pruned=str(pruned),
+                           dense=str(dense))
     from .. import parallel
 
     acc = parallel.accelerator(st.device)
@@ -114,23 +111,9 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
     main = acc.is_main_process
     progress = progress if progress and main else (lambda f, s: None)
     metric = metric if metric and main else (lambda step, values: None)
-    info = {"format": RUN_FORMAT, "pruned": str(pruned), "dense": str(dense), "settings": st.to_dict(),
-            "status": "running", "message": None}
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_file, info)
-    try:
-        report = _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric,
-                      acc)
-    except BaseException as exc:
-        if main:
-            info.update(status="failed", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            write_json_atomic(run_file, info)
-        raise
-    if main:
-        info.update(status="finished")
-        write_json_atomic(run_file, info)
-    return report
+    with folder.running(main):
+        return _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric,
+                    acc)
 
 
 def _per_source(model: Any, tok: Any, val: dict[str, list[str]], st: RecoverSettings) -> dict[str, float]:
@@ -186,14 +169,18 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
     trained = acc.prepare(peft_model)  # DDP under accelerate launch: LoRA gradients all-reduced
-    train_step = lambda batch, step: _train_step(trained, opt, batch, step, acc)  # noqa: E731
+
+    def train_step(batch: dict, step: int) -> float:
+        return runs.train_step(trained, opt, batch, step, acc=acc, out=out)
+
     names = list(train)
     state = {"stage": 1, "round": 0, "step": 0, "tokens": 0, "weights": {s: 1.0 / len(names) for s in names},
              "trajectory": [], "instruct": {"step": 0, "best": None, "bad_evals": 0, "history": [], "stopped": None}}
     if resume:
-        ck = _latest(out)
+        ck = runs.latest_checkpoint(out)
         if ck is not None:
-            state = _load_ckpt(ck, peft_model, opt)
+            _, saved = runs.load_checkpoint(ck, peft_model, opt)
+            state = saved["recover"]
             progress(0.1, f"resumed from {ck.name}")
     per_batch = st.batch_size * st.seq_len
     total_steps = st.tokens // per_batch
@@ -219,7 +206,7 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
         n = min(st.round_steps, total_steps - state["step"])
         peft_model.train()
         for _ in range(n):
-            ids, _ = packed.sample(st.batch_size, seed=st.seed * 1_000_003 + state["step"], weights=state["weights"])
+            ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, state["step"]), weights=state["weights"])
             train_step({"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"])
             state["step"] += 1
             state["tokens"] += per_batch
@@ -260,46 +247,6 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
-
-
-def _train_step(model: Any, opt: Any, batch: dict, step: int, acc: Any = None) -> float:
-    """One optimizer step on a global batch (``input_ids``, ``labels``, optional ``attention_mask``).
-
-    Alone, the loss is the model's mean over the batch's labelled tokens. Data-parallel, each process runs its
-    rows (in gradient-accumulation micro-batches) with the loss *sum* of its tokens divided by the global count
-    of labelled tokens, times processes × micro-batches (which DDP's averaging and accelerate's division undo):
-    the all-reduced gradient is the one-process gradient of the whole batch even when rows carry different
-    numbers of labelled tokens (instruction data, where prompts carry no loss)."""
-    from .. import parallel
-
-    acc = acc or parallel.Solo()
-    if acc.num_processes == 1 and acc.gradient_accumulation_steps == 1:
-        loss = model(**batch, use_cache=False).loss
-        if not torch.isfinite(loss):
-            raise LorashearError(f"loss became {loss.item()} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
-        acc.backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.item())
-    labels = batch["labels"]
-    n_global = int((labels[:, 1:] != -100).sum())
-    scale = acc.num_processes * acc.gradient_accumulation_steps / max(n_global, 1)
-    parts = {k: parallel.micro_batches(v, acc) for k, v in batch.items()}
-    total = torch.zeros((), device=labels.device)
-    for i in range(acc.gradient_accumulation_steps):
-        b = {k: v[i] for k, v in parts.items()}
-        with acc.accumulate(model):
-            logits = model(**{k: v for k, v in b.items() if k != "labels"}, use_cache=False).logits
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), b["labels"][:, 1:],
-                                                    ignore_index=-100, reduction="sum")
-            acc.backward(nll * scale)
-        total = total + nll.detach()
-    loss = parallel.mean_over_processes(total, acc) * acc.num_processes / max(n_global, 1)
-    if not math.isfinite(loss):  # every process sees the same value: they stop together
-        raise LorashearError(f"loss became {loss} at step {step}: stopped; lower --lr and --resume from the last checkpoint")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss
 
 
 # ---------------------------------------------------------------------------------------- instruction stage
@@ -349,7 +296,7 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
 
     acc = acc or parallel.Solo()
     main = acc.is_main_process
-    train_step = train_step or (lambda batch, step: _train_step(peft_model, opt, batch, step))
+    train_step = train_step or (lambda batch, step: runs.train_step(peft_model, opt, batch, step, acc=acc, out=out))
     ins = state["instruct"]
     if ins["best"] is None:
         first = _instruct_loss(peft_model, instr, device, st.batch_size)
@@ -360,10 +307,10 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
     g_n = len(instr["train"])
     peft_model.train()
     while ins["step"] < st.instruct_steps and ins["stopped"] is None:
-        gen = torch.Generator().manual_seed(st.seed * 1_000_003 + 10**9 + ins["step"])
+        gen = torch.Generator().manual_seed(runs.batch_seed(st.seed, INSTRUCT_STREAM + ins["step"]))
         pick = torch.randint(0, g_n, (st.batch_size,), generator=gen).tolist()
         b = collate_instructions([instr["train"][i] for i in pick], instr["pad"])
-        train_step({k: v.to(device) for k, v in b.items()}, ins["step"])
+        train_step({k: v.to(device) for k, v in b.items()}, state["step"] + ins["step"])
         ins["step"] += 1
         if ins["step"] % st.instruct_eval_every == 0 or ins["step"] == st.instruct_steps:
             v = _instruct_loss(peft_model, instr, device, st.batch_size)
@@ -394,50 +341,16 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
 
 
 def _save_best(out: Path, peft_model: Any) -> None:
+    """The adapters of the best instruction evaluation (``checkpoints/instruct-best.safetensors``, atomic)."""
     from safetensors.torch import save_file
 
-    from ..adapters import is_lora_param
-
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    tmp = out / "checkpoints" / ".instruct-best.tmp"
-    save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)}, str(tmp))
-    os.replace(tmp, out / "checkpoints" / "instruct-best.safetensors")
+    (out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    tmp = out / runs.CHECKPOINTS / ".instruct-best.tmp"
+    save_file(runs.checkpoint_tensors(peft_model), str(tmp))
+    os.replace(tmp, out / runs.CHECKPOINTS / "instruct-best.safetensors")
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def _latest(out: Path) -> Path | None:
-    from ..jsonio import numbered_dirs
-
-    ck = numbered_dirs(out / "checkpoints", "ckpt-")
-    return ck[-1] if ck else None
-
-
-def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> None:
-    from safetensors.torch import save_file
-
-    from ..jsonio import keep_newest, write_dir_atomic
-    from ..adapters import is_lora_param
-
-    def write(tmp: Path) -> None:
-        save_file({n: p.detach().contiguous().cpu() for n, p in peft_model.named_parameters() if is_lora_param(n)},
-                  str(tmp / "lora.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state))
-
-    previous = _latest(out)
-    k = int(previous.name.split("-")[1]) + 1 if previous is not None else 0
-    write_dir_atomic(out / "checkpoints" / f"ckpt-{k}", write)
-    keep_newest(out / "checkpoints", "ckpt-", 2)
-
-
-def _load_ckpt(ck: Path, peft_model: Any, opt: Any) -> dict:
-    from safetensors.torch import load_file
-
-    params = dict(peft_model.named_parameters())
-    with torch.no_grad():
-        for n, t in load_file(str(ck / "lora.safetensors")).items():
-            params[n].copy_(t.to(params[n].device))
-    blob = torch.load(ck / "optimizer.pt", weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
-    torch.set_rng_state(blob["rng"])
-    return json.loads((ck / "state.json").read_text())
+def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> Path:
+    """``checkpoints/step-N`` (``lorashear.runs``), N = optimizer steps taken over both stages."""
+    return runs.save_checkpoint(out, state["step"] + state["instruct"]["step"], peft_model, opt, {"recover": state})

@@ -43,7 +43,7 @@ class RecoverSettings:
     lora_r: int = option(8, "LoRA rank", type="int", min=1, form=False)
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear or comma-separated module names", cli=False, form=False)
-    lr: float = option(2e-4, "learning rate", type="float", min=0.0, max=1.0, open_min=True, form=False)
+    lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, form=False)
     eval_tokens: int | None
     eval_protocols: tuple[str, ...]
     eval_tokens, eval_protocols = eval_options("tokens per source for the before/after perplexity")

@@ -159,6 +159,37 @@ def test_output_folder_with_another_run_is_refused(finished, tiny_dir):
     assert (out / "report.json").read_bytes() == before
 
 
+def test_a_finished_run_is_not_resumed(finished, tiny_dir):
+    out, _ = finished
+    before = (out / "report.json").read_bytes()
+    with pytest.raises(LorashearError, match="that run already finished; nothing to resume"):
+        prune(tiny_dir, out, ratio=0.25, resume=True, **FAST)
+    assert (out / "report.json").read_bytes() == before
+
+
+def test_an_interrupted_run_is_recorded_and_resumes_to_the_same_end(finished, tiny_dir, tmp_path):
+    """Ctrl-C after step 5 (checkpoint step-4 written): run.json says interrupted; --resume ends where the
+    uninterrupted run ended, with the same history and weights."""
+    out_full, full = finished
+
+    def stop_at_step_5(fraction, stage):
+        if stage.startswith("step 5/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_dir, tmp_path / "cut", ratio=0.25, progress=stop_at_step_5, **FAST)
+    info = json.loads((tmp_path / "cut/run.json").read_text())
+    assert info["status"] == "interrupted" and info["message"] == "KeyboardInterrupt"
+    assert [p.name for p in (tmp_path / "cut/checkpoints").iterdir()] == ["step-4"]
+    resumed = prune(tiny_dir, tmp_path / "cut", ratio=0.25, resume=True, **FAST)
+    assert resumed["history"] == full["history"] and resumed["events"] == full["events"]
+    assert json.loads((tmp_path / "cut/plan.json").read_text()) == json.loads((out_full / "plan.json").read_text())
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(out_full / "model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_settings_check_the_schedule_fits_the_steps():
     with pytest.raises(LorashearError, match="schedule needs"):
         PruneSettings(steps=10, warmup_steps=5, periods=2, period_steps=5)

@@ -68,7 +68,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(pruned_demo,
 
     with pytest.raises(KeyboardInterrupt):
         recover(pruned_demo, tmp_path / "cut", progress=stop_after_two_rounds, **SMALL)
-    assert json.loads((tmp_path / "cut/run.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "cut/run.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in (tmp_path / "cut/checkpoints").iterdir()) == ["step-8"]  # round 2 was cut before its checkpoint
     rep = recover(pruned_demo, tmp_path / "cut", resume=True, **SMALL)
     assert [r["weights"] for r in rep["rounds"]] == [r["weights"] for r in full["rounds"]]
     from safetensors.torch import load_file
@@ -76,6 +77,15 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(pruned_demo,
     a, b = load_file(str(out_full / "model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     del calls
+
+
+def test_a_finished_recovery_is_not_resumed(dynamic, pruned_demo):
+    out, _ = dynamic
+    before = (out / "report.json").read_bytes()
+    with pytest.raises(LorashearError, match="that recovery already finished; nothing to resume"):
+        recover(pruned_demo, out, resume=True, **SMALL)
+    assert (out / "report.json").read_bytes() == before
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
 def test_instruction_stage_stops_early_when_validation_loss_does_not_improve(pruned_demo, tmp_path):
