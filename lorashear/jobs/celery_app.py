@@ -86,10 +86,18 @@ def execute(message: dict[str, Any], url: str) -> int:
 
     reg = RemoteRegistry(redis_client(url), message, WORKER_OPTIONS["runs"])
     job = reg._job
-    if reg.cancelled():  # cancelled or declared dead before it started, or superseded by a resume
+    try:
+        skip = reg.cancelled()  # cancelled or declared dead before it started, or superseded by a resume
+        holder = None if skip else reg.claim()
+    except Exception as exc:  # Redis went away between handing out the message and now: give it back
+        from celery.exceptions import Reject
+
+        print(f"job {job.id} attempt {job.attempts}: Redis unreachable ({exc.__class__.__name__}); message requeued",
+              flush=True)
+        raise Reject(requeue=True) from None
+    if skip:
         print(f"job {job.id} attempt {job.attempts}: cancelled or superseded; skipped", flush=True)
         return 0
-    holder = reg.claim()
     if holder is not None:  # another copy of this message runs (or ran) elsewhere
         print(f"job {job.id} attempt {job.attempts}: already taken by {holder}; skipped", flush=True)
         return 0

@@ -584,13 +584,20 @@ class RemoteRegistry:
         return self.cancelled()
 
     # --- the registry interface used by run_job / JobContext
+    def _cancelled_or_unknown(self) -> bool:
+        """``cancelled()``, or False when Redis cannot be asked (this copy already holds the claim)."""
+        try:
+            return self.cancelled()
+        except Exception:
+            return False
+
     def get(self, job_id: int) -> Job:
-        if self._job.status == QUEUED and self.cancelled():
+        if self._job.status == QUEUED and self._cancelled_or_unknown():
             self._job.status = CANCELLED
         return self._job
 
     def mark_running(self, job_id: int, attempt: int | None = None, **_: Any) -> bool:
-        if self.cancelled():
+        if self._cancelled_or_unknown():
             return False
         self._job.status = RUNNING
         self._push("running", worker=self.worker)

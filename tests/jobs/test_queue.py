@@ -74,7 +74,7 @@ def test_graph_and_eval_jobs_run_on_the_pool(redis_server, pool, tmp_path):
     log = g.log_path.read_text()
     assert "taken by Celery worker" in log and "finding groups" in log
     # the same job function as a local worker: the log is the worker's own output
-    assert f"job {g.id} (graph) started in pid" in log
+    assert f"job {g.id} (graph) attempt 1 started in pid" in log
 
 
 def test_progress_metrics_and_cancel_through_revoke(redis_server, pool, tmp_path):
@@ -210,7 +210,13 @@ def test_app_beyond_loopback_with_a_queue(redis_server, pool, tmp_path):
             except urllib.error.HTTPError as e:
                 return e.code, e.read().decode()
 
-        wait_for(lambda: get("/_dash-layout")[0] == 403, 60, "the server")
+        def listening() -> bool:  # the token is printed just before the server binds its port
+            try:
+                return get("/_dash-layout")[0] == 403
+            except urllib.error.URLError:
+                return False
+
+        wait_for(listening, 60, "the server")
         assert get("/")[0] == 403
         status, layout = get("/_dash-layout", {"Authorization": f"Bearer {token}"})
         assert status == 200 and "LlamaForCausalLM" in layout, layout[:500]
