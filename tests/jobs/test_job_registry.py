@@ -231,3 +231,17 @@ def test_the_reaper_runs_on_a_timer(registry, tmp_path, test_kinds, worker_env):
         assert registry.get(job.id).status == FAILED
     finally:
         reaper.stop()
+
+
+def test_a_local_attempt_the_registry_gave_up_on_stops_itself(registry, tmp_path, test_kinds, worker_env):
+    job = submit(registry, "steps", {"steps": 1000, "delay": 0.05}, tmp_path / "runs", kinds=test_kinds,
+                 env=worker_env)
+    while registry.get(job.id).progress <= 0.0:
+        time.sleep(0.05)
+    assert registry.finish(job.id, FAILED, "declared dead")  # no signal: the process must notice by itself
+    deadline = time.time() + 20
+    while worker_alive(registry.get(job.id)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not worker_alive(registry.get(job.id))
+    assert "stopping: attempt 1" in job.log_path.read_text()
+    assert registry.get(job.id).status == FAILED and registry.get(job.id).message == "declared dead"
