@@ -17,11 +17,21 @@ CPU processes over gloo). The runs use accelerate for everything that is not the
 
 Without ``accelerate launch`` (the CLI, the jobs, the tests) a run uses ``Solo``, which has the same interface and
 changes nothing: the single-process path stays bit-for-bit what it was.
+
+Two launch mistakes are caught rather than trained through: several processes on a host without a GPU train on
+CPU over gloo (``--device`` left to its default means "cuda when present, else cpu"; accelerate alone would give
+each process a one-process run writing the same folder), and a world of N processes that accelerate sets up as
+fewer is refused in one line. Each rank watches its launcher and stops when the launcher dies, so killing
+``accelerate launch`` does not leave orphaned ranks training.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
+import time
 from datetime import timedelta
 from typing import Any, Iterator
 
@@ -68,15 +78,48 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
+def _has_accelerator() -> bool:
+    api = getattr(torch, "accelerator", None)
+    return bool(api.is_available()) if api is not None else torch.cuda.is_available()
+
+
+def _stop_with_launcher(every_s: float = 1.0) -> None:
+    """Stop this rank (SIGTERM, then a hard exit) when its launcher — the parent process — is gone: a killed
+    ``accelerate launch`` must not leave its ranks training (and writing the run folder) on their own."""
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        print(f"lorashear: the launcher (pid {parent}) is gone; rank {os.environ.get('RANK', '?')} stops",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="lorashear-launcher-watch", daemon=True).start()
+
+
 def accelerator(device: str | None = None) -> Any:
     """An ``accelerate.Accelerator`` when launched by accelerate, else ``Solo()``. Refuses what the runs cannot
-    do correctly (fp16 / fp8 mixed precision), in one line."""
+    do correctly (fp16 / fp8 mixed precision, a world accelerate did not set up), in one line."""
     if not launched():
         return Solo()
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    acc = Accelerator(cpu=device == "cpu", kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_TIMEOUT)])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # the default device is "cuda when present, else cpu": without a GPU, the ranks train on CPU over gloo
+    cpu = device == "cpu" or (device is None and world > 1 and not _has_accelerator())
+    acc = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_TIMEOUT)])
+    if world > 1 and acc.num_processes != world:
+        raise LorashearError(f"WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es) on "
+                             f"{acc.device} (no distributed backend for it): add --device cpu to train the {world} "
+                             "processes on CPU over gloo")
+    if world > 1:
+        _stop_with_launcher()
     acc.distributed = acc.num_processes > 1
     kind = getattr(acc.distributed_type, "value", str(acc.distributed_type))
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):

@@ -46,13 +46,8 @@ LAYER_OF = {stage: i for i, layer in enumerate(LAYERS) for stage in layer}
 
 # Known exceptions, each owned by another change; remove the entry when that change lands (a stale entry fails
 # test_exceptions_are_still_needed, so the list cannot silently outlive its reason).
-KNOWN_CYCLES = {
-    # jobs/celery_app.py <-> jobs/queue.py: being untangled in the jobs-queue work (issue 21, item 3)
-    frozenset({"lorashear.jobs.celery_app", "lorashear.jobs.queue"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_PRIVATE = {
-    # the worker's SIGTERM handler, used by the Celery task: jobs-queue work (issue 21, item 3)
-    ("lorashear.jobs.celery_app", "lorashear.jobs.worker", "_on_sigterm"),
     # the app's knowledge view's "missing report" card, reused by the groups view (viz, outside this change)
     ("viz.views.groups", "viz.views.knowledge", "_missing"),
 }

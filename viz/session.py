@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from lorashear.errors import LorashearError
 from lorashear.jobs import KINDS, SUCCEEDED, JobKind, Registry, reap, submit, wait
+from lorashear.jobs.launcher import start_reaper
 
 
 @dataclass
@@ -34,6 +35,7 @@ def make_state(runs_dir: str | Path, kinds: dict[str, JobKind] | None = None,
     runs = Path(runs_dir).resolve()
     registry = Registry(runs / "jobs.sqlite")
     reap(registry)  # workers that died while no app was watching are failed from now on
+    start_reaper(registry)  # and from now on whether or not a page asks (a timer thread; idempotent)
     state = AppState(registry, runs, dict(kinds) if kinds is not None else dict(KINDS), cap=cap,
                      worker_env=worker_env)
     demo, _ = demo_model_dir()

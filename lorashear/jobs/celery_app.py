@@ -9,6 +9,11 @@ make it import arbitrary modules.
 Each job runs in a fresh pool process (``max_tasks_per_child=1``): GPU memory is given back when the job ends and
 ``revoke(terminate=True)`` signals exactly that job. The pool process gets SIGKILL when the worker's main process
 dies (Celery sets PDEATHSIG), so a killed worker stops its jobs and their heartbeats stop with them.
+
+Before running a message the task checks that its attempt is current, not flagged, and not claimed by another
+worker (``queue.RemoteRegistry``): a message handed out twice, re-sent, or superseded by a resume is skipped.
+The settings (JSON only, late acks, no reservations beyond the free slots) are ``queue.make_celery``'s; this
+module imports ``queue``, never the other way round.
 """
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import LorashearError
 from . import kinds as kinds_mod
-from .queue import HEARTBEAT_EVERY_S, QUEUE_NAME, TASK_NAME, RemoteRegistry, check_url, ping, redact, redis_client
+from .queue import (FLUSH_FOR_S, HEARTBEAT_EVERY_S, QUEUE_NAME, TASK_NAME, RemoteRegistry, check_url, make_celery,
+                    persistence_warning, ping, redact, redis_client)
 from .registry import CANCELLED, FAILED
 
 #: options of the worker this process belongs to; set before the pool forks, so pool processes inherit them
@@ -29,24 +36,8 @@ WORKER_OPTIONS: dict[str, Any] = {"runs": None, "allow": (), "gpus": ()}
 
 
 def make_app(url: str):
-    """A Celery app on the Redis broker at ``url``: JSON only, no result backend (results travel as events)."""
-    try:
-        from celery import Celery
-    except ImportError as exc:
-        raise LorashearError(f"the job queue needs the [queue] extra (pip install 'lorashear[queue]'): {exc}") from None
-    check_url(url)
-    app = Celery("lorashear", broker=url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
-        event_serializer="json", task_ignore_result=True, task_default_queue=QUEUE_NAME,
-        # acknowledged when done, one message per free slot: a worker never holds messages it has not started
-        # (they would be stuck if it died); a message Redis hands out again after its worker died is skipped,
-        # because the app flags a job it declared dead (queue.RemoteRegistry.cancelled)
-        worker_prefetch_multiplier=1, task_acks_late=True, task_reject_on_worker_lost=False,
-        worker_max_tasks_per_child=1, worker_redirect_stdouts=False, worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True, broker_transport_options={"visibility_timeout": 7 * 24 * 3600},  # > the longest job: never handed out twice
-        worker_send_task_events=False, task_send_sent_event=False,
-    )
+    """The pool's Celery app (``queue.make_celery``) with its one task, for workers."""
+    app = make_celery(url)
 
     @app.task(name=TASK_NAME, bind=True)
     def run_job_task(self, message: dict[str, Any]) -> int:  # noqa: ARG001
@@ -90,43 +81,66 @@ class _LogTo:
 
 def execute(message: dict[str, Any], url: str) -> int:
     """Run one job from a task message; returns ``run_job``'s exit code. Never raises for a job's own failure:
-    the outcome is reported to the app as events."""
-    from .worker import Cancelled, _on_sigterm, run_job
+    the outcome is reported to the app as events (and written into the job folder)."""
+    from .worker import Cancelled, end_attempt, on_sigterm, run_job
 
     reg = RemoteRegistry(redis_client(url), message, WORKER_OPTIONS["runs"])
-    job = reg.get(reg._job.id)
+    job = reg._job
+    try:
+        skip = reg.cancelled()  # cancelled or declared dead before it started, or superseded by a resume
+        holder = None if skip else reg.claim()
+    except Exception as exc:  # Redis went away between handing out the message and now: give it back
+        from celery.exceptions import Reject
+
+        print(f"job {job.id} attempt {job.attempts}: Redis unreachable ({exc.__class__.__name__}); message requeued",
+              flush=True)
+        raise Reject(requeue=True) from None
+    if skip:
+        print(f"job {job.id} attempt {job.attempts}: cancelled or superseded; skipped", flush=True)
+        return 0
+    if holder is not None:  # another copy of this message runs (or ran) elsewhere
+        print(f"job {job.id} attempt {job.attempts}: already taken by {holder}; skipped", flush=True)
+        return 0
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.is_set():
             try:
                 reg.beat()
-            except Exception:  # Redis blip: the next beat may get through before the key expires
+            except Exception:  # never let the heartbeat thread die: the app would declare the job dead
                 pass
             stop.wait(HEARTBEAT_EVERY_S)
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # revoke(terminate=True) -> Cancelled -> "cancelled"
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # revoke(terminate=True) -> Cancelled -> "cancelled"
     beater = threading.Thread(target=beat, name="lorashear-heartbeat", daemon=True)
     reg.beat()
     beater.start()
     try:
         with _LogTo(Path(job.log_path)):
             if job.entry not in allowed_entries():
-                reg.finish(job.id, FAILED, f"worker {reg.worker} does not run {job.entry!r} (start it with "
-                                           f"--allow-entry {job.entry})")
+                end_attempt(reg, job, FAILED, f"worker {reg.worker} does not run {job.entry!r} (start it with "
+                                       f"--allow-entry {job.entry})")
                 return 2
-            print(f"job {job.id} taken by Celery worker {reg.worker}"
+            print(f"job {job.id} attempt {job.attempts} taken by Celery worker {reg.worker}"
                   + (f" (GPUs {os.environ.get('CUDA_VISIBLE_DEVICES')})" if WORKER_OPTIONS["gpus"] else ""), flush=True)
             try:
                 return run_job(reg, job.id)
             except Cancelled:  # SIGTERM outside the job function (while reporting): still a cancel
-                reg.finish(job.id, CANCELLED, "cancelled")
+                end_attempt(reg, job, CANCELLED, "cancelled")
                 return 130
+            finally:
+                # deliver what Redis could not take yet, still beating (the app must not declare us dead)
+                deadline = time.monotonic() + FLUSH_FOR_S
+                while not reg.flush() and time.monotonic() < deadline:
+                    time.sleep(HEARTBEAT_EVERY_S)
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop.set()
         beater.join(timeout=2)
-        reg.stop_beating()
+        try:
+            reg.stop_beating()
+        except Exception:  # Redis away: the key expires by itself
+            pass
 
 
 def _pin_gpu(**_: Any) -> None:
@@ -147,6 +161,9 @@ def run_worker(url: str, concurrency: int | None = None, gpus: tuple[str, ...] =
 
     check_url(url)
     ping(url)  # a wrong host or password: one line now, not a reconnect loop
+    warning = persistence_warning(url)
+    if warning:
+        print(f"lorashear worker: {warning}", file=sys.stderr, flush=True)
     if concurrency is not None and concurrency < 1:
         raise LorashearError(f"--concurrency must be >= 1, got {concurrency}")
     if runs is not None and not Path(runs).is_dir():

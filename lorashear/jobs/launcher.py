@@ -8,7 +8,12 @@ still reaches a worker started by an earlier app process.
 
 When the registry has a queue (``Registry.queue``, a ``queue.JobQueue``: ``lorashear app --queue``), the same
 calls send the job to a Celery worker pool instead, and cancel / dead-worker detection / resume go through
-Celery's revoke and the job's Redis heartbeat. Callers (the app's views, the CLI) do not change.
+Celery's revoke and the job's Redis heartbeat (``JobQueue.reap``). Callers (the app's views, the CLI) do not change.
+
+Death is declared on evidence only: a local worker whose process is gone (same pid and start time), or a pool
+worker that did not beat for the queue's window; in both cases the job's outcome file is read first, so a job
+that ended but whose report was lost is recorded as it ended. ``start_reaper`` runs ``reap`` on a timer, so this
+happens with no page open.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ import psutil
 
 from ..errors import LorashearError
 from . import kinds as kinds_mod
-from .queue import HEARTBEAT_TTL_S
 from .registry import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Job, Registry
+from .worker import read_outcome
 
 # Children started by this process, kept so they can be reaped (no zombies) and waited on.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -70,12 +75,15 @@ def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> s
     if registry.queue is not None:
         return registry.queue.send(registry, job)
     Path(job.workdir).mkdir(parents=True, exist_ok=True)
+    attempt = registry.begin_local_attempt(job.id)  # numbered before the process exists: it is told its attempt
+    if attempt is None:
+        raise LorashearError(f"job {job.id} is no longer queued")
     log = open(job.log_path, "ab", buffering=0)
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONUNBUFFERED"] = "1"
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lorashear.jobs", str(registry.path.resolve()), str(job.id)],
+            [sys.executable, "-m", "lorashear.jobs", str(registry.path.resolve()), str(job.id), str(attempt)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
             start_new_session=True, cwd=os.getcwd(),
         )
@@ -83,7 +91,7 @@ def launch(registry: Registry, job: Job, env: dict[str, str] | None = None) -> s
         log.close()
     with _LOCK:
         _CHILDREN[proc.pid] = proc
-    registry.set_process(job.id, proc.pid, _process_created(proc.pid))
+    registry.record_process(job.id, proc.pid, _process_created(proc.pid), attempt)
     return proc
 
 
@@ -160,46 +168,16 @@ def _cancel_queued(registry: Registry, job: Job, grace_s: float) -> bool:
     return True
 
 
-def _reap_queued(registry: Registry, job: Job) -> str | None:
-    """Why a running job of the worker pool is dead (its heartbeat expired), or None while it is alive (or while
-    Redis cannot be asked: a job is never declared dead on no evidence)."""
-    q = registry.queue
-    if q is None or job.status != RUNNING:
-        return None
-    try:
-        if q.heartbeat(registry, job) is not None:
-            return None
-        q.drain(registry)  # the worker reports its end before it stops beating: was it just that?
-    except Exception:  # Redis unreachable (restarting, network): ask again at the next refresh
-        return None
-    if not registry.get(job.id).active:
-        return None
-    where = f" {job.worker}" if job.worker else ""
-    reason = f"worker{where} died (no heartbeat for {HEARTBEAT_TTL_S:g} s)"
-    return reason + (" (resumable)" if job.resumable else "")
-
-
 def reap(registry: Registry) -> list[int]:
-    """Mark active jobs whose worker is gone as failed; returns their ids. Cheap enough to call on every
-    refresh of a job list. With a queue, first apply what the pool's workers reported."""
+    """Mark active jobs whose worker is gone as failed (or as their outcome file says they ended); returns
+    the ids declared dead. Cheap enough to call on every refresh of a job list and on a timer. With a queue,
+    the pool's jobs are checked by ``JobQueue.reap`` (events drained first)."""
     dead = []
     now = time.time()
     if registry.queue is not None:
-        try:
-            registry.queue.drain(registry)
-        except Exception:  # Redis unreachable: the events wait there; the job list still shows what is known
-            pass
-    for job in registry.list(limit=100000, status=None):
-        if not job.active:
-            continue
+        dead.extend(registry.queue.reap(registry))
+    for job in registry.list(limit=100000, status=RUNNING) + registry.list(limit=100000, status=QUEUED):
         if job.backend == "celery":
-            reason = _reap_queued(registry, job)
-            if reason is not None and registry.finish(job.id, FAILED, reason):
-                try:
-                    registry.queue.flag_stopped(registry, job)  # Redis may hand the message out again: skip it
-                except Exception:
-                    pass
-                dead.append(job.id)
             continue
         if job.pid is None:
             if job.status == QUEUED and now - job.created < NEVER_STARTED_AFTER_S:
@@ -208,19 +186,81 @@ def reap(registry: Registry) -> list[int]:
         elif worker_alive(job):
             continue
         else:
+            out = read_outcome(job.workdir, job.attempts) if job.attempts else None
+            if out is not None:  # it ended, but its last registry write did not land
+                registry.finish(job.id, out["status"], out.get("message"), result=out.get("result"),
+                                artifacts=out.get("artifacts"), attempt=job.attempts)
+                continue
             reason = f"worker process {job.pid} died"
             if job.resumable:
                 reason += " (resumable)"
-        if registry.finish(job.id, FAILED, reason):
+        if registry.finish(job.id, FAILED, reason, attempt=job.attempts):
             dead.append(job.id)
     return dead
 
 
+class Reaper:
+    """``reap`` every ``every_s`` seconds in a daemon thread (``start_reaper``); ``stop()`` ends it."""
+
+    def __init__(self, registry: Registry, every_s: float):
+        self.registry, self.every_s = registry, every_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="lorashear-reaper", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                reap(self.registry)
+            except Exception:  # a locked database, Redis away: the next tick tries again
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+
+def start_reaper(registry: Registry, every_s: float = 2.0) -> Reaper:
+    """Run ``reap`` on a timer for this registry (once per registry: a second call returns the first reaper),
+    so a job whose worker died is marked failed even when nobody looks at the job list. The app calls it at
+    start-up; with a queue, the queue's bridge thread also reaps the pool's jobs every second."""
+    with _LOCK:
+        existing = getattr(registry, "_reaper", None)
+        if existing is not None and existing.thread.is_alive():
+            return existing
+        reaper = Reaper(registry, every_s)
+        registry._reaper = reaper
+        reaper.thread.start()
+        return reaper
+
+
+def _still_running(registry: Registry, job: Job) -> str | None:
+    """Where the job's last attempt still runs (it heartbeats, or its local process exists), else None."""
+    if job.backend == "celery":
+        if registry.queue is None:
+            raise LorashearError(f"job {job.id} ran on a worker pool: start the app with --queue to resume it")
+        try:
+            beat = registry.queue.heartbeat(registry, job)
+        except Exception as exc:
+            from .queue import redact
+
+            raise LorashearError(f"cannot tell whether job {job.id}'s last attempt still runs: the worker pool at "
+                                 f"{redact(registry.queue.url)} is unreachable ({exc.__class__.__name__})") from None
+        return None if beat is None else str(beat.get("worker") or "a worker")
+    return f"process {job.pid}" if job.pid is not None and worker_alive(job) else None
+
+
 def resume(registry: Registry, job_id: int, env: dict[str, str] | None = None) -> Job:
-    """Restart a failed or cancelled job of a resumable kind in its own work directory."""
+    """Restart a failed or cancelled job of a resumable kind in its own work directory. Refused while its
+    last attempt still runs (a worker declared dead that was only cut off): two attempts must never write the
+    same folder at once."""
     job = registry.get(job_id)
     if not job.resumable:
         raise LorashearError(f"{job.kind} jobs cannot be resumed; submit a new one")
+    if not job.active:
+        where = _still_running(registry, job)
+        if where is not None:
+            raise LorashearError(f"job {job_id}: attempt {job.attempts} still runs on {where} (it has been told to "
+                                 "stop and will at its next step); resume once it has stopped")
     if job.active or not registry.requeue(job_id):
         raise LorashearError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be resumed")
     launch(registry, registry.get(job_id), env=env)
@@ -247,4 +287,4 @@ def wait(registry: Registry, job_id: int, timeout_s: float = 600.0, poll_s: floa
         time.sleep(poll_s)
 
 
-__all__ = ["launch", "submit", "cancel", "reap", "resume", "wait", "worker_alive", "ACTIVE"]
+__all__ = ["launch", "submit", "cancel", "reap", "resume", "wait", "worker_alive", "start_reaper", "Reaper", "ACTIVE"]

@@ -3,8 +3,14 @@
 The Dash app and every worker process open the same database file. Each call opens its own short-lived
 connection (WAL mode, busy timeout), so the threaded Dash server and several workers can write at once
 without sharing a connection object; ``batch()`` lets one thread apply many writes in one transaction (one
-fsync instead of one per write: what keeps draining a worker pool's events cheap). Status changes are conditional updates (``... WHERE status IN``), so a
-late write from a worker can never resurrect a job that was already cancelled or declared dead.
+fsync instead of one per write: what keeps draining a worker pool's events cheap). Status changes are conditional
+updates (``... WHERE status IN``), so a late write from a worker can never resurrect a job that was already
+cancelled or declared dead; writes that name an attempt are also fenced on it (``... AND attempts = ?``), so a
+superseded attempt that is still running cannot touch the current one.
+
+Metrics are keyed by (job, name, step): writing a step again replaces it, which is what makes replayed events
+harmless (the worker pool delivers them at least once), and the first metric of a resumed attempt at step *s*
+drops what earlier attempts recorded from *s* on, so a step never appears twice.
 """
 from __future__ import annotations
 
@@ -52,7 +58,6 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL NOT NULL,
     t REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS metrics_job ON metrics (job_id, name, step);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -62,6 +67,9 @@ _ADDED_COLUMNS = (
     ("task_id", "TEXT"),  # the Celery task id of the current attempt
     ("worker", "TEXT"),  # host:pid of the process running it (celery jobs)
 )
+
+#: seconds a write waits for another writer's lock before failing (SQLite's busy timeout)
+BUSY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -120,8 +128,9 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 class Registry:
     """Jobs and their metrics in one SQLite file (created on first use)."""
 
-    def __init__(self, path: str | Path, queue: Any = None):
+    def __init__(self, path: str | Path, queue: Any = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path)
+        self.busy_timeout_s = float(busy_timeout_s)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         #: a ``queue.JobQueue`` when jobs go to a Celery worker pool, None for local worker processes
         self.queue = queue
@@ -135,6 +144,7 @@ class Registry:
                         con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
                     except sqlite3.OperationalError:  # another process added it first
                         pass
+            _migrate_metrics(con)
             con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', ?)", (secrets.token_hex(8),))
             self.uid: str = con.execute("SELECT value FROM meta WHERE key='uid'").fetchone()["value"]
 
@@ -169,11 +179,11 @@ class Registry:
 
     @contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         try:
             con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=30000")
             yield con
         finally:
             con.close()
@@ -222,13 +232,14 @@ class Registry:
         """``name -> [(step, value), ...]`` in step order."""
         out: dict[str, list[tuple[int, float]]] = {}
         with self._connect() as con:
-            for r in con.execute("SELECT name, step, value FROM metrics WHERE job_id=? ORDER BY name, step, t",
+            for r in con.execute("SELECT name, step, value FROM metrics WHERE job_id=? ORDER BY name, step",
                                  (int(job_id),)):
                 out.setdefault(r["name"], []).append((int(r["step"]), float(r["value"])))
         return out
 
     # ------------------------------------------------------------------------------------------ write
-    def _update(self, job_id: int, where_status: tuple[str, ...] | None, **values: Any) -> bool:
+    def _update(self, job_id: int, where_status: tuple[str, ...] | None, _attempt: int | None = None,
+                **values: Any) -> bool:
         cols = ", ".join(f"{k}=?" for k in values)
         args = [json.dumps(v, sort_keys=True) if k in ("artifacts", "result", "params") else v
                 for k, v in values.items()]
@@ -237,6 +248,9 @@ class Registry:
         if where_status:
             sql += f" AND status IN ({','.join('?' * len(where_status))})"
             args.extend(where_status)
+        if _attempt is not None:
+            sql += " AND attempts=?"
+            args.append(int(_attempt))
         with self._connect() as con:
             return con.execute(sql, args).rowcount > 0
 
@@ -248,6 +262,26 @@ class Registry:
                 "WHERE id=? AND status IN (?,?)",
                 (pid, pid_created, int(job_id), *ACTIVE),
             ).rowcount > 0
+
+    def begin_local_attempt(self, job_id: int) -> int | None:
+        """Start a new attempt of a queued job on a local worker process; returns its number (None when the job
+        is no longer queued). Numbered *before* the process starts, so the process is told its attempt and every
+        write it makes is fenced on it."""
+        with self._connect() as con:
+            if con.execute("UPDATE jobs SET backend='local', task_id=NULL, worker=NULL, pid=NULL, pid_created=NULL, "
+                           "attempts=attempts+1 WHERE id=? AND status=?", (int(job_id), QUEUED)).rowcount == 0:
+                return None
+            return int(con.execute("SELECT attempts FROM jobs WHERE id=?", (int(job_id),)).fetchone()["attempts"])
+
+    def record_process(self, job_id: int, pid: int, pid_created: float | None, attempt: int) -> bool:
+        """Record the process running ``attempt`` (the launcher, right after spawning it)."""
+        return self._update(job_id, ACTIVE, _attempt=attempt, pid=pid, pid_created=pid_created)
+
+    def stopped(self, job_id: int, attempt: int) -> bool:
+        """True when ``attempt`` should stop: the job is final (cancelled, declared dead) or a newer attempt
+        replaced it. A running job asks this at its progress and metric reports."""
+        job = self.get(job_id)
+        return not job.active or job.attempts != int(attempt)
 
     def set_task(self, job_id: int, task_id: str) -> bool:
         """Record that a queued job was sent to the worker pool as Celery task ``task_id`` (a new attempt)."""
@@ -261,30 +295,46 @@ class Registry:
         """The stage line of a job that waits in the queue (e.g. "waiting for a worker")."""
         return self._update(job_id, (QUEUED,), stage=stage)
 
-    def mark_running(self, job_id: int, worker: str | None = None, started: float | None = None) -> bool:
+    def mark_running(self, job_id: int, worker: str | None = None, started: float | None = None,
+                     attempt: int | None = None) -> bool:
         values: dict[str, Any] = {"status": RUNNING, "started": started or time.time(), "message": None}
         if worker is not None:
             values["worker"] = worker
-        return self._update(job_id, ACTIVE, **values)
+        return self._update(job_id, ACTIVE, _attempt=attempt, **values)
 
-    def set_progress(self, job_id: int, fraction: float, stage: str | None = None) -> bool:
+    def set_progress(self, job_id: int, fraction: float, stage: str | None = None,
+                     attempt: int | None = None) -> bool:
         values: dict[str, Any] = {"progress": max(0.0, min(1.0, float(fraction)))}
         if stage is not None:
             values["stage"] = stage
-        return self._update(job_id, (RUNNING,), **values)
+        return self._update(job_id, (RUNNING,), _attempt=attempt, **values)
 
-    def add_metrics(self, job_id: int, step: int, values: dict[str, float], t: float | None = None) -> None:
+    def add_metrics(self, job_id: int, step: int, values: dict[str, float], t: float | None = None,
+                    attempt: int | None = None) -> None:
+        """Record metric values at ``step``; a step written again is replaced (replayed events are harmless).
+
+        With ``attempt``: nothing is written unless that attempt is the job's current one and it is running,
+        and what earlier attempts recorded from ``step`` on is dropped first (a resumed attempt continues from
+        its checkpoint's step, and the steps after it that the old attempt reported are superseded)."""
         now = t or time.time()
+        jid, st = int(job_id), int(step)
         with self._connect() as con:
-            con.executemany("INSERT INTO metrics (job_id, step, name, value, t) VALUES (?,?,?,?,?)",
-                            [(int(job_id), int(step), k, float(v), now) for k, v in values.items()])
+            if attempt is not None:
+                if con.execute("SELECT 1 FROM jobs WHERE id=? AND attempts=? AND status=?",
+                               (jid, int(attempt), RUNNING)).fetchone() is None:
+                    return
+                con.execute("DELETE FROM metrics WHERE job_id=? AND attempt<? AND step>=?", (jid, int(attempt), st))
+            con.executemany("INSERT OR REPLACE INTO metrics (job_id, step, name, value, t, attempt) VALUES (?,?,?,?,?,?)",
+                            [(jid, st, k, float(v), now, int(attempt or 0)) for k, v in values.items()])
 
     def set_artifacts(self, job_id: int, artifacts: dict[str, str]) -> bool:
         return self._update(job_id, None, artifacts=artifacts)
 
     def finish(self, job_id: int, status: str, message: str | None = None,
-               result: dict[str, Any] | None = None, artifacts: dict[str, str] | None = None) -> bool:
-        """Move an active job to a final status; returns False if it was already final."""
+               result: dict[str, Any] | None = None, artifacts: dict[str, str] | None = None,
+               attempt: int | None = None) -> bool:
+        """Move an active job to a final status; returns False if it was already final (or, with ``attempt``,
+        when that attempt is not the current one)."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
         values: dict[str, Any] = {"status": status, "finished": time.time(), "message": message}
@@ -295,9 +345,31 @@ class Registry:
             values["result"] = result
         if artifacts is not None:
             values["artifacts"] = artifacts
-        return self._update(job_id, ACTIVE, **values)
+        return self._update(job_id, ACTIVE, _attempt=attempt, **values)
 
     def requeue(self, job_id: int) -> bool:
         """Make a failed or cancelled resumable job queued again (the launcher then starts a worker)."""
         return self._update(job_id, (FAILED, CANCELLED), status=QUEUED, finished=None, message=None, pid=None,
                             pid_created=None, worker=None)
+
+
+def _migrate_metrics(con: sqlite3.Connection) -> None:
+    """Give the metrics table its attempt column and its one-row-per-(job, name, step) key (files written before
+    both existed may hold a step twice: the newest row is kept)."""
+    have = {r["name"] for r in con.execute("PRAGMA table_info(metrics)")}
+    if "attempt" not in have:
+        try:
+            con.execute("ALTER TABLE metrics ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError:  # another process added it first
+            pass
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='metrics_step'").fetchone() is None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("DELETE FROM metrics WHERE rowid NOT IN (SELECT MAX(rowid) FROM metrics GROUP BY job_id, name, step)")
+            con.execute("DROP INDEX IF EXISTS metrics_job")
+            con.execute("CREATE UNIQUE INDEX IF NOT EXISTS metrics_step ON metrics (job_id, name, step)")
+            con.execute("CREATE INDEX IF NOT EXISTS metrics_attempt ON metrics (job_id, attempt, step)")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise

@@ -11,11 +11,18 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_steps(params, ctx):
+    """Sleep ``steps`` × ``delay``, reporting each step; a checkpoint (the number of steps done) after each step,
+    from which a resumed attempt continues — as a prune run resumes from its newest checkpoint."""
     steps, delay = params["steps"], params["delay"]
-    for i in range(steps):
+    ckpt = ctx.out_dir / "checkpoint.txt"
+    start = int(ckpt.read_text()) if ctx.resume and ckpt.exists() else 0
+    for i in range(start, steps):
         ctx.progress(i / steps, f"step {i + 1}/{steps}")
         ctx.metric(i, steps_done=float(i))
         time.sleep(delay)
+        tmp = ckpt.with_suffix(".tmp")
+        tmp.write_text(str(i + 1))
+        tmp.replace(ckpt)  # atomic: a worker killed here leaves the old checkpoint, not half a file
     (ctx.out_dir / "done.txt").write_text(str(steps))
     return {"artifacts": {"done": ctx.out_dir / "done.txt"}, "result": {"steps": steps}}
 

@@ -33,27 +33,45 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1, with a password, no persistence."""
+    """``redis-server`` on 127.0.0.1 with a password and its own data folder, persisting as docs/scale.md says
+    (append-only file; ``fsync`` every second, or ``always`` where a test kills it and counts every event)."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, fsync: str = "everysec"):
         self.port = free_port()
         self.password = "pw-" + secrets.token_hex(8)
+        self.dir = tmp / "data"
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.log = tmp / "redis.log"
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--requirepass", self.password, "--dir", str(tmp)],
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.fsync = fsync
+        self.start()
+
+    def start(self) -> None:
         import redis
 
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", self.fsync, "--requirepass", self.password, "--dir", str(self.dir)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
         while True:
             try:
                 redis.Redis.from_url(self.url(0)).ping()
                 break
-            except redis.exceptions.ConnectionError:
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"redis-server did not start: {self.log.read_text()[-2000:]}")
                 time.sleep(0.05)
+
+    def restart(self, wipe: bool = False, down_s: float = 1.0) -> None:
+        """SIGKILL the server and start it again on the same port; ``wipe``: without its data, as a Redis
+        without persistence comes back."""
+        self.proc.kill()
+        self.proc.wait(10)
+        if wipe:
+            shutil.rmtree(self.dir)
+            self.dir.mkdir()
+        time.sleep(down_s)
+        self.start()
 
     def url(self, db: int) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
@@ -80,6 +98,7 @@ class Worker:
 
     def __init__(self, url: str, log: Path, concurrency: int = 2):
         env = worker_env()
+        self.url = url
         env["LORASHEAR_QUEUE"] = url
         self.log = log
         cmd = [sys.executable, "-m", "lorashear", "worker", "--concurrency", str(concurrency),
@@ -99,6 +118,16 @@ class Worker:
             raise
         finally:
             app.close()
+
+    def runs(self, job) -> bool:
+        """True when ``job`` (a registry Job) runs, or ran, in one of this worker's pool processes."""
+        import psutil
+
+        pid = int(job.worker.split(":")[1])
+        try:
+            return psutil.Process(pid).ppid() == self.proc.pid
+        except psutil.Error:
+            return False
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         try:

@@ -174,6 +174,65 @@ def test_a_batch_commits_together_or_not_at_all(tmp_path):
     assert other.get(job.id).progress == 0.0
 
 
+def test_a_resumed_attempt_replaces_the_metrics_from_its_step_on(tmp_path):
+    reg = Registry(tmp_path / "jobs.sqlite")
+    job = reg.create("steps", "x:y", {}, tmp_path, resumable=True)
+    assert reg.begin_local_attempt(job.id) == 1 and reg.mark_running(job.id, attempt=1)
+    for step in range(6):
+        reg.add_metrics(job.id, step, {"loss": 1.0}, attempt=1)
+    reg.add_metrics(job.id, 5, {"loss": 1.5}, attempt=1)  # a replayed event: replaced, not added
+    assert reg.finish(job.id, FAILED, "worker died", attempt=1) and reg.requeue(job.id)
+    assert reg.begin_local_attempt(job.id) == 2 and reg.mark_running(job.id, attempt=2)
+    reg.add_metrics(job.id, 3, {"loss": 2.0}, attempt=2)  # resumed from the step-3 checkpoint
+    reg.add_metrics(job.id, 9, {"loss": 9.0}, attempt=1)  # the old attempt, still running somewhere: ignored
+    assert reg.metrics(job.id) == {"loss": [(0, 1.0), (1, 1.0), (2, 1.0), (3, 2.0)]}
+    assert not reg.finish(job.id, SUCCEEDED, attempt=1) and reg.get(job.id).status == RUNNING
+    assert reg.stopped(job.id, 1) and not reg.stopped(job.id, 2)
+
+
+def test_an_older_registry_file_gets_one_row_per_step(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as con:  # the metrics table as files written before attempts existed
+        con.execute("CREATE TABLE metrics (job_id INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, "
+                    "value REAL NOT NULL, t REAL NOT NULL)")
+        con.executemany("INSERT INTO metrics VALUES (1, ?, 'loss', ?, 0)", [(0, 1.0), (1, 1.0), (1, 2.0)])
+    assert Registry(path).metrics(1) == {"loss": [(0, 1.0), (1, 2.0)]}
+
+
+def test_a_lost_final_write_is_recovered_from_the_outcome_file(registry, tmp_path):
+    from lorashear.jobs.worker import write_outcome
+
+    job = registry.create("steps", "x:y", {}, tmp_path / "runs")
+    attempt = registry.begin_local_attempt(job.id)
+    registry.record_process(job.id, 2 ** 22 + 12345, None, attempt)  # a pid that no longer exists
+    registry.mark_running(job.id, attempt=attempt)
+    write_outcome(job.workdir, attempt, SUCCEEDED, result={"steps": 2}, artifacts={"done": "x"})
+    assert reap(registry) == []  # not declared dead: it ended, and said so in its folder
+    done = registry.get(job.id)
+    assert done.status == SUCCEEDED and done.result == {"steps": 2} and done.artifacts == {"done": "x"}
+
+
+def test_the_reaper_runs_on_a_timer(registry, tmp_path, test_kinds, worker_env):
+    from lorashear.jobs.launcher import start_reaper
+
+    job = submit(registry, "steps", {"steps": 1000, "delay": 0.1}, tmp_path / "runs", kinds=test_kinds,
+                 env=worker_env)
+    while registry.get(job.id).status != RUNNING:
+        time.sleep(0.05)
+    reaper = start_reaper(registry, every_s=0.2)
+    try:
+        assert start_reaper(registry) is reaper
+        os.kill(job.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while registry.get(job.id).status == RUNNING and time.time() < deadline:
+            time.sleep(0.05)  # nobody calls reap here
+        assert registry.get(job.id).status == FAILED
+    finally:
+        reaper.stop()
+
+
 def test_a_local_attempt_the_registry_gave_up_on_stops_itself(registry, tmp_path, test_kinds, worker_env):
     job = submit(registry, "steps", {"steps": 1000, "delay": 0.05}, tmp_path / "runs", kinds=test_kinds,
                  env=worker_env)

@@ -101,3 +101,65 @@ def test_a_batch_that_does_not_split_is_one_line(tiny_dir, tmp_path, monkeypatch
     with pytest.raises(LorashearError, match="--batch-size 4 must be a multiple"):
         prune(tiny_dir, tmp_path / "o", **RUN)
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+RANK_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from lorashear import parallel
+acc = parallel.accelerator(None)  # no --device: the default
+out = {out!r}
+with open(os.path.join(out, f"rank-{{acc.process_index}}"), "w") as f:
+    f.write(f"{{acc.process_index}}/{{acc.num_processes}} {{acc.device.type}} {{os.getpid()}}")
+time.sleep(float({sleep!r}))
+"""
+
+
+def _rank_launch(tmp_path, sleep: float) -> subprocess.Popen:
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(root=str(ROOT), out=str(tmp_path), sleep=sleep))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # a host without a GPU
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+
+
+@needs_accelerate
+def test_two_processes_without_device_on_a_cpu_host_are_one_run(tmp_path):
+    """Without --device on a host with no GPU, the two processes form one data-parallel run on CPU (not two
+    independent one-process runs)."""
+    proc = _rank_launch(tmp_path, 0)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    ranks = sorted((tmp_path / f"rank-{i}").read_text().rsplit(" ", 1)[0] for i in range(2))
+    assert ranks == ["0/2 cpu", "1/2 cpu"]
+
+
+@needs_accelerate
+def test_ranks_stop_when_the_launcher_dies(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    proc = _rank_launch(tmp_path, 300)
+    try:
+        deadline = time.monotonic() + 240
+        while not all((tmp_path / f"rank-{i}").exists() for i in range(2)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        time.sleep(0.2)
+        pids = [int((tmp_path / f"rank-{i}").read_text().split()[-1]) for i in range(2)]
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        alive = lambda: [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
