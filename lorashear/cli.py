@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except SettingsError as exc:  # a field refused past the parser (e.g. by the planner): name it as a flag
-        spelled = exc if exc.respelled else exc.spelled(lambda n: "--" + n.replace("_", "-"))
+        spelled = exc if exc.respelled else exc.spelled(
+            lambda n: n if n in ("model", "pruned") else "--" + n.replace("_", "-"))  # positionals by their name
         print(f"lorashear {args.command}: error: {spelled}", file=sys.stderr)
         return 2
     except LorashearError as exc:

@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import DEMO_MODEL_DIR
+from .data import DEMO_MODEL_DIR, check_data_spec, check_seq_len
 from .errors import LorashearError
 from .models import GGUF_SUFFIX, NAMED, cache_complete, gguf_folder, named_folder, package_gguf, resolve_named
 from .pruned_format import (SIDECAR, causal_lm_class, decoder_class, from_pretrained_checked, load_config,
                             load_pruned, model_folder, model_from_config, read_sidecar, skeleton)
 
-__all__ = ["check_causal_lm", "check_model_source", "load_causal_lm", "load_config", "load_model", "model_from_config",
+__all__ = ["check_causal_lm", "check_model_source", "preflight", "load_causal_lm", "load_config", "load_model", "model_from_config",
            "pick_device", "resolve_source"]
 
 _CONFIG_SUFFIX = ".json"
@@ -87,6 +87,43 @@ def check_model_source(source: Any, *, meta: bool = False) -> Path:
         package_gguf(NAMED[text])  # refuses with the install command when the package is missing
         return folder
     return _check_path(Path(source).expanduser(), meta)
+
+
+MODEL_FIELDS = ("model", "dense", "pruned")  # fields that name a model to load (a job form's, a run's inputs)
+
+
+def preflight(values: dict[str, Any]) -> dict[str, str]:
+    """``{field: one-line message}`` for what a run would refuse in its first seconds, found from paths and configs
+    alone (no weights, no data read): a model field that cannot load as a causal LM (``check_model_source``), a
+    data spec that names nothing (``data``: a spec or a list of them), a sequence length beyond the first model's
+    context. One check before the expensive part, shared by the job forms and ``prune`` / ``recover`` themselves."""
+    errors: dict[str, str] = {}
+    config = None
+    for name in MODEL_FIELDS:
+        value = values.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            where = check_model_source(value)
+        except LorashearError as exc:
+            errors[name] = str(exc).splitlines()[0]
+            continue
+        if config is None and where.is_dir() and (where / "config.json").is_file():
+            config = load_config(where)
+    data = values.get("data")
+    specs = data.split(",") if isinstance(data, str) else list(data or ())
+    try:
+        for spec in specs:
+            if isinstance(spec, str) and spec.strip():
+                check_data_spec(spec.strip())
+    except LorashearError as exc:
+        errors["data"] = str(exc).splitlines()[0]
+    if config is not None and isinstance(values.get("seq_len"), int):
+        try:
+            check_seq_len(values["seq_len"], config)
+        except LorashearError as exc:
+            errors["seq_len"] = str(exc).splitlines()[0]
+    return errors
 
 
 def _check_path(path: Path, meta: bool) -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import math
 import time
 from pathlib import Path
@@ -74,18 +75,30 @@ class RunFolder:
     def run_file(self) -> Path:
         return self.out / "run.json"
 
+    def _progress_made(self) -> bool:
+        """Anything besides run.json in the folder (a checkpoint, a plan, a model)."""
+        return any(p.name != "run.json" and not p.name.startswith(".") for p in self.out.iterdir())
+
     @contextlib.contextmanager
     def running(self, main: bool = True) -> Iterator["RunFolder"]:
         """Write ``status: running``, run the body, then ``finished``; on an exception ``interrupted``
         (KeyboardInterrupt) or ``failed``, with the first line of the error, and re-raise. Only the main process
         writes (``main``); the others run the body alone."""
+        created = not self.out.exists()
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.run_file, self.info)
         try:
             yield self
         except BaseException as exc:
-            if main:
+            if main and self.previous is None and not self._progress_made():
+                # failed before anything worth keeping: leave no folder (or no run.json) behind, so the corrected
+                # command can start in the same --out without --resume
+                if created:
+                    shutil.rmtree(self.out, ignore_errors=True)
+                else:
+                    self.run_file.unlink(missing_ok=True)
+            elif main:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 self.info.update(status=status, message=first)

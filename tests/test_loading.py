@@ -10,7 +10,7 @@ from lorashear import LorashearError, compress, find_groups, load_pruned, save_p
 from lorashear.cli import main
 from lorashear.data import DEMO_MODEL_DIR
 from lorashear.jobs import Registry, submit, wait
-from lorashear.jobs.registry import FAILED, SUCCEEDED
+from lorashear.jobs.registry import SUCCEEDED
 from lorashear.export import read_sidecar
 from lorashear.loading import check_model_source, load_causal_lm, load_model
 
@@ -78,12 +78,16 @@ def test_every_command_refuses_a_bert_folder_in_one_line(cmd, bert_dir, tmp_path
     assert err.startswith(f"lorashear {cmd[0]}: error: ") and "not a decoder language model" in err and "\n" not in err
 
 
-def test_eval_job_refuses_a_bert_folder(bert_dir, tmp_path):
+def test_eval_job_refuses_a_bert_folder_before_it_launches(bert_dir, tmp_path):
+    """The form's check reads the config: the job is refused on its model field, no worker is started."""
+    from lorashear.jobs import JobParamError
+
     registry = Registry(tmp_path / "runs" / "jobs.sqlite")
-    job = submit(registry, "eval", {"model": str(bert_dir), "data": "demo", "protocol": "short", "max_tokens": "300",
-                                    "cost": [], "device": "cpu"}, tmp_path / "runs")
-    done = wait(registry, job.id, timeout_s=300)
-    assert done.status == FAILED and "not a decoder language model" in done.message and "\n" not in done.message
+    with pytest.raises(JobParamError) as e:
+        submit(registry, "eval", {"model": str(bert_dir), "data": "demo", "protocol": "short", "max_tokens": "300",
+                                  "cost": [], "device": "cpu"}, tmp_path / "runs")
+    assert list(e.value.errors) == ["model"] and "not a decoder language model" in e.value.errors["model"]
+    assert registry.list() == []
 
 
 def test_load_model_gives_model_and_tokenizer_of_a_pruned_folder(tmp_path):

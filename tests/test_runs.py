@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from lorashear import LorashearError, runs
+from lorashear.data import DEMO_MODEL_DIR
 from tiny_models import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +54,7 @@ def test_recover_refuses_to_resume_a_finished_run(tmp_path):
     from lorashear.recover.run import RUN_FORMAT, RecoverSettings, recover
 
     st = RecoverSettings()
-    (tmp_path / "pruned").mkdir()
+    shutil.copytree(DEMO_MODEL_DIR, tmp_path / "pruned")  # a model folder (the inputs are checked first)
     _write_run(tmp_path / "o", RUN_FORMAT, st.to_dict(), "finished")
     with pytest.raises(LorashearError, match="already finished; nothing to resume"):
         recover(tmp_path / "pruned", tmp_path / "o", st, dense="demo", resume=True)
@@ -64,7 +66,7 @@ def test_recover_refuses_checkpoints_of_the_old_layout(tmp_path):
     from lorashear.recover.run import RUN_FORMAT, RecoverSettings, recover
 
     st = RecoverSettings()
-    (tmp_path / "pruned").mkdir()
+    shutil.copytree(DEMO_MODEL_DIR, tmp_path / "pruned")  # a model folder (the inputs are checked first)
     _write_run(tmp_path / "o", RUN_FORMAT, st.to_dict(), "failed")
     (tmp_path / "o/checkpoints/ckpt-3").mkdir(parents=True)
     (tmp_path / "o/checkpoints/ckpt-3/lora.safetensors").write_bytes(b"")
@@ -100,6 +102,7 @@ def test_keyboard_interrupt_is_recorded_as_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with folder.running():
             assert json.loads((tmp_path / "o/run.json").read_text())["status"] == "running"
+            (tmp_path / "o/checkpoints").mkdir()  # progress worth keeping
             raise KeyboardInterrupt
     info = json.loads((tmp_path / "o/run.json").read_text())
     assert info["status"] == "interrupted" and info["model"] == "m" and info["message"] == "KeyboardInterrupt"
@@ -109,6 +112,7 @@ def test_an_error_is_recorded_as_failed_with_its_first_line(tmp_path):
     folder = runs.open_run(tmp_path / "o", "f/1", {}, resume=False)
     with pytest.raises(ValueError):
         with folder.running():
+            (tmp_path / "o/plan.json").write_text("{}")
             raise ValueError("bad thing\nmore detail")
     info = json.loads((tmp_path / "o/run.json").read_text())
     assert info["status"] == "failed" and info["message"] == "bad thing"
@@ -117,12 +121,26 @@ def test_an_error_is_recorded_as_failed_with_its_first_line(tmp_path):
 def test_a_resumed_run_keeps_its_start_time_and_finishes(tmp_path):
     folder = runs.open_run(tmp_path / "o", "f/1", {}, resume=False)
     with pytest.raises(KeyboardInterrupt), folder.running():
+        (tmp_path / "o/checkpoints").mkdir()
         raise KeyboardInterrupt
     started = json.loads((tmp_path / "o/run.json").read_text())["started"]
     with runs.open_run(tmp_path / "o", "f/1", {}, resume=True).running():
         pass
     info = json.loads((tmp_path / "o/run.json").read_text())
     assert info["status"] == "finished" and info["started"] == started and info["message"] is None
+
+
+def test_a_run_that_fails_before_any_progress_leaves_no_folder(tmp_path):
+    """The corrected command can then start in the same --out, without --resume (issue 25, item 5)."""
+    with pytest.raises(ValueError), runs.open_run(tmp_path / "o", "f/1", {"a": 1}, resume=False).running():
+        raise ValueError("empty data file")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "given").mkdir()  # a folder the user made: kept, only run.json goes
+    with pytest.raises(ValueError), runs.open_run(tmp_path / "given", "f/1", {}, resume=False).running():
+        raise ValueError("bad")
+    assert (tmp_path / "given").is_dir() and not any((tmp_path / "given").iterdir())
+    with runs.open_run(tmp_path / "given", "f/1", {"a": 2}, resume=False).running():
+        pass
 
 
 def test_other_processes_write_nothing(tmp_path):

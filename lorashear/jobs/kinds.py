@@ -94,48 +94,11 @@ def _check_one(p: Param, raw: Any) -> Any:
 
 
 def preflight(clean: dict[str, Any]) -> dict[str, str]:
-    """What a job would refuse in its first seconds, checked before it launches, with the CLI's messages: a model
-    folder without ``config.json`` (or a malformed one), a data spec that names nothing (``data=nonsense``,
-    ``NAME=/missing.jsonl``), a sequence length beyond the model's context. Reads configs only, never weights."""
-    from ..data import check_data_spec, check_seq_len
-    from ..errors import LorashearError
-    from ..loading import load_config
+    """What a job would refuse in its first seconds, checked before it launches, with the CLI's messages
+    (``loading.preflight``: model fields, data specs, sequence length; configs only, never weights)."""
+    from ..loading import preflight as check  # lazy: the app's forms import kinds before any model is needed
 
-    errors: dict[str, str] = {}
-    config = None
-    for name in ("model", "dense", "pruned"):
-        value = clean.get(name)
-        if value == "demo":
-            from ..data import DEMO_MODEL_DIR
-
-            value = str(DEMO_MODEL_DIR)
-        path = Path(value) if isinstance(value, str) else None
-        if path is None or not path.is_dir() or (path / "adapter_config.json").exists():
-            continue  # a named model, a .gguf file or an adapter: the loader checks those
-        if not (path / "config.json").is_file():
-            errors[name] = f"{path} is not a Hugging Face model folder (no config.json)"
-            continue
-        try:
-            cfg = load_config(path)
-        except LorashearError as exc:
-            errors[name] = str(exc)
-            continue
-        if config is None:
-            config = cfg
-    for name in ("data",):
-        value = clean.get(name)
-        specs = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
-        try:
-            for spec in [s for s in specs if isinstance(s, str) and s.strip()]:
-                check_data_spec(spec.strip())
-        except LorashearError as exc:
-            errors[name] = str(exc)
-    if config is not None and isinstance(clean.get("seq_len"), int):
-        try:
-            check_seq_len(clean["seq_len"], config)
-        except LorashearError as exc:
-            errors["seq_len"] = str(exc)
-    return errors
+    return check(clean)
 
 
 def _blank(raw: Any) -> bool:

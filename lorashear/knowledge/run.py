@@ -2,9 +2,11 @@
 ``analyze`` job (load the model, draw calibration windows, run the estimator, optionally mark the top γ, save)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ..settings import SettingsError
 from .settings import AnalyzeSettings
 
 Progress = Callable[[float, str], None]
@@ -14,14 +16,16 @@ def analyze_model(model: str | Path, out: str | Path, settings: AnalyzeSettings 
                   progress: Progress | None = None, **overrides: Any):
     """Analyze ``model`` (a folder, ``demo``, a .gguf file or a named model) and save the report to ``out``
     (.parquet, or .json); returns the ``KnowledgeReport`` (its ``path`` attribute is where it was written)."""
-    from dataclasses import replace
-
     from ..data import DEMO_MODEL_DIR
-    from ..loading import load_model
+    from ..loading import load_model, preflight
     from .analysis import analyze
     from .calibration import calibration_data
 
     st = replace(settings, **overrides) if settings is not None else AnalyzeSettings(**overrides)
+    errors = preflight({"model": str(model), "data": st.data if st.estimator != "magnitude" else (),
+                        "seq_len": st.seq_len})
+    if errors:  # before anything is loaded: paths, configs and data specs alone
+        raise SettingsError(errors)
     progress = progress or (lambda f, s: None)
     progress(0.02, "loading the model")
     net, tokenizer = load_model(model, device=st.device)

@@ -51,6 +51,7 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
 
     settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
     out = Path(out)
+    _preflight(model, settings)
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
@@ -61,6 +62,22 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     metric = metric if metric and main else (lambda step, values: None)
     with folder.running(main):
         return _run(model, out, settings, resume, progress, metric, acc)
+
+
+def _preflight(model: Any, st: PruneSettings) -> None:
+    """Refuse in one line, before anything is loaded, traced or written, what the paths, configs and data specs
+    alone show to be wrong (a missing or non-causal-LM model, a data file that is not there, a report that is not
+    there, a sequence length beyond the model's context)."""
+    from ..loading import preflight
+    from ..settings import SettingsError
+
+    errors = preflight({"model": str(model) if isinstance(model, (str, Path)) else None, "data": st.data,
+                        "seq_len": st.seq_len})
+    errors.update({"eval_data": msg for msg in preflight({"data": st.eval_data}).values()})
+    if st.knowledge and not Path(st.knowledge).is_file():
+        errors["knowledge"] = f"knowledge report not found: {st.knowledge}"
+    if errors:
+        raise SettingsError(errors)
 
 
 def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Progress, metric: Metric,

@@ -91,16 +91,23 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
     """Recover ``pruned`` (a folder written by ``lorashear prune`` / ``save_pruned``) against ``dense`` (default: the
     source the sidecar names) into ``out``; returns the report."""
     from ..export import read_sidecar
+    from ..loading import preflight
+    from ..settings import SettingsError
 
     st = replace(settings, **overrides) if settings is not None else RecoverSettings(**overrides)
     pruned, out = Path(pruned), Path(out)
-    if not pruned.is_dir():
-        raise LorashearError(f"{pruned}: no such pruned model folder")
+    inputs = {"pruned": str(pruned), "data": st.data, "seq_len": st.seq_len}
+    errors = preflight(inputs)  # paths, configs and data specs before anything is loaded or written
+    if errors:
+        raise SettingsError(errors)
     side = read_sidecar(pruned)
     if dense is None:
         dense = (side or {}).get("provenance", {}).get("source")
         if not dense:
             raise LorashearError(f"{pruned}: the sidecar does not name the dense model; give --dense")
+    errors = preflight({"dense": str(dense)})
+    if errors:
+        raise SettingsError(errors)
     folder = runs.open_run(out, RUN_FORMAT, st.to_dict(), resume=resume, what="recovery", pruned=str(pruned),
                            dense=str(dense))
     from .. import parallel
