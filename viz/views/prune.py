@@ -3,10 +3,10 @@ which units go and what each layer keeps; then run it — a Prune job with any m
 without training, or a Recover job on a pruned result — and watch it in the Jobs tab.
 
 The preview is the library's planner (``viz.plan_preview`` → ``lorashear.prune.preview.plan_model``), the same
-``make_plan`` with the same ``PlanSpec`` the Prune job builds from the same parameters: the parameter counts shown
-are the run's. Which units go is exactly the run's for the one-shot methods scored the same way (``magnitude`` on a
-model with weights); LHSPG and LoRAPrune fix their own units from their saliency after warm-up, with the same
-counting and allocation.
+``make_plan`` the Prune job ends with, on the same settings (method defaults resolved the same way). It is the run's
+plan only for ``magnitude`` without a knowledge report (same scores); the other methods rank units by what only the
+run computes (LoRA saliency after warm-up, Taylor scores, fluctuation, random draws), so the page says next to the
+numbers which parts are exact and which an estimate (``plan_preview.fidelity``).
 """
 from __future__ import annotations
 
@@ -75,9 +75,11 @@ def layout(state: AppState, mv: Any) -> html.Div:
                           tooltip={"placement": "bottom", "always_visible": True}), "plan-err-ratio"),
         _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=["attention", "mlp"],
                                             inline=True, className="check"), "plan-err-kinds"),
-        _field("Allocation", dcc.RadioItems(id="plan-allocation", options=["global", "uniform"], value="global",
-                                            inline=True, className="check"), "plan-err-allocation",
-               "global: least important per parameter first, across layers; uniform: the same fraction per layer"),
+        _field("Allocation", dcc.RadioItems(id="plan-allocation", value="method", inline=True, className="check",
+                                            options=[{"label": "the method's", "value": "method"}, "global", "uniform"]),
+               "plan-err-allocation",
+               "global: least important per parameter first, across layers; uniform: the same fraction per layer; "
+               "the method's: uniform for llm-pruner and LoRAPrune, else global (as the run resolves it)"),
         _field("Layer range", dcc.Input(id="plan-layers", type="text", placeholder="START:STOP (blank: all)",
                                         debounce=True, className="text"), "plan-err-layers"),
         _field("Align widths to a multiple of", dcc.Input(id="plan-align", type="text", placeholder="blank: none",
@@ -212,8 +214,21 @@ def summary(data: dict) -> html.Div:
     # table was a large share of the time a slider move takes to show
     md = "\n".join(["| layer | before | removed | after | heads kept | channels kept |", "|---|---:|---:|---:|---:|---:|",
                     *("| " + " | ".join(map(str, r)) + " |" for r in body)])
-    return html.Div([kv_table(rows),
+    return html.Div([kv_table(rows), fidelity_table(data),
                      html.Details([html.Summary("Per layer"), dcc.Markdown(md, className="md-data")])])
+
+
+def fidelity_table(data: dict) -> html.Div:
+    """Next to the numbers: which of them the run reproduces exactly and which are an estimate (``PP.fidelity``)."""
+    method = (data.get("inputs") or {}).get("method") or "lhspg"
+    rows = PP.fidelity(data)
+    exact = all(status == "exact" for _, status, _ in rows)
+    head = (f"Preview vs a {method} run: this is the run's plan." if exact else
+            f"Preview vs a {method} run: the parts marked estimate can differ.")
+    return html.Div([html.P(head, className="fidelity-head"),
+                     html.Table([html.Tr([html.Th(part), html.Td(html.Span(status, className=f"badge {status}")),
+                                          html.Td(why, className="muted")]) for part, status, why in rows],
+                                className="kv fidelity")], id="plan-fidelity")
 
 
 # ------------------------------------------------------------------------------------------ compute
@@ -221,6 +236,7 @@ def compute(state: AppState, mv: Any, values: dict[str, Any]) -> tuple[dict | No
     """Plan form values (and the run's method) -> (preview data or None, {field: message}, general message). The
     callback's logic, testable without a browser. Field errors come from the settings schema and from the planner
     (``SettingsError`` names the field); nothing is matched on message text."""
+    values = {**values, "allocation": None if values.get("allocation") in (None, "", "method") else values["allocation"]}
     settings, errors = PP.parse_inputs({k: v for k, v in values.items() if k in PLAN_FIELDS + ("method",)})
     if settings is None:
         return None, errors, ""
