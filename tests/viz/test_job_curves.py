@@ -45,5 +45,7 @@ def test_job_details_say_where_it_ran_and_link_artifact_files(tmp_path):
     reg.mark_running(job.id, worker="gpu-box:4242")
     j = reg.get(job.id)
     assert runs_on(j) == "worker gpu-box:4242"
-    links = [li.children[0] for li in artifact_list(j).children if isinstance(li.children, list)]
-    assert [a.href for a in links] == [f"/artifact/{job.id}/report"]  # the folder is named, not linked
+    links = [c for li in artifact_list(j).children if isinstance(li.children, list) for c in li.children
+             if hasattr(c, "href")]
+    # the file links to its download; the folder (a model) is offered as one zip
+    assert sorted(a.href for a in links) == [f"/archive/{job.id}/model", f"/artifact/{job.id}/report"]

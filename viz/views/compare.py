@@ -77,7 +77,12 @@ def folder_params(model_dir: str) -> int | None:
         return int(side["n_params"])
     if not model_dir or not Path(model_dir).is_dir() or not any(Path(model_dir).glob("*.safetensors")):
         return None
-    return sum(folder_layers(model_dir)["params"].values()) or None
+    from safetensors import SafetensorError
+
+    try:
+        return sum(folder_layers(model_dir)["params"].values()) or None
+    except (SafetensorError, OSError):  # a damaged or half-written folder: no count, and the page still renders
+        return None
 
 
 def export_role(job) -> str:

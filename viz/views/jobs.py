@@ -431,14 +431,19 @@ def runs_on(j) -> str:
 
 
 def artifact_list(j):
-    """The job's artifacts; files link to the app's download route (served only from inside the runs folder,
-    viz/access.py), folders (a model) are named with their path — "Browse this model" opens them."""
+    """The job's artifacts; files link to the app's download route (served only from inside the runs folder and
+    the job's own files, viz/access.py); folders (a model) are named with their path and offered as one zip —
+    "Browse this model" opens them."""
     if not j.artifacts:
         return "—"
     items = []
     for name, path in j.artifacts.items():
         if Path(path).is_file():
             items.append(html.Li([html.A(name, href=f"/artifact/{j.id}/{quote(name, safe='')}"), f" · {path}"]))
+        elif Path(path).is_dir():  # a model folder: one zip, streamed (viz/access.py)
+            items.append(html.Li([f"{name}: {path} · ",
+                                  html.A("download as .zip", href=f"/archive/{j.id}/{quote(name, safe='')}",
+                                         className="archive-link")]))
         else:
             items.append(html.Li(f"{name}: {path}"))
     return html.Ul(items)
