@@ -140,3 +140,12 @@ def test_export_row_says_what_was_exported(app_state, model_dir, traced):
     row = next(e for e in C.entries(app_state) if e["job"] == job.id)
     assert row["role"] == f"exported: export of plan {plan.name}"
     assert row["params"] == job.result["params_after"]
+
+
+def test_page_is_not_rebuilt_when_nothing_changed(app_state, pruned):
+    """Opening the tab again with the same jobs keeps the page (a rebuild under the pointer lost Browse clicks);
+    the Browse message sits under a spinner."""
+    sig = C.signature(app_state)
+    assert [pruned.id, "prune", pruned.finished] in sig and sig == C.signature(app_state)
+    page = str(C.layout(app_state))
+    assert "compare-loading" in page and "Loading" in page

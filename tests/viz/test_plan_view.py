@@ -163,3 +163,15 @@ def test_page_says_which_numbers_are_the_runs(app_state):
     data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "allocation": "method", "method": "llm-pruner"})  # uniform
     rows = {part: status for part, status, _ in PP.fidelity(data)}
     assert rows["per-layer counts"] == "exact" and rows["which units (maps, selection)"] == "estimate"
+
+
+def test_ratio_box_moves_the_slider_and_back():
+    """Typing 35 (%) + Enter commits the box (debounce), which moves the slider — the preview's input; a slider
+    move writes the box; a blank box changes nothing."""
+    from dash import no_update
+
+    assert PV.sync_ratio("plan-ratio-text", 0.2, 35) == (0.35, no_update)
+    assert PV.sync_ratio("plan-ratio-text", 0.35, 35) == (no_update, no_update)
+    assert PV.sync_ratio("plan-ratio-text", 0.2, None) == (no_update, no_update)
+    assert PV.sync_ratio("plan-ratio", 0.3, 20) == (no_update, 30.0)
+    assert PV.sync_ratio("plan-ratio", 0.3, 30) == (no_update, no_update)

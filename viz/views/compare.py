@@ -275,15 +275,31 @@ def content(state: AppState) -> list:
     return out
 
 
+def signature(state: AppState) -> list:
+    """What the page is built from: the succeeded jobs (id, kind, finish time). The page is rebuilt only when
+    it changes — re-rendering the table under the pointer each time the tab opened lost a Browse click."""
+    return [[j.id, j.kind, j.finished] for j in state.registry.list(status="succeeded")
+            if j.kind in ("prune", "recover", "eval", "export")]
+
+
 def layout(state: AppState) -> html.Div:
-    return html.Div([card("Dense vs pruned vs recovered", html.Div(content(state), id="compare-content")),
-                     html.Span(id="compare-msg", className="msg")], id="compare-view")
+    # the Browse message under a spinner: tracing a model takes seconds, and the page must say it is working
+    return html.Div([card("Dense vs pruned vs recovered",
+                          dcc.Loading(html.Div(id="compare-msg", className="msg"), type="circle",
+                                      id="compare-loading", delay_show=150,
+                                      overlay_style={"visibility": "visible", "opacity": 0.6}),
+                          html.Div(content(state), id="compare-content")),
+                     dcc.Store(id="compare-sig", data=signature(state))], id="compare-view")
 
 
 def register(app, state: AppState) -> None:
-    @app.callback(Output("compare-content", "children"), Input("tabs", "value"), prevent_initial_call=True)
-    def refresh(tab):
-        return content(state) if tab == "compare" else no_update
+    @app.callback(Output("compare-content", "children"), Output("compare-sig", "data"), Input("tabs", "value"),
+                  State("compare-sig", "data"), prevent_initial_call=True)
+    def refresh(tab, sig):
+        if tab != "compare":
+            return no_update, no_update
+        new = signature(state)
+        return (no_update, no_update) if new == sig else (content(state), new)
 
     @app.callback(Output("url", "href", allow_duplicate=True), Output("compare-msg", "children"),
                   Input({"type": "cmp-browse", "row": ALL}, "n_clicks"), prevent_initial_call=True)
@@ -298,7 +314,7 @@ def register(app, state: AppState) -> None:
         row = next((e for e in entries(state) if f"{e['job']}:{e['role']}" == key), None)
         if row is None:
             return no_update, no_update
-        try:
+        try:  # the message sits under a dcc.Loading: its spinner shows while this runs (seconds: a trace)
             job = ensure_graph(state, row["model"], meta=False, echo=lambda m: None, timeout_s=600)
         except LorashearError as exc:
             return no_update, html.Span(str(exc).splitlines()[0], className="error")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import dash_ag_grid as dag
@@ -29,7 +30,7 @@ JOB_COLUMNS = [
     {"field": "status", "width": 110, "cellClass": {"function": "'job-' + params.value"}},
     {"field": "progress", "headerName": "%", "width": 70, "type": "numericColumn"},
     {"field": "stage", "minWidth": 140, "flex": 1},
-    {"field": "created", "width": 150},
+    {"field": "created", "width": 178},  # "2026-12-07 01:48:39" whole, seconds included
     {"field": "duration", "headerName": "time (s)", "width": 95, "type": "numericColumn"},
     {"field": "message", "minWidth": 160, "flex": 1, "tooltipField": "message"},
 ]
@@ -115,6 +116,23 @@ def _fmt(v):
     return str(v)
 
 
+# words of result keys, spelled out for the page (the raw key stays in the label's tooltip)
+_WORDS = {"ppl": "perplexity", "params": "parameters", "avg": "average", "1m": "(1 min)", "ms": "(ms)",
+          "s": "(s)", "max": "max.", "min": "min.", "n": "number of", "num": "number of", "lr": "learning rate",
+          "kv": "kv", "mlp": "MLP", "lora": "LoRA", "lhspg": "LHSPG", "ema": "EMA", "gguf": "GGUF", "id": "id",
+          "per": "per", "macs": "MACs", "tok": "tokens"}
+
+
+def result_label(key: str) -> str:
+    """A result key as words: ``ppl_long_after`` -> "perplexity (long) after", ``params_before`` -> "parameters
+    before", ``load_avg_1m`` -> "load average (1 min)"."""
+    parts = [p for p in str(key).split("_") if p]
+    if len(parts) > 1 and parts[0] == "ppl" and parts[1] in ("short", "long"):
+        parts = [f"perplexity ({parts[1]})", *parts[2:]]
+    words = [_WORDS.get(p.lower(), p) for p in parts]
+    return " ".join(words) if words else str(key)
+
+
 def result_table(result: dict):
     """A job's result as tables, not a raw dict: one row per key; a list of records (perplexity rows) becomes a
     table with one column per field, a nested dict a nested key/value table; numbers with thousands separators."""
@@ -132,7 +150,7 @@ def result_table(result: dict):
             cell = ", ".join(_fmt(v) for v in value) or "—"
         else:
             cell = _fmt(value)
-        rows.append((key, cell))
+        rows.append((html.Span(result_label(key), title=key), cell))
     return kv_table(rows, className="kv result")
 
 
@@ -143,6 +161,13 @@ def _unavailable_list(state: AppState) -> html.Ul:
         if not ok:
             items.append(html.Li([html.Strong(k.label + ": "), why]))
     return html.Ul(items, className="reasons", id="jobs-unavailable")
+
+
+def _unavailable_section(state: AppState) -> list:
+    """The "not available yet" heading and its list, or nothing when every kind runs (a heading over an empty
+    list reads as something missing)."""
+    items = _unavailable_list(state)
+    return [html.H4("Not available yet", className="sub"), items] if items.children else []
 
 
 def job_rows(state: AppState) -> list[dict]:
@@ -166,7 +191,7 @@ def layout(state: AppState, mv=None) -> html.Div:
                  html.Div(_form(state, default, mv=mv), id="job-form"),
                  html.Button("Run", id="job-submit", className="btn primary"),
                  html.Div(id="job-submit-msg", className="msg"),
-                 html.H4("Not available yet"), _unavailable_list(state), className="narrow"),
+                 *_unavailable_section(state), className="narrow"),
             card("Jobs", dag.AgGrid(
                 id="jobs-grid", rowData=job_rows(state), columnDefs=JOB_COLUMNS, getRowId="params.data.rid",
                 defaultColDef={"sortable": True, "resizable": True, "filter": True},
@@ -182,7 +207,10 @@ def layout(state: AppState, mv=None) -> html.Div:
                                    title="open the graph / model of this job (a pruned result is traced first)"),
                        html.Button("Clone", id="job-clone", className="btn", disabled=True,
                                    title="fill the form with this job's parameters, to run it again (changed or not)"),
-                       html.Span(id="job-action-msg", className="msg")], className="toolbar"),
+                       dcc.Loading(html.Span(id="job-action-msg", className="msg"), type="circle",
+                                   id="job-action-loading", delay_show=150, parent_style={"display": "inline-block"},
+                                   overlay_style={"visibility": "visible", "opacity": 0.6})],
+                      className="toolbar"),
              progress_bar(0.0, id="job-progress"),
              html.Div([
                  html.Div([html.H4("Log (tail)"), html.Pre(id="job-log", className="log")], className="half"),
@@ -346,10 +374,13 @@ def register(app, state: AppState, get_model=None) -> None:
         return no_update if rows == current else rows
 
     @app.callback(
-        Output("job-sel", "data"), Input("jobs-grid", "selectedRows"), prevent_initial_call=True,
+        Output("job-sel", "data"), Output("jobs-grid", "selectedRows"),
+        Input("jobs-grid", "selectedRows"), Input("job-sel", "data"), prevent_initial_call=True,
     )
-    def pick(rows):
-        return rows[0]["id"] if rows else no_update
+    def pick(rows, job_id):
+        """Both ways, in one callback (two would be a dependency cycle): a click selects the job shown; a job
+        shown by any other way (a form's submit, the Prune tab, Clone) becomes the grid's highlighted row."""
+        return sync_selection(ctx.triggered_id, rows, job_id)
 
     @app.callback(
         Output("job-head", "children"), Output("job-progress", "children"), Output("job-log", "children"),
@@ -421,6 +452,17 @@ def register(app, state: AppState, get_model=None) -> None:
         state.model_job = graph_job.id
         state.model_error = None
         return "/", no_update
+
+
+def sync_selection(trigger: Any, rows: list[dict] | None, job_id: int | None) -> tuple[Any, Any]:
+    """(job-sel, grid selectedRows) after ``trigger`` changed: the grid's click picks the job; a new job shown
+    highlights its row (by row id); nothing changes when they already agree."""
+    picked = rows[0]["id"] if rows else None
+    if trigger == "jobs-grid":
+        return (picked if picked is not None and picked != job_id else no_update), no_update
+    if job_id is None or picked == job_id:
+        return no_update, no_update
+    return no_update, {"ids": [str(job_id)]}
 
 
 def runs_on(j) -> str:

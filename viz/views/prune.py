@@ -70,9 +70,15 @@ def layout(state: AppState, mv: Any) -> html.Div:
 
     plan_controls = [
         _field("Target: fraction of parameters to remove",
-               dcc.Slider(id="plan-ratio", min=0.05, max=0.9, step=0.01, value=0.2, updatemode="mouseup",
-                          marks={v: f"{v:.0%}" for v in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)},
-                          tooltip={"placement": "bottom", "always_visible": True}), "plan-err-ratio"),
+               html.Div([
+                   # the slider's own number box commits on blur only (Enter did nothing visible for > 60 s):
+                   # ours commits on Enter or blur (debounce) and the two stay in step (``sync_ratio``)
+                   dcc.Slider(id="plan-ratio", min=0.05, max=0.9, step=0.01, value=0.2, updatemode="mouseup",
+                              marks={v: f"{v:.0%}" for v in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)},
+                              allow_direct_input=False, className="ratio-slider"),
+                   html.Span([dcc.Input(id="plan-ratio-text", type="number", value=20, min=1, max=99, step=0.1,
+                                        debounce=True, className="text ratio-box"), " %"], className="ratio-entry"),
+               ], className="ratio-row"), "plan-err-ratio"),
         _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=["attention", "mlp"],
                                             inline=True, className="check"), "plan-err-kinds"),
         _field("Allocation", dcc.RadioItems(id="plan-allocation", value="method", inline=True, className="check",
@@ -285,6 +291,20 @@ def _submit(state: AppState, kind: str, params: dict, fields: tuple[str, ...]) -
                      className="ok"), [""] * len(fields), job.id
 
 
+def sync_ratio(trigger: Any, slider: float | None, percent: float | None) -> tuple[Any, Any]:
+    """(slider value, box value) after one of them changed: the box (percent, committed on Enter or blur) moves
+    the slider — which re-plans — and the slider writes its value into the box. A blank box changes nothing."""
+    if trigger == "plan-ratio-text":
+        if percent is None:
+            return no_update, no_update
+        ratio = round(float(percent) / 100, 4)
+        return (ratio if ratio != slider else no_update), no_update
+    if slider is None:
+        return no_update, no_update
+    pct = round(float(slider) * 100, 2)
+    return no_update, (no_update if percent is not None and abs(float(percent) - pct) < 1e-9 else pct)
+
+
 # ------------------------------------------------------------------------------------------ callbacks
 def register(app, state: AppState, get_model) -> None:
     err_outputs = [Output(f"plan-err-{f}", "children") for f in PLAN_FIELDS]
@@ -312,6 +332,11 @@ def register(app, state: AppState, get_model) -> None:
             return (None, html.P("No plan: fix the marked field.", className="muted"), no_update, no_update, no_update,
                     html.Span(msg, className="error") if msg else "", *errs)
         return (data, summary(data), *figures(mv, data), "", *errs)
+
+    @app.callback(Output("plan-ratio", "value"), Output("plan-ratio-text", "value"),
+                  Input("plan-ratio", "value"), Input("plan-ratio-text", "value"), prevent_initial_call=True)
+    def ratio_sync(slider, text):
+        return sync_ratio(ctx.triggered_id, slider, text)
 
     @app.callback(Output("groups-grid", "rowTransaction"), Input("plan-store", "data"), State("groups-grid", "rowData"),
                   prevent_initial_call=True)

@@ -1,0 +1,39 @@
+"""The Jobs tab's pieces without a browser: readable result labels, the grid's highlighted row following the job
+shown, and no "Not available yet" heading over an empty list."""
+from __future__ import annotations
+
+from dash import no_update
+
+from viz.views import jobs as J
+
+
+def test_result_keys_are_words():
+    assert J.result_label("ppl_long_after") == "perplexity (long) after"
+    assert J.result_label("ppl_short_before") == "perplexity (short) before"
+    assert J.result_label("params_before") == "parameters before"
+    assert J.result_label("load_avg_1m") == "load average (1 min)"
+    table = J.result_table({"ppl_long_after": 12.5, "params_after": 1000})
+    text = str(table)
+    assert "perplexity (long) after" in text and "parameters after" in text and "1,000" in text
+    assert "title='ppl_long_after'" in text  # the raw key stays findable
+
+
+def test_grid_highlight_follows_the_job_shown():
+    # a job shown from elsewhere (a submit, the Prune tab, Clone): the grid highlights its row
+    assert J.sync_selection("job-sel", [{"id": 3}], 7) == (no_update, {"ids": ["7"]})
+    assert J.sync_selection("job-sel", None, 7) == (no_update, {"ids": ["7"]})
+    assert J.sync_selection("job-sel", [{"id": 7}], 7) == (no_update, no_update)  # already agree: no loop
+    # a click in the grid picks the job
+    assert J.sync_selection("jobs-grid", [{"id": 5}], 7) == (5, no_update)
+    assert J.sync_selection("jobs-grid", [{"id": 7}], 7) == (no_update, no_update)
+    assert J.sync_selection("jobs-grid", [], 7) == (no_update, no_update)
+
+
+def test_no_empty_not_available_heading(app_state):
+    from lorashear.jobs import KINDS
+    from viz.session import make_state
+
+    state = make_state(app_state.runs_dir, kinds=dict(KINDS))  # every built-in kind runs today
+    assert all(k.availability()[0] for k in state.kinds.values())
+    assert J._unavailable_section(state) == []
+    assert "Not available yet" not in str(J.layout(state))
