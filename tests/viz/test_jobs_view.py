@@ -37,3 +37,16 @@ def test_no_empty_not_available_heading(app_state):
     assert all(k.availability()[0] for k in state.kinds.values())
     assert J._unavailable_section(state) == []
     assert "Not available yet" not in str(J.layout(state))
+
+
+def test_grid_columns_hold_their_header_words():
+    """No header breaks mid-word ("Prunabl e"): every column is at least as wide as its longest header word."""
+    from viz.components import HEADER_PX_EXTRA, HEADER_PX_PER_CHAR
+    from viz.views.groups import COLUMNS, SCORE_COLUMNS
+
+    for c in COLUMNS + SCORE_COLUMNS + J.JOB_COLUMNS:
+        word = max(str(c.get("headerName") or c["field"]).split(), key=len)
+        width = c.get("width") or c.get("minWidth")
+        assert width >= HEADER_PX_PER_CHAR * len(word) + HEADER_PX_EXTRA, c
+    created = next(c for c in J.JOB_COLUMNS if c["field"] == "created")
+    assert created["width"] >= 8 * len("2026-12-07 01:48:39")  # the whole time, seconds included

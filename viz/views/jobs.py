@@ -20,7 +20,7 @@ from lorashear.errors import LorashearError
 from lorashear.jobs import JobParamError, cancel, reap, resume, submit
 from lorashear.jobs.kinds import JobKind
 
-from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, progress_bar, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, fit_headers, kv_table, progress_bar, table
 from ..session import AppState
 
 LOG_TAIL_LINES = 80
@@ -34,6 +34,7 @@ JOB_COLUMNS = [
     {"field": "duration", "headerName": "time (s)", "width": 95, "type": "numericColumn"},
     {"field": "message", "minWidth": 160, "flex": 1, "tooltipField": "message"},
 ]
+fit_headers(JOB_COLUMNS)
 
 
 def kind_options(state: AppState) -> list[dict]:
@@ -262,17 +263,28 @@ def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
     panels = metric_panels(metrics)
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=[t for t, _ in panels],
                         vertical_spacing=min(0.12, 0.3 / max(1, len(panels))))
+    # one legend per panel that needs one, beside that panel (a single legend sat beside the top panel, naming
+    # the lines of another)
+    legends: dict[str, dict] = {}
     for i, (_title, names) in enumerate(panels, start=1):
+        key = None
+        if len(names) > 1:
+            key = "legend" if not legends else f"legend{len(legends) + 1}"
+            top = fig.layout[f"yaxis{'' if i == 1 else i}"].domain[1]
+            legends[key] = {**LEGEND_RIGHT, "y": top}
         for name in names:
             steps, values = zip(*metrics[name])
             fig.add_scatter(x=list(steps), y=list(values), mode="lines+markers" if len(steps) < 50 else "lines",
-                            name=name, row=i, col=1, showlegend=len(names) > 1, legendgroup=str(i))
+                            name=name, row=i, col=1, showlegend=key is not None, legend=key or "legend")
+    # period boundaries: dashed lines on every panel, labelled above the top panel (in the margin, clear of the
+    # curves: rotated labels inside the plot sat on the loss curve); the full wording on hover
     for step, what in period_boundaries(metrics):
         fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
-        fig.add_annotation(x=step, y=1.0, yref="paper", text=what, showarrow=False, textangle=-90, xanchor="right",
-                           yanchor="top", font=dict(size=9, color="#777"))
-    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=40, b=40),
-                      template="plotly_white", legend=LEGEND_RIGHT)
+        short = what.replace("period ", "P").replace(" ends", " end")
+        fig.add_annotation(x=step, y=1.0, yref="paper", yshift=18, text=short, hovertext=what, showarrow=False,
+                           xanchor="center", yanchor="bottom", font=dict(size=9, color="#777"))
+    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=58, b=40),
+                      template="plotly_white", **legends)
     titles = {t for t, _ in panels}
     for a in fig.layout.annotations:  # subplot titles top-left, clear of the toolbar
         if a.text in titles:
