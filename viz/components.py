@@ -25,7 +25,7 @@ LEGEND_MARGIN_R = 170
 
 # AG Grid header: ~8 px per character of the bold header font, plus the cell padding and the sort / menu icons
 HEADER_PX_PER_CHAR = 8
-HEADER_PX_EXTRA = 60
+HEADER_PX_EXTRA = 72
 
 
 def fit_headers(columns: list[dict]) -> list[dict]:

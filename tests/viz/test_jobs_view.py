@@ -50,3 +50,18 @@ def test_grid_columns_hold_their_header_words():
         assert width >= HEADER_PX_PER_CHAR * len(word) + HEADER_PX_EXTRA, c
     created = next(c for c in J.JOB_COLUMNS if c["field"] == "created")
     assert created["width"] >= 8 * len("2026-12-07 01:48:39")  # the whole time, seconds included
+
+
+def test_method_specific_fields_follow_the_method(app_state):
+    """The prune form's LHSPG-only field (ε) shows for lhspg and hides for magnitude; a value left in a hidden
+    field is not submitted (it would be refused as not applying)."""
+    kind = app_state.kinds["prune"]
+    only = [p for p in kind.params if p.methods]
+    assert only and all("lhspg" in p.methods for p in only)
+    boxes = {f.id["name"]: f for f in J.form_fields(kind, {"method": "lhspg"})}
+    assert boxes[only[0].name].style == {}
+    boxes = {f.id["name"]: f for f in J.form_fields(kind, {"method": "magnitude"})}
+    assert boxes[only[0].name].style == {"display": "none"} and boxes["ratio"].style == {}
+    assert J.applicable(kind, {"method": "magnitude", only[0].name: "0.1", "ratio": "0.2"}) == \
+        {"method": "magnitude", "ratio": "0.2"}
+    assert J.applicable(kind, {"method": "lhspg", only[0].name: "0.1"}) == {"method": "lhspg", only[0].name: "0.1"}

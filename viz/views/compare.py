@@ -206,7 +206,7 @@ def _bars(comp: dict, key: str, title: str, colour: dict[str, str], outside: boo
 
 def _ppl_figure(rows: list[dict], colour: dict[str, str]) -> go.Figure:
     fig = go.Figure()
-    for e in rows:
+    for e in sorted(rows, key=lambda e: (e["job"], not e["role"].startswith("dense"))):  # as the per-layer bars
         ppl = e["perplexity"]
         if ppl:
             fig.add_bar(name=f"job {e['job']} · {e['role']}", x=[f"{p['source']} ({p['protocol']})" for p in ppl],

@@ -66,11 +66,40 @@ def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
             control = dcc.Input(id=pid, type="text", value="" if default is None else str(default),
                                 placeholder=p.help or p.type, debounce=False, className="text")
             label = p.label + (" *" if p.required else "")
+        methods = ",".join(getattr(p, "methods", ()) or ())
         fields.append(html.Div([html.Label(label) if label else None, control,
                                 html.Div(p.help, className="help") if p.help and p.type == "bool" else None,
                                 html.Div(id={"type": "jp-err", "name": p.name}, className="field-error")],
-                               className="field"))
+                               className="field", id={"type": "jp-box", "name": p.name, "methods": methods},
+                               style=field_style(methods, selector_value(kind, defaults))))
     return fields
+
+
+def selector_name(kind: JobKind) -> str:
+    """The field whose value a parameter's ``methods`` names: ``method`` (prune), ``estimator`` (analyze)."""
+    return getattr(kind.settings, "SELECTOR", "method") if kind.settings is not None else "method"
+
+
+def selector_value(kind: JobKind, defaults: dict | None) -> str | None:
+    name = selector_name(kind)
+    p = next((p for p in kind.params if p.name == name), None)
+    return None if p is None else (defaults or {}).get(name, p.default)
+
+
+def field_style(methods: str, chosen: str | None) -> dict:
+    """Shown when the field applies to the chosen method (or to every method); hidden otherwise — LHSPG's ε is
+    no question to ask of a magnitude run."""
+    if not methods or chosen is None or chosen in methods.split(","):
+        return {}
+    return {"display": "none"}
+
+
+def applicable(kind: JobKind, values: dict) -> dict:
+    """``values`` without the fields hidden for the chosen method (a value typed before switching method is
+    not the user's request for this method, and would be refused as "does not apply")."""
+    chosen = values.get(selector_name(kind))
+    return {k: v for k, v in values.items()
+            if not field_style(",".join(next((p.methods for p in kind.params if p.name == k), ()) or ()), chosen)}
 
 
 def tab_defaults(state: AppState, mv=None) -> dict:
@@ -307,8 +336,11 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def submit_form(state: AppState, kind: str, names: list[str], values: list) -> tuple[html.Span, list[str], int | None]:
     """Validate and submit the form's values: (message, one error per field, new job id or None)."""
     errs = [""] * len(names)
+    given = dict(zip(names, values))
+    if kind in state.kinds:
+        given = applicable(state.kinds[kind], given)
     try:
-        job = submit(state.registry, kind, dict(zip(names, values)), state.runs_dir, kinds=state.kinds,
+        job = submit(state.registry, kind, given, state.runs_dir, kinds=state.kinds,
                      env=state.worker_env)
     except JobParamError as exc:
         errs = [exc.errors.get(n, "") for n in names]
@@ -376,6 +408,19 @@ def register(app, state: AppState, get_model=None) -> None:
     def do_submit(_n, kind, values, ids):
         msg, errs, job_id = submit_form(state, kind, [i["name"] for i in ids], values)
         return msg, errs, (no_update if job_id is None else job_id)
+
+    @app.callback(
+        Output({"type": "jp-box", "name": ALL, "methods": ALL}, "style"),
+        Input({"type": "jp", "name": ALL}, "value"), State({"type": "jp", "name": ALL}, "id"),
+        State({"type": "jp-box", "name": ALL, "methods": ALL}, "id"), State("job-kind", "value"),
+        prevent_initial_call=True,
+    )
+    def method_fields(values, ids, boxes, kind):
+        """Fields that apply to some methods only follow the chosen method."""
+        if kind not in state.kinds:
+            return [no_update] * len(boxes)
+        chosen = dict(zip((i["name"] for i in ids), values)).get(selector_name(state.kinds[kind]))
+        return [field_style(b["methods"], chosen) for b in boxes]
 
     @app.callback(
         Output("jobs-grid", "rowData"),

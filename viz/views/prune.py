@@ -229,8 +229,9 @@ def fidelity_table(data: dict) -> html.Div:
     method = (data.get("inputs") or {}).get("method") or "lhspg"
     rows = PP.fidelity(data)
     exact = all(status == "exact" for _, status, _ in rows)
-    head = (f"Preview vs a {method} run: this is the run's plan." if exact else
-            f"Preview vs a {method} run: the parts marked estimate can differ.")
+    name = {"lhspg": "LHSPG", "loraprune": "LoRAPrune", "llm-pruner": "LLM-Pruner", "flap": "FLAP"}.get(method, method)
+    head = (f"Preview vs a {name} run: this is the run's plan." if exact else
+            f"Preview vs a {name} run: the parts marked estimate can differ.")
     return html.Div([html.P(head, className="fidelity-head"),
                      html.Table([html.Tr([html.Th(part), html.Td(html.Span(status, className=f"badge {status}")),
                                           html.Td(why, className="muted")]) for part, status, why in rows],
