@@ -42,7 +42,7 @@ def test_each_legend_sits_beside_its_panel_and_period_labels_clear_the_curves():
     assert tops == sorted(fig.layout[f"yaxis{'' if i == 1 else i}"].domain[1] for i in (1, 2))
     fig = metrics_figure(PRUNE)
     labels = [a for a in fig.layout.annotations if a.hovertext and "period" in a.hovertext]
-    assert [a.text for a in labels] == ["P1", "P2", "P2 end"]
+    assert [a.text for a in labels] == ["P1", "P2", "end"]
     # above the top panel, in the margin, upright: not over the loss curve
     assert all(a.yref == "paper" and a.y == 1.0 and a.yanchor == "bottom" and not a.textangle for a in labels)
 

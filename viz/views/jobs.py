@@ -309,7 +309,7 @@ def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
     # curves: rotated labels inside the plot sat on the loss curve); the full wording on hover
     for step, what in period_boundaries(metrics):
         fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
-        short = what.replace("period ", "P").replace(" ends", " end")
+        short = "end" if what.endswith("ends") else what.replace("period ", "P")
         fig.add_annotation(x=step, y=1.0, yref="paper", yshift=18, text=short, hovertext=what, showarrow=False,
                            xanchor="center", yanchor="bottom", font=dict(size=9, color="#777"))
     fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=58, b=40),

@@ -74,9 +74,9 @@ def layout(state: AppState, mv: Any) -> html.Div:
                    # the slider's own number box commits on blur only (Enter did nothing visible for > 60 s):
                    # ours commits on Enter or blur (debounce) and the two stay in step (``sync_ratio``)
                    dcc.Slider(id="plan-ratio", min=0.05, max=0.9, step=0.01, value=0.2, updatemode="mouseup",
-                              marks={v: f"{v:.0%}" for v in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)},
+                              marks={v: f"{v:.0%}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)},
                               allow_direct_input=False, className="ratio-slider"),
-                   html.Span([dcc.Input(id="plan-ratio-text", type="number", value=20, min=1, max=99, step=0.1,
+                   html.Span([dcc.Input(id="plan-ratio-text", type="number", value=20, min=1, max=99, step=1,
                                         debounce=True, className="text ratio-box"), " %"], className="ratio-entry"),
                ], className="ratio-row"), "plan-err-ratio"),
         _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=["attention", "mlp"],
