@@ -83,6 +83,10 @@ def test_recovered_row_has_its_parameters_and_device(app_state, recovered):
     report = json.loads(open(recovered.artifacts["report"]).read())
     assert row["conditions"]["device"] == report["device"] != "auto"
     assert f"{row['params']:,}" in str(C.content(app_state))
+    # the rounds it trained (the log's "round k"), not the count of evaluations (one more: round 0 is before training)
+    trained = max(r["round"] for r in report["rounds"])
+    assert row["role"] == f"recovered ({trained} training round{'s' if trained != 1 else ''})"
+    assert len(report["rounds"]) == trained + 1
 
 
 def test_one_colour_per_model_across_the_page(app_state, pruned, recovered):

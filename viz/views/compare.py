@@ -85,6 +85,14 @@ def folder_params(model_dir: str) -> int | None:
         return None
 
 
+def trained_rounds(report: dict) -> str:
+    """"2 training rounds": the report's ``rounds`` are evaluations — round 0 before any training, then one after
+    each round — so their count is one more than the rounds trained (the log's "round k" is the k-th trained)."""
+    rounds = report.get("rounds") or []
+    n = max((int(r.get("round", 0)) for r in rounds), default=0)
+    return f"{n} training round{'s' if n != 1 else ''}"
+
+
 def export_role(job) -> str:
     """What an Export job exported: a saved plan (named by its file) or a hand selection of units."""
     plan = job.params.get("plan")
@@ -105,7 +113,7 @@ def entries(state: AppState) -> list[dict]:
             out.append(_entry(j, "dense (before pruning)", j.params.get("model", ""), rep.get("eval_before"),
                               threads=rep.get("threads"), params=rep.get("params_before"), device=rep.get("device")))
         elif j.kind == "recover" and rep:
-            out.append(_entry(j, f"recovered ({len(rep.get('rounds', []))} rounds)", j.artifacts.get("model", ""),
+            out.append(_entry(j, f"recovered ({trained_rounds(rep)})", j.artifacts.get("model", ""),
                               rep.get("eval_after"), threads=rep.get("threads"), device=rep.get("device")))
         elif j.kind == "eval":
             side = _sidecar(j.params.get("model", ""))
@@ -244,9 +252,12 @@ def content(state: AppState) -> list:
     for e in rows:
         c = e["cost"]
         ppl = {(p["source"], p["protocol"]): p["ppl"] for p in e["perplexity"]}
-        lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else "—")
+        # a job that does not time its model (recover, export) says so, rather than a bare dash
+        lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else
+               html.Span("not measured", className="muted", title="this job does not time its model: run an "
+                         "Evaluate job with cost on its folder"))
         thr = (f"{c['throughput_tokens_per_s']:,.0f} ({c.get('throughput_batch_size', '?')}×"
-               f"{c.get('latency_seq_len', '?')})" if c else "—")
+               f"{c.get('latency_seq_len', '?')})" if c else html.Span("not measured", className="muted"))
         body.append([e["job"],
                      html.Span([html.Span("■ ", style={"color": colour.get(e["model"])}, className="swatch"),
                                 html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
