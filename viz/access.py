@@ -7,10 +7,12 @@ token: once as ``?token=…`` (the app then sets an HttpOnly, SameSite=Strict co
 page without the token in the address), or as ``Authorization: Bearer …`` for scripts. The token is generated
 and printed once at start-up (like Jupyter's), or given with ``--token`` / ``$LORASHEAR_TOKEN``.
 
-Downloads (``/download/<path relative to the runs folder>`` and ``/artifact/<job id>/<name>``) serve only regular
-files inside the runs folder, after resolving symlinks and ``..``: an artifact path recorded by a job — which a
-remote worker reports over Redis — can never point the app at ``/etc/passwd``; the registry database is not
-served either.
+Downloads are per job: ``/artifact/<job id>/<name>`` (an artifact file), ``/download/<job id>/<path>`` (a file
+under that job's own folder or one of its artifact folders, path relative to the job's folder) and
+``/archive/<job id>/<name>`` (an artifact folder — a pruned model — as one zip, streamed). Each serves only
+regular files inside the runs folder *and* inside that job's folder or artifacts, after resolving symlinks and
+``..``: a link for one job never reaches another job's files, an artifact path recorded by a job — which a remote
+worker reports over Redis — can never point the app at ``/etc/passwd``, and the registry database is not served.
 """
 from __future__ import annotations
 
@@ -47,6 +49,20 @@ def resolve_token(host: str, token: str | None, debug: bool = False) -> tuple[st
     if is_loopback(host):
         return None, False
     return secrets.token_urlsafe(24), True
+
+
+def open_urls(host: str, port: int, token: str | None = None) -> list[str]:
+    """The addresses to print at start-up: a wildcard bind (0.0.0.0, ::, empty) is no address a browser can open,
+    so it becomes the loopback one and this machine's host name; a named host stays as given. With ``token``,
+    each carries ``?token=``."""
+    import socket
+
+    if host in ("0.0.0.0", "::", "", "[::]"):
+        hosts = ["127.0.0.1", socket.gethostname()]
+    else:
+        hosts = [f"[{host}]" if ":" in host and not host.startswith("[") else host]
+    q = f"?token={token}" if token else ""
+    return [f"http://{h}:{port}/{q}" for h in dict.fromkeys(hosts)]
 
 
 def _cookie_name(port: int | None) -> str:
@@ -86,21 +102,109 @@ def install(server, token: str | None, runs_dir: Path, registry=None, port: int 
             abort(404)
         return send_file(f, as_attachment=True, download_name=f.name)
 
-    @server.route("/download/<path:rel>")
-    def _download(rel: str):
-        return serve(rel)
-
-    @server.route("/artifact/<int:job_id>/<name>")
-    def _artifact(job_id: int, name: str):
+    def job_of(job_id: int):
         if registry is None:
             abort(404)
         try:
-            path = registry.get(job_id).artifacts.get(name)
+            return registry.get(job_id)
         except LorashearError:
             abort(404)
+
+    @server.route("/download/<int:job_id>/<path:rel>")
+    def _download(job_id: int, rel: str):
+        j = job_of(job_id)
+        f = safe_path(runs_root, Path(j.workdir) / rel) if not Path(rel).is_absolute() else None
+        if f is None or not within_job(j, f):
+            abort(404)
+        return send_file(f, as_attachment=True, download_name=f.name)
+
+    @server.route("/artifact/<int:job_id>/<name>")
+    def _artifact(job_id: int, name: str):
+        path = job_of(job_id).artifacts.get(name)
         if not path:
             abort(404)
         return serve(path)
+
+    @server.route("/archive/<int:job_id>/<name>")
+    def _archive(job_id: int, name: str):
+        from flask import Response, stream_with_context
+
+        j = job_of(job_id)
+        folder = safe_dir(runs_root, j.artifacts.get(name) or "")
+        if folder is None:
+            abort(404)
+        files = [(f, f.relative_to(folder).as_posix()) for f in sorted(folder.rglob("*"))
+                 if safe_path(runs_root, f) is not None and _inside(f.resolve(), folder)]
+        if not files:
+            abort(404)
+        zip_name = f"job{j.id}-{folder.name}.zip"
+        return Response(stream_with_context(zip_stream(files, f"job{j.id}-{folder.name}")),
+                        mimetype="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{zip_name}"'})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def within_job(job, f: Path) -> bool:
+    """True if ``f`` (resolved) is under the job's own folder or is / is under one of its artifacts."""
+    roots = [Path(job.workdir)] + [Path(p) for p in (job.artifacts or {}).values() if p]
+    return any(_inside(f, r.resolve()) for r in roots)
+
+
+def safe_dir(runs_root: Path, path: str | Path) -> Path | None:
+    """``path`` as a directory inside ``runs_root`` after resolving ``..`` and symlinks, or None."""
+    raw = str(path)
+    if not raw or "\x00" in raw:
+        return None
+    cand = Path(raw).resolve()
+    return cand if cand.is_dir() and _inside(cand, runs_root) else None
+
+
+def zip_stream(files: list[tuple[Path, str]], top: str, chunk: int = 1 << 20):
+    """Yield a zip of ``files`` ((path, name inside the archive)) under the folder ``top`` as it is written: a
+    model folder of gigabytes is never held in memory or on disk twice. Stored, not deflated (safetensors do not
+    compress)."""
+    import zipfile
+
+    class Sink:
+        def __init__(self):
+            self.parts: list[bytes] = []
+            self.n = 0
+
+        def write(self, b) -> int:
+            self.parts.append(bytes(b))
+            self.n += len(b)
+            return len(b)
+
+        def tell(self) -> int:
+            return self.n
+
+        def flush(self) -> None:
+            pass
+
+        def take(self) -> bytes:
+            out, self.parts = b"".join(self.parts), []
+            return out
+
+    sink = Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for f, name in files:
+            with open(f, "rb") as src, zf.open(f"{top}/{name}", "w", force_zip64=True) as dst:
+                while True:
+                    b = src.read(chunk)
+                    if not b:
+                        break
+                    dst.write(b)
+                    if sink.n and sink.parts:
+                        yield sink.take()
+            yield sink.take()
+    yield sink.take()
 
 
 def safe_path(runs_root: Path, path: str | Path) -> Path | None:
@@ -120,4 +224,4 @@ def safe_path(runs_root: Path, path: str | Path) -> Path | None:
     return cand
 
 
-__all__ = ["install", "is_loopback", "resolve_token", "safe_path", "COOKIE"]
+__all__ = ["install", "is_loopback", "open_urls", "resolve_token", "safe_dir", "safe_path", "within_job", "zip_stream", "COOKIE"]

@@ -258,9 +258,13 @@ def run(args: argparse.Namespace) -> int:
         where = f"Celery workers on {redact(args.queue)}"
     startup_model(state, args)
     app = create_app(state, token=token, port=args.port)
-    print(f"lorashear app on http://{args.host}:{args.port}/  (jobs: {state.registry.path}, run by {where})", flush=True)
+    urls = access.open_urls(args.host, args.port, token if generated else None)
+    print(f"lorashear app on {urls[0]}  (listening on {args.host}; jobs: {state.registry.path}, run by {where})",
+          flush=True)
     if generated:  # printed once, like Jupyter's: whoever reads this terminal may use the app
-        print(f"  access token required beyond loopback; open http://{args.host}:{args.port}/?token={token}", flush=True)
+        print("  access token required beyond loopback; open " + "  or  ".join(urls), flush=True)
+    elif len(urls) > 1:
+        print("  also " + "  ".join(urls[1:]), flush=True)
     elif token:
         print("  access token required (the one given with --token / $LORASHEAR_TOKEN)", flush=True)
     if not args.debug:  # werkzeug logs every request: with the page polling, one line per poll buries the rest

@@ -23,6 +23,25 @@ LEGEND_RIGHT = dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top
 LEGEND_MARGIN_R = 170
 
 
+# AG Grid header: ~8 px per character of the bold header font, plus the cell padding and the sort / menu icons
+HEADER_PX_PER_CHAR = 8
+HEADER_PX_EXTRA = 72
+
+
+def fit_headers(columns: list[dict]) -> list[dict]:
+    """Widen each column to hold its header's longest word on one line: wrapped headers broke mid-word
+    ("Prunabl e") when a word was wider than the column. Returns the same dicts, changed in place."""
+    for c in columns:
+        name = c.get("headerName") or c["field"]
+        need = HEADER_PX_PER_CHAR * max(len(w) for w in str(name).split()) + HEADER_PX_EXTRA
+        for key in ("width", "minWidth"):
+            if key in c and c[key] < need:
+                c[key] = need
+        if "width" not in c and "minWidth" not in c:
+            c["minWidth"] = need
+    return columns
+
+
 def title_left(text: str) -> dict:
     """A figure title in the top-left corner (the toolbar sits top right)."""
     return dict(text=text, font=dict(size=13), x=0.0, xanchor="left", xref="paper", y=1.0, yanchor="bottom",

@@ -6,7 +6,7 @@ exports them with ``write_figures``):
 * ``head_heatmap``     — layer × attention unit (a kv head with its query heads under GQA);
 * ``query_head_heatmap`` — layer × GQA query-head unit (the i-th query head of every kv group), scored apart;
 * ``channel_heatmap``  — layer × MLP channel bin (channels summed in equal bins);
-* ``layer_bars``       — per-layer total, stacked by kind, network-wide groups (hidden) as their own bar;
+* ``layer_bars``       — per-layer total, stacked by kind, network-wide groups (hidden) in a panel of their own;
 * ``score_distribution`` — histogram of unit scores per group kind.
 
 Units marked unprunable are outlined (heatmaps) so the γ selection is visible next to the scores; units a
@@ -206,9 +206,16 @@ def channel_heatmap(report: "KnowledgeReport", bins: int = 32, value: str = "sco
 
 
 def layer_bars(report: "KnowledgeReport") -> go.Figure:
-    """Per-layer total score, stacked by kind; groups spanning the network (hidden) get one bar of their own."""
+    """Per-layer total score, stacked by kind; groups spanning the network (hidden) in a narrow panel of their own
+    with its own axis — on one axis, the hidden group's total (every layer's residual channels) dwarfed the layers."""
+    from plotly.subplots import make_subplots
+
     u = report.units
-    fig = go.Figure()
+    wide = u[u["layer"].isna()]
+    two = not wide.empty
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.82, 0.18], horizontal_spacing=0.1,
+                        subplot_titles=["per layer", "whole network"]) if two else go.Figure()
+    at = dict(row=1, col=1) if two else {}
     layered = u[u["layer"].notna()]
     x_all: list[str] = []
     layered = layered[~layered["kind"].isin(OVERLAP_KINDS)]  # query heads are already in the attention bars
@@ -216,13 +223,16 @@ def layer_bars(report: "KnowledgeReport") -> go.Figure:
         s = layered[layered["kind"] == kind].groupby("layer")["score"].sum()
         xs = [f"layer {int(l)}" for l in s.index]
         x_all += [x for x in xs if x not in x_all]
-        fig.add_trace(go.Bar(x=xs, y=s.to_numpy(), name=kind, marker_color=_KIND_COLOURS.get(kind)))
-    for gid, rows in u[u["layer"].isna()].groupby("group", sort=False):
+        fig.add_trace(go.Bar(x=xs, y=s.to_numpy(), name=kind, marker_color=_KIND_COLOURS.get(kind)), **at)
+    for gid, rows in wide.groupby("group", sort=False):
         kind = rows["kind"].iloc[0]
         fig.add_trace(go.Bar(x=[f"{gid}"], y=[rows["score"].sum()], name=f"{kind} (whole network)",
-                             marker_color=_KIND_COLOURS.get(kind)))
-    fig.update_layout(barmode="relative", title=_title(report, "Knowledge per layer"), yaxis_title="sum of unit scores",
-                      legend=_LEGEND)
+                             marker_color=_KIND_COLOURS.get(kind)), row=1, col=2)
+    fig.update_layout(barmode="relative", title=_title(report, "Knowledge per layer"), legend=_LEGEND)
+    fig.update_yaxes(title_text="sum of unit scores", **at)
+    if two:
+        for a in fig.layout.annotations:  # panel titles small and left, clear of the toolbar
+            a.update(font=dict(size=11))
     if (u["kind"].isin(OVERLAP_KINDS)).any():
         fig.add_annotation(text="GQA query heads not stacked: they are part of the attention units", showarrow=False,
                            x=0, y=-0.18, xref="paper", yref="paper", xanchor="left", font=dict(size=11))

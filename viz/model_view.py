@@ -59,6 +59,56 @@ class ModelView:
             })
         return rows
 
+    def layer_sizes(self) -> list[dict[str, Any]]:
+        """The real widths of every block (a pruned model's config still says the dense sizes): query heads, kv
+        heads (attention units), MLP channels — from the groups the trace found on the model's own module
+        shapes; where a block has no such group (one kv head left is no group: it cannot lose its last unit), from
+        the pruned folder's sidecar (``layer_sizes``, recorded by compress), else the config (a dense model's
+        config is its truth). None where neither knows."""
+        by_layer: dict[int, dict[str, Any]] = defaultdict(dict)
+        for key, sizes in (self.sidecar().get("layer_sizes") or {}).items():
+            if str(key).isdigit():
+                by_layer[int(key)].update({k: int(v) for k, v in sizes.items()
+                                           if k in ("attention", "query_heads", "mlp")})
+        cfg = self.opgraph.config or {}
+        if not self.sidecar():
+            kv_cfg = cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+            q_cfg = cfg.get("num_attention_heads")
+            for layer in {g.layer for g in self.groups if g.layer is not None}:
+                if kv_cfg:
+                    by_layer[layer].setdefault("attention", int(kv_cfg))
+                    if q_cfg and int(q_cfg) != int(kv_cfg):
+                        by_layer[layer].setdefault("query_heads", int(q_cfg) // int(kv_cfg))
+                if cfg.get("intermediate_size"):
+                    by_layer[layer].setdefault("mlp", int(cfg["intermediate_size"]))
+        for g in self.groups:
+            if g.layer is not None and g.kind in ("attention", "query_heads", "mlp"):
+                by_layer[g.layer][g.kind] = g.n_units
+        out = []
+        for layer in sorted(by_layer):
+            d = by_layer[layer]
+            kv = d.get("attention")
+            q = kv * d["query_heads"] if kv is not None and "query_heads" in d else kv
+            out.append({"layer": layer, "heads": q, "kv_heads": kv, "mlp": d.get("mlp")})
+        return out
+
+    def sidecar(self) -> dict[str, Any]:
+        """The pruned folder's ``lorashear.json`` (empty for a dense folder, a config file or a missing one)."""
+        if not hasattr(self, "_sidecar"):
+            from lorashear.errors import LorashearError
+            from lorashear.pruned_format import read_sidecar
+
+            try:
+                side = read_sidecar(self.source) if self.source and Path(self.source).is_dir() else None
+            except (LorashearError, OSError):
+                side = None
+            object.__setattr__(self, "_sidecar", side or {})
+        return self._sidecar
+
+    def hidden_size(self) -> int | None:
+        """The residual width as traced (the hidden group's units), None without a hidden group."""
+        return next((g.n_units for g in self.groups if g.kind == "hidden"), None)
+
     def layer_params(self) -> dict[int | None, dict[str, int]]:
         """Parameters per block index and by what they are: attention/mlp/other; None = outside blocks."""
         out: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -119,6 +119,69 @@ def preview(mv: Any, settings: PlanSettings) -> dict[str, Any]:
             "model_job": mv.job_id, "source": mv.source, "meta": mv.meta}
 
 
+# what each method scores units by in the run (the preview scores by weight magnitude or a knowledge report)
+RUN_SCORES = {
+    "lhspg": "LoRA saliency (LoRA-Taylor EMA) after the warm-up",
+    "loraprune": "LoRA-Taylor importance (EMA) after the warm-up",
+    "llm-pruner": "Taylor scores on calibration data",
+    "flap": "fluctuation scores on calibration data",
+    "magnitude": "weight magnitude ‖x_u‖²",
+    "random": "seeded random scores",
+}
+
+
+def largest_unit(plan: dict[str, Any]) -> int:
+    """An upper bound on the parameters of the planner's largest removal step (one unit, or ``align`` units of a
+    group): the global planner stops within one such step of the target, whatever the scores."""
+    align = (plan.get("spec") or {}).get("align") or 1
+    return max((int(g.get("params_per_unit") or 0) * align for g in plan.get("groups", {}).values()), default=0)
+
+
+def fidelity(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Which parts of this preview the run will reproduce exactly and which are an estimate, as rows (part,
+    "exact" | "estimate", why). Why it exists: the preview scores units by weight magnitude (or a knowledge
+    report); most methods score by something only the run can compute (LoRA saliency after warm-up, Taylor
+    scores, fluctuation), so only what does not depend on the scores is exact. The planner is the same
+    (``make_plan``): with global allocation its total lands within one step (``largest_unit``) of the same
+    target, so the run's total can differ from the preview's by that much (e.g. 19.75 % here vs 20.00 % in an
+    LHSPG run at a 20 % target)."""
+    inputs, plan = data.get("inputs") or {}, data["plan"]
+    method = inputs.get("method") or "lhspg"
+    run_scores = RUN_SCORES.get(method, f"the {method} method's scores")
+    preview_scores = plan.get("scores_from", "?")
+    same_scores = method == "magnitude" and not inputs.get("knowledge") and not data.get("meta")
+    uniform = plan.get("spec", {}).get("allocation") == "uniform"
+    counts_fixed = uniform and "hidden" not in (plan.get("spec", {}).get("kinds") or ())
+    step = largest_unit(plan)
+    rows: list[tuple[str, str, str]] = []
+    if same_scores:
+        why = "same planner, same scores (weight magnitude of the dense model): this is the run's plan"
+        rows += [("parameters before", "exact", "counted on the model itself"),
+                 ("parameters removed / after", "exact", why), ("per-layer counts", "exact", why),
+                 ("which units (maps, selection)", "exact", why)]
+    else:
+        rows.append(("parameters before", "exact", "counted on the model itself"))
+        if counts_fixed:
+            rows += [("parameters removed / after", "exact", "uniform allocation: the same fraction of every layer, "
+                      "whatever the scores, with the same planner"),
+                     ("per-layer counts", "exact", "uniform allocation fixes each layer's count")]
+        else:
+            rows += [("parameters removed / after", "estimate",
+                      f"same planner and target; the run lands within one step (≤ {step:,} parameters) of the "
+                      f"target {plan.get('params_target', 0):,}, as this preview does, on another unit"),
+                     ("per-layer counts", "estimate", f"the run ranks units by {run_scores}, not by {preview_scores}")]
+        if method == "random":
+            rows.append(("which units (maps, selection)", "estimate", "the run draws them at random (seeded)"))
+        else:
+            rows.append(("which units (maps, selection)", "estimate",
+                         f"the run chooses them by {run_scores}; this preview by {preview_scores}"
+                         + ("; the report only protects (γ) in the run" if inputs.get("knowledge") else "")))
+    if method == "flap":
+        rows.append(("parameters of the saved model", "estimate",
+                     "FLAP's bias compensation adds bias terms after pruning (a few parameters per layer)"))
+    return rows
+
+
 def unit_maps(mv: Any, plan: dict[str, Any], kind: str) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(layers, planned-removed map, unprunable/protected map) for layer × unit of ``kind`` (attention: head
     units; mlp: channels). 1 = removed, 0 = kept, NaN where a layer has fewer units."""
@@ -137,4 +200,4 @@ def unit_maps(mv: Any, plan: dict[str, Any], kind: str) -> tuple[list[int], np.n
     return layers, z, protected
 
 
-__all__ = ["parse_inputs", "Planner", "planner", "preview", "unit_maps"]
+__all__ = ["RUN_SCORES", "fidelity", "largest_unit", "parse_inputs", "Planner", "planner", "preview", "unit_maps"]

@@ -74,7 +74,7 @@ def test_group_rows_and_layer_params(app_state):
 def test_form_rejects_invalid_parameters_with_messages(app_state):
     msg, errs, job = submit_form(app_state, "steps", ["steps", "delay"], ["abc", "-1"])
     assert job is None and "Fix the marked fields" in msg.children
-    assert errs == ["must be a number", "must be ≥ 0"]
+    assert errs == ["must be a number", "must be in [0, 60], got -1"]
     msg, errs, job = submit_form(app_state, "graph", ["source", "meta"], ["/no/such/model", []])
     assert job is None and errs[0] == "/no/such/model does not exist"
     # a kind whose library call has not landed is refused with its reason (every built-in kind runs today)
@@ -142,3 +142,38 @@ def test_a_long_overview_is_wrapped_into_columns_that_fit_the_canvas():
     for x, y in pos.values():  # every node inside the canvas
         assert 0 <= pan["x"] + zoom * x <= CANVAS[0] and 0 <= pan["y"] + zoom * y <= CANVAS[1]
     assert any("wrap" in e.get("classes", "") for e in els if "source" in e["data"])  # column-to-column edges faint
+
+
+def test_pruned_model_tab_shows_real_widths(app_state, model_dir):
+    """A pruned model keeps its dense config ("MLP size 640"); the Model tab shows each layer's real heads and
+    channels (the traced module shapes), and the summary says the range, not the config value."""
+    from lorashear.jobs import SUCCEEDED, submit, wait
+    from viz.session import ensure_graph
+    from viz.views import overview as O
+    from viz.views import prune as PV
+
+    mv = _mv(app_state)
+    data, errors, _ = PV.compute(app_state, mv, {"ratio": 0.3, "kinds": ["attention", "mlp"], "allocation": "global",
+                                                 "layers": None, "align": None, "knowledge": None, "gamma": None,
+                                                 "method": "magnitude"})
+    assert data is not None, errors
+    plan = PV.save_plan(app_state, data)
+    job = wait(app_state.registry, submit(app_state.registry, "export", {"model": str(model_dir), "plan": str(plan)},
+                                          app_state.runs_dir).id, timeout_s=600)
+    assert job.status == SUCCEEDED, job.message
+    small = load(ensure_graph(app_state, job.artifacts["model"], meta=False, echo=lambda m: None, timeout_s=600))
+    dense = {r["layer"]: r for r in mv.layer_sizes()}
+    removal = data["plan"]["removal"]
+    sizes = small.layer_sizes()
+    for r in sizes:
+        cut = len(removal.get(f"model.layers.{r['layer']}.mlp:channels", []))
+        assert r["mlp"] == dense[r["layer"]]["mlp"] - cut
+        cut = len(removal.get(f"model.layers.{r['layer']}.self_attn:heads", []))
+        assert r["kv_heads"] == dense[r["layer"]]["kv_heads"] - cut
+    widths = [r["mlp"] for r in sizes]
+    assert len(set(widths)) > 1  # a global plan leaves layers of different widths
+    text = str(O.summary(small))
+    config_mlp = small.opgraph.config["intermediate_size"]
+    assert f"{min(widths)}–{max(widths)} per layer (config says {config_mlp})" in text
+    table_text = str(O.sizes_table(small))
+    assert all(f"{w:,}" in table_text for w in widths)

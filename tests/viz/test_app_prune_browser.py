@@ -1,7 +1,7 @@
 """The whole loop in a real (headless chromium) browser on the demo model: plan at 20 % → the preview's numbers are
 the library's plan → a Prune job with a tiny step budget runs to completion in a worker → Compare shows dense vs
-pruned with the exact parameter counts → the pruned model opens in the Graph / Groups views, smaller where the plan
-said."""
+pruned with the exact parameter counts, one colour per model → the pruned model opens in the Model (real per-layer
+widths), Graph and Groups views, smaller where the plan said."""
 import json
 import os
 
@@ -87,12 +87,29 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     text = dash_duo.find_element("#compare-table").text
     assert f"{lib.params_total:,}" in text and f"{lib.params_total - lib.params_removed:,}" in text
     assert "thread" in text and "tokens/source" in text  # the conditions of the timings
+    assert "auto" not in text  # the device the run recorded
+    # one colour per model across the page: the pruned model's colour is the same in every chart
+    colours = dash_duo.driver.execute_script(
+        "const out = {}; for (const id of ['compare-ppl', 'compare-params', 'compare-heads', 'compare-channels']) {"
+        " const g = document.querySelector('#' + id + ' .js-plotly-plot'); if (!g) continue;"
+        " out[id] = g.data.map(t => [t.name, t.marker && t.marker.color]); } return out;")
+    assert set(colours) == {"compare-ppl", "compare-params", "compare-heads", "compare-channels"}
+    pruned_colours = {c for traces in colours.values() for name, c in traces if "pruned" in name}
+    dense_colours = {c for traces in colours.values() for name, c in traces if "dense" in name}
+    assert len(pruned_colours) == 1 and len(dense_colours) == 1 and pruned_colours != dense_colours, colours
 
     # Browse the pruned model: traced by a graph job, then the app shows it
     row = next(r for r in dash_duo.driver.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
                if "pruned (magnitude" in r.text)
     row.find_element(By.TAG_NAME, "button").click()
     dash_duo.wait_for_contains_text("#model-line", job.artifacts["model"], timeout=300)
+    # the pruned model's Model tab: its real per-layer widths, not the config's MLP size
+    open_tab(dash_duo, "Model")
+    widths = [v for v in (lib.groups.get(f"model.layers.{i}.mlp:channels", {}).get("kept") for i in range(64)) if v]
+    dash_duo.wait_for_contains_text("#overview-size-intermediate_size",
+                                    f"{min(widths)}–{max(widths)} per layer", timeout=60)
+    dash_duo.wait_for_element("#overview-params .main-svg", timeout=30)
+    _shot(dash_duo, "app-model-pruned")
     cut = next(gid for gid in lib.removal if gid.endswith(":heads")) if any(
         g.endswith(":heads") for g in lib.removal) else next(iter(lib.removal))
     layer = int(cut.split(".")[2])

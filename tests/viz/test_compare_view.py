@@ -53,5 +53,103 @@ def test_per_layer_comparison_shows_every_removed_unit(app_state, pruned):
         channels = len(plan["removal"].get(f"model.layers.{layer}.mlp:channels", []))
         assert dense["heads_by_layer"][i] - small["heads_by_layer"][i] == heads
         assert dense["channels_by_layer"][i] - small["channels_by_layer"][i] == channels
-    fig = C._bars(comp, "heads_by_layer", "heads")
+    fig = C._bars(comp, "heads_by_layer", "heads", C.colours(rows))
     assert [list(t.y) for t in fig.data] == [dense["heads_by_layer"], small["heads_by_layer"]]
+
+
+TINY_RECOVER = {"tokens": "256", "round_steps": "1", "instruct_steps": "0", "eval_tokens": "1024"}
+
+
+@pytest.fixture(scope="module")
+def recovered(traced, pruned):
+    from viz.session import make_state
+
+    runs, _ = traced
+    state = make_state(runs)
+    job = submit(state.registry, "recover", {"pruned": pruned.artifacts["model"], **TINY_RECOVER,
+                                             "batch_size": "1", "seq_len": "32", "val_tokens": "256"}, runs)
+    done = wait(state.registry, job.id, timeout_s=600)
+    assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])
+    return done
+
+
+def test_recovered_row_has_its_parameters_and_device(app_state, recovered):
+    """The recovered model's row: its real parameter count (the model folder's sidecar) and the device the run
+    recorded — not "—" and not the requested "auto"."""
+    from lorashear.pruned_format import read_sidecar
+
+    row = next(e for e in C.entries(app_state) if e["job"] == recovered.id)
+    assert row["params"] == read_sidecar(recovered.artifacts["model"])["n_params"] > 0
+    report = json.loads(open(recovered.artifacts["report"]).read())
+    assert row["conditions"]["device"] == report["device"] != "auto"
+    assert f"{row['params']:,}" in str(C.content(app_state))
+    # the rounds it trained (the log's "round k"), not the count of evaluations (one more: round 0 is before training)
+    trained = max(r["round"] for r in report["rounds"])
+    assert row["role"] == f"recovered ({trained} training round{'s' if trained != 1 else ''})"
+    assert len(report["rounds"]) == trained + 1
+
+
+def test_one_colour_per_model_across_the_page(app_state, pruned, recovered):
+    """Every chart gives a model the same colour, and different models different colours."""
+    rows = C.entries(app_state)
+    colour = C.colours(rows)
+    assert len(set(colour.values())) == len(colour)
+    page = C.content(app_state)
+    figs = {}
+
+    def walk(node):
+        if getattr(node, "id", None) in ("compare-ppl", "compare-params", "compare-heads", "compare-channels"):
+            figs[node.id] = node.figure
+        for child in (getattr(node, "children", None) or []) if isinstance(getattr(node, "children", None), list) \
+                else [getattr(node, "children", None)]:
+            if child is not None and not isinstance(child, (str, int, float)):
+                walk(child)
+
+    for n in page:
+        walk(n)
+    assert set(figs) == {"compare-ppl", "compare-params", "compare-heads", "compare-channels"}
+    assert figs["compare-ppl"].layout.title.text  # the perplexity chart says what it is
+    by_name = {e["model"]: e for e in rows}
+    seen: dict[str, set] = {}
+    for fig in figs.values():
+        for t in fig.data:
+            seen.setdefault(t.marker.color, set()).add(t.name)
+    # a colour is one model: each trace's colour is the colour of the model it names
+    for e in rows:
+        for fig in figs.values():
+            for t in fig.data:
+                if t.name == f"job {e['job']} · {e['role']}":
+                    assert t.marker.color == colour[e["model"]]
+    comp = C.layer_comparison(rows)
+    for s in comp["series"]:
+        for fig in (figs["compare-params"], figs["compare-heads"]):
+            assert next(t for t in fig.data if t.name == s["label"]).marker.color == colour[s["model"]]
+    assert by_name
+
+
+def test_export_row_says_what_was_exported(app_state, model_dir, traced):
+    """An Export of a saved plan is labelled by its plan file; one of hand-picked units as a hand selection."""
+    from viz.session import make_state
+    from viz.model_view import load
+    from viz.views import prune as PV
+
+    runs, _ = traced
+    mv = load(app_state.registry.get(app_state.model_job))
+    data, _, _ = PV.compute(app_state, mv, {"ratio": 0.1, "kinds": ["mlp"], "allocation": "global", "layers": None,
+                                            "align": None, "knowledge": None, "gamma": None, "method": "magnitude"})
+    plan = PV.save_plan(app_state, data)
+    job = wait(app_state.registry, submit(app_state.registry, "export", {"model": str(model_dir), "plan": str(plan)},
+                                          runs).id, timeout_s=600)
+    assert job.status == SUCCEEDED, job.message
+    row = next(e for e in C.entries(app_state) if e["job"] == job.id)
+    assert row["role"] == f"exported: export of plan {plan.name}"
+    assert row["params"] == job.result["params_after"]
+
+
+def test_page_is_not_rebuilt_when_nothing_changed(app_state, pruned):
+    """Opening the tab again with the same jobs keeps the page (a rebuild under the pointer lost Browse clicks);
+    the Browse message sits under a spinner."""
+    sig = C.signature(app_state)
+    assert [pruned.id, "prune", pruned.finished] in sig and sig == C.signature(app_state)
+    page = str(C.layout(app_state))
+    assert "compare-loading" in page and "Loading" in page

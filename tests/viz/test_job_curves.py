@@ -32,6 +32,21 @@ def test_figure_draws_every_curve_and_marks_each_boundary():
     assert len(metrics_figure(RECOVER).data) == 6
 
 
+def test_each_legend_sits_beside_its_panel_and_period_labels_clear_the_curves():
+    fig = metrics_figure(RECOVER)  # two panels with three lines each: two legends, each at its panel's top
+    by_legend = {}
+    for t in fig.data:
+        by_legend.setdefault(t.legend or "legend", set()).add(t.name.split("_")[0])
+    assert sorted(by_legend.values(), key=sorted) == [{"deviation"}, {"weight"}]
+    tops = sorted(fig.layout[k].y for k in by_legend)
+    assert tops == sorted(fig.layout[f"yaxis{'' if i == 1 else i}"].domain[1] for i in (1, 2))
+    fig = metrics_figure(PRUNE)
+    labels = [a for a in fig.layout.annotations if a.hovertext and "period" in a.hovertext]
+    assert [a.text for a in labels] == ["P1", "P2", "end"]
+    # above the top panel, in the margin, upright: not over the loss curve
+    assert all(a.yref == "paper" and a.y == 1.0 and a.yanchor == "bottom" and not a.textangle for a in labels)
+
+
 def test_job_details_say_where_it_ran_and_link_artifact_files(tmp_path):
     from lorashear.jobs import Registry
     from viz.views.jobs import artifact_list, runs_on
@@ -45,5 +60,7 @@ def test_job_details_say_where_it_ran_and_link_artifact_files(tmp_path):
     reg.mark_running(job.id, worker="gpu-box:4242")
     j = reg.get(job.id)
     assert runs_on(j) == "worker gpu-box:4242"
-    links = [li.children[0] for li in artifact_list(j).children if isinstance(li.children, list)]
-    assert [a.href for a in links] == [f"/artifact/{job.id}/report"]  # the folder is named, not linked
+    links = [c for li in artifact_list(j).children if isinstance(li.children, list) for c in li.children
+             if hasattr(c, "href")]
+    # the file links to its download; the folder (a model) is offered as one zip
+    assert sorted(a.href for a in links) == [f"/archive/{job.id}/model", f"/artifact/{job.id}/report"]

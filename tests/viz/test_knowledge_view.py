@@ -92,3 +92,18 @@ def test_only_this_models_plan_is_outlined(browsed):
     assert knowledge.planned_units(plan, browsed) == {"model.layers.0.mlp:channels": [1, 2]}
     assert knowledge.planned_units({**plan, "model_job": browsed.job_id + 1000}, browsed) is None
     assert knowledge.planned_units(None, browsed) is None
+
+
+def test_per_layer_chart_keeps_the_hidden_group_on_its_own_axis(two_reports):
+    """The hidden group's total (the whole network's residual channels) has a panel and axis of its own, so it
+    does not flatten the per-layer bars."""
+    from lorashear.knowledge import load_report
+    from viz.knowledge_figures import layer_bars
+
+    state, mine, _ = two_reports
+    fig = layer_bars(load_report(mine.artifacts["report"]))
+    wide = [t for t in fig.data if "whole network" in t.name]
+    layered = [t for t in fig.data if "whole network" not in t.name]
+    assert wide and layered
+    assert {(t.xaxis, t.yaxis) for t in wide} == {("x2", "y2")}
+    assert {(t.xaxis or "x", t.yaxis or "y") for t in layered} == {("x", "y")}

@@ -138,3 +138,40 @@ def test_recover_form_defaults_are_valid_recover_parameters(app_state, model_dir
 
     form = dict(zip(RECOVER_FIELDS, (str(model_dir), "102400", "25", "100", "16384")))
     assert validate(RECOVER, form)["pruned"] == str(model_dir)
+
+
+def test_page_says_which_numbers_are_the_runs(app_state):
+    """The preview scores by weight magnitude; LHSPG / LoRAPrune / llm-pruner / flap rank units by what only the
+    run computes, so the page marks the per-layer choice as an estimate and names the run's scores; magnitude
+    without a report is the run's plan; uniform allocation fixes the counts whatever the scores."""
+    mv = _mv(app_state)
+    for method, words in (("lhspg", "LoRA saliency"), ("loraprune", "LoRA-Taylor"), ("llm-pruner", "Taylor scores"),
+                          ("flap", "fluctuation"), ("random", "random")):
+        data, errors, _ = PV.compute(app_state, mv, {**DEFAULT, "method": method})
+        assert data is not None, errors
+        rows = {part: (status, why) for part, status, why in PP.fidelity(data)}
+        assert rows["which units (maps, selection)"][0] == "estimate" and words in rows["which units (maps, selection)"][1]
+        assert rows["parameters before"][0] == "exact"
+        text = str(PV.summary(data))
+        assert "estimate" in text and words in text
+    data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "method": "lhspg"})  # global: the total is within one step
+    rows = {part: (status, why) for part, status, why in PP.fidelity(data)}
+    assert rows["parameters removed / after"][0] == "estimate" and f"{PP.largest_unit(data['plan']):,}" in rows["parameters removed / after"][1]
+    assert abs(data["plan"]["params_removed"] - data["plan"]["params_target"]) <= PP.largest_unit(data["plan"])
+    data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "method": "magnitude"})
+    assert {s for _, s, _ in PP.fidelity(data)} == {"exact"} and "this is the run's plan" in str(PV.summary(data))
+    data, _, _ = PV.compute(app_state, mv, {**DEFAULT, "allocation": "method", "method": "llm-pruner"})  # uniform
+    rows = {part: status for part, status, _ in PP.fidelity(data)}
+    assert rows["per-layer counts"] == "exact" and rows["which units (maps, selection)"] == "estimate"
+
+
+def test_ratio_box_moves_the_slider_and_back():
+    """Typing 35 (%) + Enter commits the box (debounce), which moves the slider — the preview's input; a slider
+    move writes the box; a blank box changes nothing."""
+    from dash import no_update
+
+    assert PV.sync_ratio("plan-ratio-text", 0.2, 35) == (0.35, no_update)
+    assert PV.sync_ratio("plan-ratio-text", 0.35, 35) == (no_update, no_update)
+    assert PV.sync_ratio("plan-ratio-text", 0.2, None) == (no_update, no_update)
+    assert PV.sync_ratio("plan-ratio", 0.3, 20) == (no_update, 30.0)
+    assert PV.sync_ratio("plan-ratio", 0.3, 30) == (no_update, no_update)

@@ -10,9 +10,12 @@ Only measured numbers are shown. Rows come from the registry's succeeded jobs:
 * a Recover job gives the recovered model (its ``eval_after``);
 * an Evaluate job gives its model (dense or pruned: a folder with an export sidecar was written by
   ``save_pruned``);
-* an Export job gives a size-only row (it does not evaluate).
+* an Export job gives a size-only row (it does not evaluate), labelled by what it exported (a plan file or a
+  hand selection).
 
-Per-layer parameter counts are read from each folder's safetensors headers (shapes only, no weights loaded).
+Per-layer parameter counts are read from each folder's safetensors headers (shapes only, no weights loaded); a
+row whose job did not count its parameters (a recovered model) takes its folder's count. The device is the one the
+run recorded, never the requested "auto". Each model folder has one colour in every chart of the page.
 """
 from __future__ import annotations
 
@@ -43,17 +46,57 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "—"
 
 
-def _entry(job, role: str, model: str, ev: dict | None, *, threads: Any = None, params: int | None = None) -> dict:
+def _entry(job, role: str, model: str, ev: dict | None, *, threads: Any = None, params: int | None = None,
+           device: str | None = None) -> dict:
+    """One row. ``device``: the device the run recorded (its report's ``device``, or the cost block's); a row
+    whose job recorded none says so — never the requested "auto". ``params``: the job's count, else the model
+    folder's own (sidecar ``n_params``, else the safetensors headers)."""
     ev = ev or {}
     cost = ev.get("cost") or {}
     res = job.result or {}
+    params = cost.get("parameters", params)
+    if params is None and model:
+        params = folder_params(model)
+    dev = cost.get("device") or device
+    if not dev and job.params.get("device") not in (None, "", "auto"):
+        dev = job.params["device"]  # asked for explicitly: the job runs there or fails
     return {"job": job.id, "kind": job.kind, "role": role, "model": model,
-            "params": cost.get("parameters", params), "perplexity": ev.get("perplexity", []), "cost": cost,
-            "conditions": {"device": cost.get("device") or (job.params.get("device") or "auto"),
+            "params": params, "perplexity": ev.get("perplexity", []), "cost": cost,
+            "conditions": {"device": dev or "device not recorded",
                            "dtype": cost.get("dtype"), "threads": threads,
                            "load": res.get("load_avg_1m"),
                            "tokens": ev.get("max_tokens_per_source", job.params.get("max_tokens")),
                            "when": _when(job.finished)}}
+
+
+def folder_params(model_dir: str) -> int | None:
+    """The parameter count of a model folder: its sidecar's ``n_params`` (a pruned or recovered folder), else the
+    sum of its safetensors shapes (no weights read); None when the folder is gone."""
+    side = _sidecar(model_dir)
+    if side and side.get("n_params"):
+        return int(side["n_params"])
+    if not model_dir or not Path(model_dir).is_dir() or not any(Path(model_dir).glob("*.safetensors")):
+        return None
+    from safetensors import SafetensorError
+
+    try:
+        return sum(folder_layers(model_dir)["params"].values()) or None
+    except (SafetensorError, OSError):  # a damaged or half-written folder: no count, and the page still renders
+        return None
+
+
+def trained_rounds(report: dict) -> str:
+    """"2 training rounds": the report's ``rounds`` are evaluations — round 0 before any training, then one after
+    each round — so their count is one more than the rounds trained (the log's "round k" is the k-th trained)."""
+    rounds = report.get("rounds") or []
+    n = max((int(r.get("round", 0)) for r in rounds), default=0)
+    return f"{n} training round{'s' if n != 1 else ''}"
+
+
+def export_role(job) -> str:
+    """What an Export job exported: a saved plan (named by its file) or a hand selection of units."""
+    plan = job.params.get("plan")
+    return f"exported: export of plan {Path(plan).name}" if plan else "exported: hand selection of units"
 
 
 def entries(state: AppState) -> list[dict]:
@@ -66,21 +109,38 @@ def entries(state: AppState) -> list[dict]:
         if j.kind == "prune" and rep:
             out.append(_entry(j, f"pruned ({rep.get('method')}, {rep['ratio_achieved']:.1%} removed)",
                               j.artifacts.get("model", ""), rep.get("eval_after"), threads=rep.get("threads"),
-                              params=rep.get("params_after")))
+                              params=rep.get("params_after"), device=rep.get("device")))
             out.append(_entry(j, "dense (before pruning)", j.params.get("model", ""), rep.get("eval_before"),
-                              threads=rep.get("threads"), params=rep.get("params_before")))
+                              threads=rep.get("threads"), params=rep.get("params_before"), device=rep.get("device")))
         elif j.kind == "recover" and rep:
-            out.append(_entry(j, f"recovered ({len(rep.get('rounds', []))} rounds)", j.artifacts.get("model", ""),
-                              rep.get("eval_after"), threads=rep.get("threads")))
+            out.append(_entry(j, f"recovered ({trained_rounds(rep)})", j.artifacts.get("model", ""),
+                              rep.get("eval_after"), threads=rep.get("threads"), device=rep.get("device")))
         elif j.kind == "eval":
             side = _sidecar(j.params.get("model", ""))
             role = "dense" if side is None else f"pruned ({(side.get('provenance') or {}).get('method', '?')})"
             e = _entry(j, role, j.params.get("model", ""), j.result, threads=(j.result or {}).get("threads"),
-                       params=(side or {}).get("n_params"))
+                       params=(side or {}).get("n_params"), device=(j.result or {}).get("device"))
             out.append(e)
         elif j.kind == "export" and "model" in j.artifacts:
-            out.append(_entry(j, "exported (hand selection)", j.artifacts["model"], None,
+            out.append(_entry(j, export_role(j), j.artifacts["model"], None,
                               params=(j.result or {}).get("params_after")))
+    return out
+
+
+# one colour per model folder across every chart of the page (Okabe–Ito, then Tableau): the same model is the same
+# colour in the perplexity chart and in every per-layer chart, whatever rows or series a chart holds
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#7f7f7f", "#8c564b", "#bcbd22",
+           "#17becf")
+
+
+def colours(rows: list[dict]) -> dict[str, str]:
+    """Model folder -> colour, in job order (a prune job's dense model before its pruned one), so a model keeps
+    its colour as newer jobs add rows."""
+    order = sorted(rows, key=lambda e: (e["job"], not e["role"].startswith("dense")))
+    out: dict[str, str] = {}
+    for e in order:
+        if e["model"] not in out:
+            out[e["model"]] = PALETTE[len(out) % len(PALETTE)]
     return out
 
 
@@ -141,25 +201,27 @@ def layer_comparison(rows: list[dict]) -> dict[str, Any]:
     return {"layers": layers, "series": list(seen.values())}
 
 
-def _bars(comp: dict, key: str, title: str, outside: bool = False) -> go.Figure:
+def _bars(comp: dict, key: str, title: str, colour: dict[str, str], outside: bool = False) -> go.Figure:
     xs = [f"L{i}" for i in comp["layers"]] + (["outside blocks"] if outside else [])
     fig = go.Figure()
     for s in comp["series"]:
-        fig.add_bar(name=s["label"], x=xs, y=s[key], hovertemplate="%{x}: %{y:,}<extra>" + s["label"] + "</extra>")
+        fig.add_bar(name=s["label"], x=xs, y=s[key], marker_color=colour.get(s["model"]),
+                    hovertemplate="%{x}: %{y:,}<extra>" + s["label"] + "</extra>")
     fig.update_layout(barmode="group", height=280, margin=dict(l=60, r=LEGEND_MARGIN_R, t=36, b=40),
                       template="plotly_white", title=title_left(title), legend=LEGEND_RIGHT)
     return fig
 
 
-def _ppl_figure(rows: list[dict]) -> go.Figure:
+def _ppl_figure(rows: list[dict], colour: dict[str, str]) -> go.Figure:
     fig = go.Figure()
-    for e in rows:
+    for e in sorted(rows, key=lambda e: (e["job"], not e["role"].startswith("dense"))):  # as the per-layer bars
         ppl = e["perplexity"]
         if ppl:
             fig.add_bar(name=f"job {e['job']} · {e['role']}", x=[f"{p['source']} ({p['protocol']})" for p in ppl],
-                        y=[p["ppl"] for p in ppl])
-    fig.update_layout(barmode="group", height=320, margin=dict(l=50, r=LEGEND_MARGIN_R, t=30, b=60),
-                      template="plotly_white", yaxis_title="perplexity", legend=LEGEND_RIGHT)
+                        y=[p["ppl"] for p in ppl], marker_color=colour.get(e["model"]))
+    fig.update_layout(barmode="group", height=320, margin=dict(l=50, r=LEGEND_MARGIN_R, t=36, b=60),
+                      template="plotly_white", yaxis_title="perplexity", legend=LEGEND_RIGHT,
+                      title=title_left("perplexity per source (lower is better)"))
     return fig
 
 
@@ -182,6 +244,7 @@ def content(state: AppState) -> list:
         return [unavailable("no measured model yet — run a Prune job (it measures the dense and the pruned model), "
                             "a Recover job, or an Evaluate job per model in the Jobs tab; its numbers appear here.",
                             id="compare-unavailable")]
+    colour = colours(rows)
     protos = sorted({(p["source"], p["protocol"]) for e in rows for p in e["perplexity"]})
     head = ["job", "model · measured with", "parameters", "latency (ms)", "tokens/s",
             *[f"ppl {s} ({p})" for s, p in protos], ""]
@@ -189,11 +252,15 @@ def content(state: AppState) -> list:
     for e in rows:
         c = e["cost"]
         ppl = {(p["source"], p["protocol"]): p["ppl"] for p in e["perplexity"]}
-        lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else "—")
+        # a job that does not time its model (recover, export) says so, rather than a bare dash
+        lat = (f"{c['latency_ms']:.1f} (1×{c.get('latency_seq_len', '?')})" if c else
+               html.Span("not measured", className="muted", title="this job does not time its model: run an "
+                         "Evaluate job with cost on its folder"))
         thr = (f"{c['throughput_tokens_per_s']:,.0f} ({c.get('throughput_batch_size', '?')}×"
-               f"{c.get('latency_seq_len', '?')})" if c else "—")
+               f"{c.get('latency_seq_len', '?')})" if c else html.Span("not measured", className="muted"))
         body.append([e["job"],
-                     html.Span([html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
+                     html.Span([html.Span("■ ", style={"color": colour.get(e["model"])}, className="swatch"),
+                                html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
                                 html.Span(conditions_text(e["conditions"]), className="muted cmp-conditions")]),
                      html.Span(f"{e['params']:,}" if e["params"] is not None else "—", className="cmp-params"),
                      lat, thr, *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos],
@@ -204,30 +271,46 @@ def content(state: AppState) -> list:
                         "device, threads and load.", className="muted hint"),
                  html.Div(table(head, body), id="compare-table", className="scroll-x")]
     if protos:
-        out.append(dcc.Graph(figure=_ppl_figure(rows), config={"displaylogo": False}))
+        out.append(dcc.Graph(id="compare-ppl", figure=_ppl_figure(rows, colour), config={"displaylogo": False}))
     comp = layer_comparison(rows)
     if comp["series"]:
         g = dict(config={"displaylogo": False})
         out += [html.H4("Per layer: dense next to pruned"),
-                dcc.Graph(id="compare-params", figure=_bars(comp, "params_by_layer", "parameters", outside=True), **g),
+                dcc.Graph(id="compare-params", figure=_bars(comp, "params_by_layer", "parameters", colour, outside=True), **g),
                 html.Div([html.Div(dcc.Graph(id="compare-heads", figure=_bars(comp, "heads_by_layer",
-                                                                             "attention units (kv heads) kept"), **g),
+                                                                             "attention units (kv heads) kept", colour), **g),
                                    className="half"),
                           html.Div(dcc.Graph(id="compare-channels", figure=_bars(comp, "channels_by_layer",
-                                                                                "MLP channels kept"), **g),
+                                                                                "MLP channels kept", colour), **g),
                                    className="half")], className="row")]
     return out
 
 
+def signature(state: AppState) -> list:
+    """What the page is built from: the succeeded jobs (id, kind, finish time). The page is rebuilt only when
+    it changes — re-rendering the table under the pointer each time the tab opened lost a Browse click."""
+    return [[j.id, j.kind, j.finished] for j in state.registry.list(status="succeeded")
+            if j.kind in ("prune", "recover", "eval", "export")]
+
+
 def layout(state: AppState) -> html.Div:
-    return html.Div([card("Dense vs pruned vs recovered", html.Div(content(state), id="compare-content")),
-                     html.Span(id="compare-msg", className="msg")], id="compare-view")
+    # the Browse message under a spinner: tracing a model takes seconds, and the page must say it is working
+    return html.Div([card("Dense vs pruned vs recovered",
+                          dcc.Loading(html.Div(id="compare-msg", className="msg"), type="circle",
+                                      id="compare-loading", delay_show=150,
+                                      overlay_style={"visibility": "visible", "opacity": 0.6}),
+                          html.Div(content(state), id="compare-content")),
+                     dcc.Store(id="compare-sig", data=signature(state))], id="compare-view")
 
 
 def register(app, state: AppState) -> None:
-    @app.callback(Output("compare-content", "children"), Input("tabs", "value"), prevent_initial_call=True)
-    def refresh(tab):
-        return content(state) if tab == "compare" else no_update
+    @app.callback(Output("compare-content", "children"), Output("compare-sig", "data"), Input("tabs", "value"),
+                  State("compare-sig", "data"), prevent_initial_call=True)
+    def refresh(tab, sig):
+        if tab != "compare":
+            return no_update, no_update
+        new = signature(state)
+        return (no_update, no_update) if new == sig else (content(state), new)
 
     @app.callback(Output("url", "href", allow_duplicate=True), Output("compare-msg", "children"),
                   Input({"type": "cmp-browse", "row": ALL}, "n_clicks"), prevent_initial_call=True)
@@ -242,7 +325,7 @@ def register(app, state: AppState) -> None:
         row = next((e for e in entries(state) if f"{e['job']}:{e['role']}" == key), None)
         if row is None:
             return no_update, no_update
-        try:
+        try:  # the message sits under a dcc.Loading: its spinner shows while this runs (seconds: a trace)
             job = ensure_graph(state, row["model"], meta=False, echo=lambda m: None, timeout_s=600)
         except LorashearError as exc:
             return no_update, html.Span(str(exc).splitlines()[0], className="error")

@@ -10,7 +10,7 @@ import dash_ag_grid as dag
 
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
-from ..components import card, human, kv_table, table
+from ..components import card, fit_headers, human, kv_table, table
 from ..model_view import ModelView
 
 COLUMNS = [
@@ -31,6 +31,7 @@ COLUMNS = [
 ]
 
 
+fit_headers(COLUMNS)
 THOUSANDS = {"function": "params.value == null ? '' : d3.format(',')(params.value)"}  # 491,520, not 491520
 for _c in COLUMNS:
     if _c.get("type") == "numericColumn":
@@ -46,6 +47,7 @@ SCORE_COLUMNS = [
     {"field": "kept_units", "headerName": "unprunable units", "type": "numericColumn", "width": 140,
      "valueFormatter": THOUSANDS},
 ]
+fit_headers(SCORE_COLUMNS)
 
 
 def scores_by_group(report) -> dict[str, dict]:

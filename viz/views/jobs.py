@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import dash_ag_grid as dag
@@ -19,7 +20,7 @@ from lorashear.errors import LorashearError
 from lorashear.jobs import JobParamError, cancel, reap, resume, submit
 from lorashear.jobs.kinds import JobKind
 
-from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, progress_bar, table
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, fit_headers, kv_table, progress_bar, table
 from ..session import AppState
 
 LOG_TAIL_LINES = 80
@@ -29,10 +30,11 @@ JOB_COLUMNS = [
     {"field": "status", "width": 110, "cellClass": {"function": "'job-' + params.value"}},
     {"field": "progress", "headerName": "%", "width": 70, "type": "numericColumn"},
     {"field": "stage", "minWidth": 140, "flex": 1},
-    {"field": "created", "width": 150},
+    {"field": "created", "width": 178},  # "2026-12-07 01:48:39" whole, seconds included
     {"field": "duration", "headerName": "time (s)", "width": 95, "type": "numericColumn"},
     {"field": "message", "minWidth": 160, "flex": 1, "tooltipField": "message"},
 ]
+fit_headers(JOB_COLUMNS)
 
 
 def kind_options(state: AppState) -> list[dict]:
@@ -64,11 +66,40 @@ def form_fields(kind: JobKind, defaults: dict[str, str] | None = None) -> list:
             control = dcc.Input(id=pid, type="text", value="" if default is None else str(default),
                                 placeholder=p.help or p.type, debounce=False, className="text")
             label = p.label + (" *" if p.required else "")
+        methods = ",".join(getattr(p, "methods", ()) or ())
         fields.append(html.Div([html.Label(label) if label else None, control,
                                 html.Div(p.help, className="help") if p.help and p.type == "bool" else None,
                                 html.Div(id={"type": "jp-err", "name": p.name}, className="field-error")],
-                               className="field"))
+                               className="field", id={"type": "jp-box", "name": p.name, "methods": methods},
+                               style=field_style(methods, selector_value(kind, defaults))))
     return fields
+
+
+def selector_name(kind: JobKind) -> str:
+    """The field whose value a parameter's ``methods`` names: ``method`` (prune), ``estimator`` (analyze)."""
+    return getattr(kind.settings, "SELECTOR", "method") if kind.settings is not None else "method"
+
+
+def selector_value(kind: JobKind, defaults: dict | None) -> str | None:
+    name = selector_name(kind)
+    p = next((p for p in kind.params if p.name == name), None)
+    return None if p is None else (defaults or {}).get(name, p.default)
+
+
+def field_style(methods: str, chosen: str | None) -> dict:
+    """Shown when the field applies to the chosen method (or to every method); hidden otherwise — LHSPG's ε is
+    no question to ask of a magnitude run."""
+    if not methods or chosen is None or chosen in methods.split(","):
+        return {}
+    return {"display": "none"}
+
+
+def applicable(kind: JobKind, values: dict) -> dict:
+    """``values`` without the fields hidden for the chosen method (a value typed before switching method is
+    not the user's request for this method, and would be refused as "does not apply")."""
+    chosen = values.get(selector_name(kind))
+    return {k: v for k, v in values.items()
+            if not field_style(",".join(next((p.methods for p in kind.params if p.name == k), ()) or ()), chosen)}
 
 
 def tab_defaults(state: AppState, mv=None) -> dict:
@@ -115,6 +146,23 @@ def _fmt(v):
     return str(v)
 
 
+# words of result keys, spelled out for the page (the raw key stays in the label's tooltip)
+_WORDS = {"ppl": "perplexity", "params": "parameters", "avg": "average", "1m": "(1 min)", "ms": "(ms)",
+          "s": "(s)", "max": "max.", "min": "min.", "n": "number of", "num": "number of", "lr": "learning rate",
+          "kv": "kv", "mlp": "MLP", "lora": "LoRA", "lhspg": "LHSPG", "ema": "EMA", "gguf": "GGUF", "id": "id",
+          "per": "per", "macs": "MACs", "tok": "tokens"}
+
+
+def result_label(key: str) -> str:
+    """A result key as words: ``ppl_long_after`` -> "perplexity (long) after", ``params_before`` -> "parameters
+    before", ``load_avg_1m`` -> "load average (1 min)"."""
+    parts = [p for p in str(key).split("_") if p]
+    if len(parts) > 1 and parts[0] == "ppl" and parts[1] in ("short", "long"):
+        parts = [f"perplexity ({parts[1]})", *parts[2:]]
+    words = [_WORDS.get(p.lower(), p) for p in parts]
+    return " ".join(words) if words else str(key)
+
+
 def result_table(result: dict):
     """A job's result as tables, not a raw dict: one row per key; a list of records (perplexity rows) becomes a
     table with one column per field, a nested dict a nested key/value table; numbers with thousands separators."""
@@ -132,7 +180,7 @@ def result_table(result: dict):
             cell = ", ".join(_fmt(v) for v in value) or "—"
         else:
             cell = _fmt(value)
-        rows.append((key, cell))
+        rows.append((html.Span(result_label(key), title=key), cell))
     return kv_table(rows, className="kv result")
 
 
@@ -143,6 +191,13 @@ def _unavailable_list(state: AppState) -> html.Ul:
         if not ok:
             items.append(html.Li([html.Strong(k.label + ": "), why]))
     return html.Ul(items, className="reasons", id="jobs-unavailable")
+
+
+def _unavailable_section(state: AppState) -> list:
+    """The "not available yet" heading and its list, or nothing when every kind runs (a heading over an empty
+    list reads as something missing)."""
+    items = _unavailable_list(state)
+    return [html.H4("Not available yet", className="sub"), items] if items.children else []
 
 
 def job_rows(state: AppState) -> list[dict]:
@@ -166,7 +221,7 @@ def layout(state: AppState, mv=None) -> html.Div:
                  html.Div(_form(state, default, mv=mv), id="job-form"),
                  html.Button("Run", id="job-submit", className="btn primary"),
                  html.Div(id="job-submit-msg", className="msg"),
-                 html.H4("Not available yet"), _unavailable_list(state), className="narrow"),
+                 *_unavailable_section(state), className="narrow"),
             card("Jobs", dag.AgGrid(
                 id="jobs-grid", rowData=job_rows(state), columnDefs=JOB_COLUMNS, getRowId="params.data.rid",
                 defaultColDef={"sortable": True, "resizable": True, "filter": True},
@@ -182,7 +237,10 @@ def layout(state: AppState, mv=None) -> html.Div:
                                    title="open the graph / model of this job (a pruned result is traced first)"),
                        html.Button("Clone", id="job-clone", className="btn", disabled=True,
                                    title="fill the form with this job's parameters, to run it again (changed or not)"),
-                       html.Span(id="job-action-msg", className="msg")], className="toolbar"),
+                       dcc.Loading(html.Span(id="job-action-msg", className="msg"), type="circle",
+                                   id="job-action-loading", delay_show=150, parent_style={"display": "inline-block"},
+                                   overlay_style={"visibility": "visible", "opacity": 0.6})],
+                      className="toolbar"),
              progress_bar(0.0, id="job-progress"),
              html.Div([
                  html.Div([html.H4("Log (tail)"), html.Pre(id="job-log", className="log")], className="half"),
@@ -234,17 +292,28 @@ def metrics_figure(metrics: dict[str, list[tuple[int, float]]]) -> go.Figure:
     panels = metric_panels(metrics)
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=[t for t, _ in panels],
                         vertical_spacing=min(0.12, 0.3 / max(1, len(panels))))
+    # one legend per panel that needs one, beside that panel (a single legend sat beside the top panel, naming
+    # the lines of another)
+    legends: dict[str, dict] = {}
     for i, (_title, names) in enumerate(panels, start=1):
+        key = None
+        if len(names) > 1:
+            key = "legend" if not legends else f"legend{len(legends) + 1}"
+            top = fig.layout[f"yaxis{'' if i == 1 else i}"].domain[1]
+            legends[key] = {**LEGEND_RIGHT, "y": top}
         for name in names:
             steps, values = zip(*metrics[name])
             fig.add_scatter(x=list(steps), y=list(values), mode="lines+markers" if len(steps) < 50 else "lines",
-                            name=name, row=i, col=1, showlegend=len(names) > 1, legendgroup=str(i))
+                            name=name, row=i, col=1, showlegend=key is not None, legend=key or "legend")
+    # period boundaries: dashed lines on every panel, labelled above the top panel (in the margin, clear of the
+    # curves: rotated labels inside the plot sat on the loss curve); the full wording on hover
     for step, what in period_boundaries(metrics):
         fig.add_vline(x=step, line_dash="dash", line_color="#999", line_width=1)
-        fig.add_annotation(x=step, y=1.0, yref="paper", text=what, showarrow=False, textangle=-90, xanchor="right",
-                           yanchor="top", font=dict(size=9, color="#777"))
-    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=40, b=40),
-                      template="plotly_white", legend=LEGEND_RIGHT)
+        short = "end" if what.endswith("ends") else what.replace("period ", "P")
+        fig.add_annotation(x=step, y=1.0, yref="paper", yshift=18, text=short, hovertext=what, showarrow=False,
+                           xanchor="center", yanchor="bottom", font=dict(size=9, color="#777"))
+    fig.update_layout(height=max(220, 170 * len(panels)), margin=dict(l=50, r=LEGEND_MARGIN_R, t=58, b=40),
+                      template="plotly_white", **legends)
     titles = {t for t, _ in panels}
     for a in fig.layout.annotations:  # subplot titles top-left, clear of the toolbar
         if a.text in titles:
@@ -267,8 +336,11 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def submit_form(state: AppState, kind: str, names: list[str], values: list) -> tuple[html.Span, list[str], int | None]:
     """Validate and submit the form's values: (message, one error per field, new job id or None)."""
     errs = [""] * len(names)
+    given = dict(zip(names, values))
+    if kind in state.kinds:
+        given = applicable(state.kinds[kind], given)
     try:
-        job = submit(state.registry, kind, dict(zip(names, values)), state.runs_dir, kinds=state.kinds,
+        job = submit(state.registry, kind, given, state.runs_dir, kinds=state.kinds,
                      env=state.worker_env)
     except JobParamError as exc:
         errs = [exc.errors.get(n, "") for n in names]
@@ -338,6 +410,19 @@ def register(app, state: AppState, get_model=None) -> None:
         return msg, errs, (no_update if job_id is None else job_id)
 
     @app.callback(
+        Output({"type": "jp-box", "name": ALL, "methods": ALL}, "style"),
+        Input({"type": "jp", "name": ALL}, "value"), State({"type": "jp", "name": ALL}, "id"),
+        State({"type": "jp-box", "name": ALL, "methods": ALL}, "id"), State("job-kind", "value"),
+        prevent_initial_call=True,
+    )
+    def method_fields(values, ids, boxes, kind):
+        """Fields that apply to some methods only follow the chosen method."""
+        if kind not in state.kinds:
+            return [no_update] * len(boxes)
+        chosen = dict(zip((i["name"] for i in ids), values)).get(selector_name(state.kinds[kind]))
+        return [field_style(b["methods"], chosen) for b in boxes]
+
+    @app.callback(
         Output("jobs-grid", "rowData"),
         Input("jobs-tick", "n_intervals"), Input("job-sel", "data"), State("jobs-grid", "rowData"),
     )
@@ -346,10 +431,13 @@ def register(app, state: AppState, get_model=None) -> None:
         return no_update if rows == current else rows
 
     @app.callback(
-        Output("job-sel", "data"), Input("jobs-grid", "selectedRows"), prevent_initial_call=True,
+        Output("job-sel", "data"), Output("jobs-grid", "selectedRows"),
+        Input("jobs-grid", "selectedRows"), Input("job-sel", "data"), prevent_initial_call=True,
     )
-    def pick(rows):
-        return rows[0]["id"] if rows else no_update
+    def pick(rows, job_id):
+        """Both ways, in one callback (two would be a dependency cycle): a click selects the job shown; a job
+        shown by any other way (a form's submit, the Prune tab, Clone) becomes the grid's highlighted row."""
+        return sync_selection(ctx.triggered_id, rows, job_id)
 
     @app.callback(
         Output("job-head", "children"), Output("job-progress", "children"), Output("job-log", "children"),
@@ -423,6 +511,17 @@ def register(app, state: AppState, get_model=None) -> None:
         return "/", no_update
 
 
+def sync_selection(trigger: Any, rows: list[dict] | None, job_id: int | None) -> tuple[Any, Any]:
+    """(job-sel, grid selectedRows) after ``trigger`` changed: the grid's click picks the job; a new job shown
+    highlights its row (by row id); nothing changes when they already agree."""
+    picked = rows[0]["id"] if rows else None
+    if trigger == "jobs-grid":
+        return (picked if picked is not None and picked != job_id else no_update), no_update
+    if job_id is None or picked == job_id:
+        return no_update, no_update
+    return no_update, {"ids": [str(job_id)]}
+
+
 def runs_on(j) -> str:
     """Where the job runs or ran: the Celery worker (host:pid) of a queued job, or the local worker process."""
     if j.backend == "celery":
@@ -431,14 +530,19 @@ def runs_on(j) -> str:
 
 
 def artifact_list(j):
-    """The job's artifacts; files link to the app's download route (served only from inside the runs folder,
-    viz/access.py), folders (a model) are named with their path — "Browse this model" opens them."""
+    """The job's artifacts; files link to the app's download route (served only from inside the runs folder and
+    the job's own files, viz/access.py); folders (a model) are named with their path and offered as one zip —
+    "Browse this model" opens them."""
     if not j.artifacts:
         return "—"
     items = []
     for name, path in j.artifacts.items():
         if Path(path).is_file():
             items.append(html.Li([html.A(name, href=f"/artifact/{j.id}/{quote(name, safe='')}"), f" · {path}"]))
+        elif Path(path).is_dir():  # a model folder: one zip, streamed (viz/access.py)
+            items.append(html.Li([f"{name}: {path} · ",
+                                  html.A("download as .zip", href=f"/archive/{j.id}/{quote(name, safe='')}",
+                                         className="archive-link")]))
         else:
             items.append(html.Li(f"{name}: {path}"))
     return html.Ul(items)

@@ -135,13 +135,45 @@ def summary(mv: ModelView) -> html.Table:
         ("graph", f"{mv.graph.number_of_nodes():,} op nodes, {mv.graph.number_of_edges():,} edges"),
         ("groups", f"{len(mv.groups)} ({sum(g.prunable for g in mv.groups)} prunable)"),
     ]
+    sizes = mv.layer_sizes()
+    real = {"hidden_size": [mv.hidden_size()] if mv.hidden_size() is not None else [],
+            "num_attention_heads": [r["heads"] for r in sizes if r["heads"] is not None],
+            "num_key_value_heads": [r["kv_heads"] for r in sizes if r["kv_heads"] is not None],
+            "intermediate_size": [r["mlp"] for r in sizes if r["mlp"] is not None]}
     for key, label in (("num_hidden_layers", "layers"), ("hidden_size", "hidden size"),
                        ("num_attention_heads", "attention heads"), ("num_key_value_heads", "kv heads"),
                        ("head_dim", "head dim"), ("intermediate_size", "MLP size"), ("vocab_size", "vocab"),
                        ("tie_word_embeddings", "tied embeddings")):
-        if cfg.get(key) is not None:
-            rows.append((label, str(cfg[key])))
+        text = size_text(real.get(key) or [], cfg.get(key))
+        if text is not None:
+            rows.append((label, html.Span(text, id=f"overview-size-{key}")))
     return kv_table(rows)
+
+
+def size_text(values: list[int], config: Any) -> str | None:
+    """A size as the model has it, not as its config says: one number when every layer agrees with the config;
+    the real number (and the config's) when they differ; "min–max per layer" when layers differ (a pruned
+    model). Why: a pruned model keeps its dense config, so "MLP size 640" would be false for every layer."""
+    if not values:
+        return None if config is None else str(config)
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        return str(lo) if config in (None, lo) else f"{lo} (config says {config})"
+    return f"{lo}–{hi} per layer" + (f" (config says {config})" if config is not None else "")
+
+
+def sizes_table(mv: ModelView) -> html.Details | None:
+    """Every block's real widths (heads, kv heads, MLP channels), open when the layers differ."""
+    sizes = mv.layer_sizes()
+    if not sizes:
+        return None
+    varies = any(len({r[k] for r in sizes}) > 1 for k in ("heads", "kv_heads", "mlp"))
+    dash = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
+    return html.Details([html.Summary("Sizes per layer (from the model's modules)"),
+                         table(["layer", "heads", "kv heads", "MLP channels"],
+                               [[r["layer"], dash(r["heads"]), dash(r["kv_heads"]), dash(r["mlp"])] for r in sizes],
+                               className="data compact")],
+                        open=varies, id="overview-sizes")
 
 
 def layout(mv: ModelView | None, error: str | None) -> html.Div:
@@ -151,7 +183,7 @@ def layout(mv: ModelView | None, error: str | None) -> html.Div:
             "(structure only), or run a Graph job in the Jobs tab and press 'Browse this model'.")),
             id="overview")
     return html.Div([
-        html.Div([card("Model", summary(mv), className="narrow"),
+        html.Div([card("Model", summary(mv), sizes_table(mv), className="narrow"),
                   card("Groups by kind", kinds_table(mv), html.H4("Why some groups are not prunable"),
                        reasons_list(mv), className="wide")], className="row"),
         card("Parameters per layer, by group kind",

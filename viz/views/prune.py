@@ -3,10 +3,10 @@ which units go and what each layer keeps; then run it — a Prune job with any m
 without training, or a Recover job on a pruned result — and watch it in the Jobs tab.
 
 The preview is the library's planner (``viz.plan_preview`` → ``lorashear.prune.preview.plan_model``), the same
-``make_plan`` with the same ``PlanSpec`` the Prune job builds from the same parameters: the parameter counts shown
-are the run's. Which units go is exactly the run's for the one-shot methods scored the same way (``magnitude`` on a
-model with weights); LHSPG and LoRAPrune fix their own units from their saliency after warm-up, with the same
-counting and allocation.
+``make_plan`` the Prune job ends with, on the same settings (method defaults resolved the same way). It is the run's
+plan only for ``magnitude`` without a knowledge report (same scores); the other methods rank units by what only the
+run computes (LoRA saliency after warm-up, Taylor scores, fluctuation, random draws), so the page says next to the
+numbers which parts are exact and which an estimate (``plan_preview.fidelity``).
 """
 from __future__ import annotations
 
@@ -70,14 +70,22 @@ def layout(state: AppState, mv: Any) -> html.Div:
 
     plan_controls = [
         _field("Target: fraction of parameters to remove",
-               dcc.Slider(id="plan-ratio", min=0.05, max=0.9, step=0.01, value=0.2, updatemode="mouseup",
-                          marks={v: f"{v:.0%}" for v in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)},
-                          tooltip={"placement": "bottom", "always_visible": True}), "plan-err-ratio"),
+               html.Div([
+                   # the slider's own number box commits on blur only (Enter did nothing visible for > 60 s):
+                   # ours commits on Enter or blur (debounce) and the two stay in step (``sync_ratio``)
+                   dcc.Slider(id="plan-ratio", min=0.05, max=0.9, step=0.01, value=0.2, updatemode="mouseup",
+                              marks={v: f"{v:.0%}" for v in (0.1, 0.3, 0.5, 0.7, 0.9)},
+                              allow_direct_input=False, className="ratio-slider"),
+                   html.Span([dcc.Input(id="plan-ratio-text", type="number", value=20, min=1, max=99, step=1,
+                                        debounce=True, className="text ratio-box"), " %"], className="ratio-entry"),
+               ], className="ratio-row"), "plan-err-ratio"),
         _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=["attention", "mlp"],
                                             inline=True, className="check"), "plan-err-kinds"),
-        _field("Allocation", dcc.RadioItems(id="plan-allocation", options=["global", "uniform"], value="global",
-                                            inline=True, className="check"), "plan-err-allocation",
-               "global: least important per parameter first, across layers; uniform: the same fraction per layer"),
+        _field("Allocation", dcc.RadioItems(id="plan-allocation", value="method", inline=True, className="check",
+                                            options=[{"label": "the method's", "value": "method"}, "global", "uniform"]),
+               "plan-err-allocation",
+               "global: least important per parameter first, across layers; uniform: the same fraction per layer; "
+               "the method's: uniform for llm-pruner and LoRAPrune, else global (as the run resolves it)"),
         _field("Layer range", dcc.Input(id="plan-layers", type="text", placeholder="START:STOP (blank: all)",
                                         debounce=True, className="text"), "plan-err-layers"),
         _field("Align widths to a multiple of", dcc.Input(id="plan-align", type="text", placeholder="blank: none",
@@ -212,8 +220,22 @@ def summary(data: dict) -> html.Div:
     # table was a large share of the time a slider move takes to show
     md = "\n".join(["| layer | before | removed | after | heads kept | channels kept |", "|---|---:|---:|---:|---:|---:|",
                     *("| " + " | ".join(map(str, r)) + " |" for r in body)])
-    return html.Div([kv_table(rows),
+    return html.Div([kv_table(rows), fidelity_table(data),
                      html.Details([html.Summary("Per layer"), dcc.Markdown(md, className="md-data")])])
+
+
+def fidelity_table(data: dict) -> html.Div:
+    """Next to the numbers: which of them the run reproduces exactly and which are an estimate (``PP.fidelity``)."""
+    method = (data.get("inputs") or {}).get("method") or "lhspg"
+    rows = PP.fidelity(data)
+    exact = all(status == "exact" for _, status, _ in rows)
+    name = {"lhspg": "LHSPG", "loraprune": "LoRAPrune", "llm-pruner": "LLM-Pruner", "flap": "FLAP"}.get(method, method)
+    head = (f"Preview vs a {name} run: this is the run's plan." if exact else
+            f"Preview vs a {name} run: the parts marked estimate can differ.")
+    return html.Div([html.P(head, className="fidelity-head"),
+                     html.Table([html.Tr([html.Th(part), html.Td(html.Span(status, className=f"badge {status}")),
+                                          html.Td(why, className="muted")]) for part, status, why in rows],
+                                className="kv fidelity")], id="plan-fidelity")
 
 
 # ------------------------------------------------------------------------------------------ compute
@@ -221,6 +243,7 @@ def compute(state: AppState, mv: Any, values: dict[str, Any]) -> tuple[dict | No
     """Plan form values (and the run's method) -> (preview data or None, {field: message}, general message). The
     callback's logic, testable without a browser. Field errors come from the settings schema and from the planner
     (``SettingsError`` names the field); nothing is matched on message text."""
+    values = {**values, "allocation": None if values.get("allocation") in (None, "", "method") else values["allocation"]}
     settings, errors = PP.parse_inputs({k: v for k, v in values.items() if k in PLAN_FIELDS + ("method",)})
     if settings is None:
         return None, errors, ""
@@ -269,6 +292,20 @@ def _submit(state: AppState, kind: str, params: dict, fields: tuple[str, ...]) -
                      className="ok"), [""] * len(fields), job.id
 
 
+def sync_ratio(trigger: Any, slider: float | None, percent: float | None) -> tuple[Any, Any]:
+    """(slider value, box value) after one of them changed: the box (percent, committed on Enter or blur) moves
+    the slider — which re-plans — and the slider writes its value into the box. A blank box changes nothing."""
+    if trigger == "plan-ratio-text":
+        if percent is None:
+            return no_update, no_update
+        ratio = round(float(percent) / 100, 4)
+        return (ratio if ratio != slider else no_update), no_update
+    if slider is None:
+        return no_update, no_update
+    pct = round(float(slider) * 100, 2)
+    return no_update, (no_update if percent is not None and abs(float(percent) - pct) < 1e-9 else pct)
+
+
 # ------------------------------------------------------------------------------------------ callbacks
 def register(app, state: AppState, get_model) -> None:
     err_outputs = [Output(f"plan-err-{f}", "children") for f in PLAN_FIELDS]
@@ -296,6 +333,11 @@ def register(app, state: AppState, get_model) -> None:
             return (None, html.P("No plan: fix the marked field.", className="muted"), no_update, no_update, no_update,
                     html.Span(msg, className="error") if msg else "", *errs)
         return (data, summary(data), *figures(mv, data), "", *errs)
+
+    @app.callback(Output("plan-ratio", "value"), Output("plan-ratio-text", "value"),
+                  Input("plan-ratio", "value"), Input("plan-ratio-text", "value"), prevent_initial_call=True)
+    def ratio_sync(slider, text):
+        return sync_ratio(ctx.triggered_id, slider, text)
 
     @app.callback(Output("groups-grid", "rowTransaction"), Input("plan-store", "data"), State("groups-grid", "rowData"),
                   prevent_initial_call=True)
