@@ -384,7 +384,7 @@ def _recover(args: argparse.Namespace) -> int:
             vals = {r["source"]: r["ppl"] for r in ev["perplexity"] if r["protocol"] == p}
             print(f"{tag + ' ' + p:12s}" + "  ".join(f"{vals[s]:>12.2f}" for s in srcs))
     last = rep["rounds"][-1]
-    print(f"rounds {len(rep['rounds'])}, tokens {rep['tokens_stage1']:,}; final weights "
+    print(f"rounds {len(rep['rounds']) - 1}, tokens {rep['tokens_stage1']:,}; final weights "
           + ", ".join(f"{s}={w:.2f}" for s, w in last["weights"].items()))
     if rep["instruct"]["history"]:
         h = rep["instruct"]["history"]

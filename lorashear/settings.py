@@ -208,8 +208,12 @@ def check(obj: Any, cross: Callable[[Any], Mapping[str, str]] | None = None) -> 
             continue
         if opt.methods and method is not None and method not in opt.methods:
             errors[name] = f"does not apply to {selector} {method} (it applies to: {', '.join(opt.methods)})"
-    if not errors and cross is not None:
-        errors.update({k: v for k, v in cross(obj).items() if v})
+    if cross is not None:  # every field's problem at once, not the cross-field ones only after the rest are fixed
+        try:
+            found = cross(obj)
+        except (TypeError, ValueError, AttributeError):  # a rule that needs a field that is itself wrong
+            found = {}
+        errors.update({k: v for k, v in found.items() if v and k not in errors})
     if errors:
         raise SettingsError(errors)
 

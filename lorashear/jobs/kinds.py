@@ -137,11 +137,10 @@ def validate(kind: JobKind, raw: dict[str, Any]) -> dict[str, Any]:
         given, bad = collect(kind.settings, {k: v for k, v in raw.items() if k in schema})
         clean.update({k: list(v) if isinstance(v, tuple) else v for k, v in given.items()})
         errors.update(bad)
-        if not bad:
-            try:
-                kind.settings(**given)  # the cross-field rules (method options, schedule, γ needs a report, ...)
-            except SettingsError as exc:
-                errors.update({k: v for k, v in exc.errors.items() if k not in errors})
+        try:  # the cross-field rules (method options, schedule, γ needs a report, ...), on the fields that passed
+            kind.settings(**given)
+        except SettingsError as exc:
+            errors.update({k: v for k, v in exc.errors.items() if k not in errors})
     for name, msg in preflight(clean).items():  # on the fields that passed their own checks
         errors.setdefault(name, msg)
     if not errors and "check" in kind.extra:

@@ -18,7 +18,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     resume = ctx.resume and (out / "run.json").is_file()
     rep = recover(params["pruned"], out, st, dense=params.get("dense") or None, resume=resume, progress=ctx.progress,
                   metric=lambda step, values: ctx.metric(step, **values))
-    result = {"rounds": len(rep["rounds"]), "tokens": rep["tokens_stage1"],
+    # the trajectory's first row is the evaluation before any training: the rounds trained are the others
+    result = {"rounds": len(rep["rounds"]) - 1, "tokens": rep["tokens_stage1"],
               "final_weights": rep["rounds"][-1]["weights"]}
     for p in st.eval_protocols:
         result[f"ppl_{p}_before"] = rep["eval_before"][f"mean_{p}"]

@@ -61,7 +61,7 @@ def newest_report_job(state, mv: ModelView | None):
     """The newest succeeded Analyze job with a report on the browsed model (None if there is none yet)."""
     from . import knowledge
 
-    if mv is None or knowledge._missing():
+    if mv is None or knowledge.missing_reason():
         return None
     mine, _ = knowledge.reports_of(state, mv)  # matched by the hashes the report stores, not by path
     return mine[0] if mine else None

@@ -32,7 +32,7 @@ _IDENTITY: dict[int, dict] = {}  # graph job id -> identity of the traced model
 CLICK_KINDS = {"kn-heads": "attention", "kn-qheads": "query_heads", "kn-channels": "mlp"}
 
 
-def _missing() -> str | None:
+def missing_reason() -> str | None:
     """Why reports cannot be shown, or None."""
     if importlib.util.find_spec("lorashear.knowledge") is None:
         return "run an analysis — the knowledge analysis (lorashear.knowledge) has not landed in the library yet."
@@ -149,7 +149,7 @@ def _figures(state: AppState, job_id: int | None, scale: str, planned: dict | No
 
 
 def layout(state: AppState, mv: Any = None) -> html.Div:
-    why = _missing()
+    why = missing_reason()
     jobs, others = ([], 0) if why or mv is None else reports_of(state, mv)
     opts = _options(jobs)
     default = jobs[0].id if jobs else None
@@ -225,7 +225,7 @@ def group_of_click(state: AppState, job_id: int | None, click: dict | None, kind
 
 
 def register(app, state: AppState, get_model) -> None:
-    if _missing():
+    if missing_reason():
         return
 
     @app.callback(

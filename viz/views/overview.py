@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import plotly.graph_objects as go
 from dash import dcc, html

@@ -22,7 +22,7 @@ from lorashear.errors import LorashearError
 from lorashear.settings import SettingsError
 
 from .. import plan_preview as PP
-from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, human, kv_table, plot_template
+from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, plot_template
 from ..session import AppState
 
 PLAN_FIELDS = ("ratio", "kinds", "allocation", "layers", "align", "knowledge", "gamma")
@@ -135,7 +135,7 @@ def layout(state: AppState, mv: Any) -> html.Div:
         ], className="row"),
         html.Div([card("Layer × attention head: planned removal", dcc.Graph(id="plan-heads-fig", **graph),
                        className="half"),
-                  card(f"Layer × MLP channel bin: planned removal", dcc.Graph(id="plan-channels-fig", **graph),
+                  card("Layer × MLP channel bin: planned removal", dcc.Graph(id="plan-channels-fig", **graph),
                        className="half")], className="row"),
         html.Div([
             card("Prune with this plan", weights_note, *run_controls,
