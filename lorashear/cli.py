@@ -308,6 +308,9 @@ def _print_plan(plan) -> None:
 @command("prune", help="Prune a model structurally (LHSPG on LoRA, or a baseline: --method) to a parameter ratio; write the smaller model, plan and run report.")
 @arguments(_prune_args)
 def _prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import load_hint
     from .prune.run import prune
     from .prune.settings import PruneSettings
     from .settings import from_args
@@ -343,6 +346,7 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"latency (batch 1 × {a['cost']['latency_seq_len']} tokens, {a['cost']['device']}): "
               f"{b['cost']['latency_ms']:.1f} ms dense → {a['cost']['latency_ms']:.1f} ms pruned")
     print(f"wrote {args.out}/model (the pruned model), plan.json, report.json")
+    print(load_hint(Path(args.out) / "model"))
     return 0
 
 
@@ -363,6 +367,9 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
 @command("recover", help="Recover a pruned model: adaptive multi-source LoRA rounds, then instruction tuning; write the model and its trajectory.")
 @arguments(_recover_args)
 def _recover(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import load_hint
     from .recover.run import recover
     from .recover.settings import RecoverSettings
     from .settings import from_args
@@ -391,4 +398,5 @@ def _recover(args: argparse.Namespace) -> int:
         print(f"instruction validation loss {h[0]['val_loss']:.3f} → best {rep['instruct']['best']['val_loss']:.3f} "
               f"(step {rep['instruct']['best']['step']}){'; ' + rep['instruct']['stopped'] if rep['instruct']['stopped'] else ''}")
     print(f"wrote {args.out}/model, trajectory.json, report.json")
+    print(load_hint(Path(args.out) / "model"))
     return 0

@@ -27,9 +27,9 @@ from .compress import CompressReport, verification_batch
 from .errors import LorashearError
 from .evaluate import forward_logits
 from .jsonio import write_dir_atomic, write_json_atomic
-from .pruned_format import ADAPTER, SIDECAR, SIDECAR_FORMAT, load_pruned, model_from_config, read_sidecar, write_sidecar
+from .pruned_format import ADAPTER, SIDECAR, SIDECAR_FORMAT, load_hint, load_pruned, model_from_config, read_sidecar, write_sidecar
 
-__all__ = ["ADAPTER", "SIDECAR", "config_overrides", "load_pruned", "read_sidecar", "save_pruned"]
+__all__ = ["ADAPTER", "SIDECAR", "config_overrides", "load_hint", "load_pruned", "read_sidecar", "save_pruned"]
 
 
 def _base(model: nn.Module, merge: bool = True) -> nn.Module:

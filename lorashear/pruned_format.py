@@ -206,6 +206,17 @@ def skeleton(path: str | Path, config, *, meta: bool = True) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------- reloading
+def load_hint(model_dir: str | Path) -> str:
+    """One line saying how to load a saved model folder: stock ``from_pretrained`` works when every layer kept the
+    config's sizes (the sidecar's case "stock"); otherwise ``lorashear.load_pruned``. Printed at the end of every
+    prune, recover and export so nobody has to find out from a size-mismatch error."""
+    side = read_sidecar(model_dir)
+    if side is None or side.get("case") == "stock":
+        return f"load with AutoModelForCausalLM.from_pretrained('{model_dir}') (stock transformers works)"
+    why = side.get("case_reason") or "its layers differ in size"
+    return f"load with lorashear.load_pruned('{model_dir}') — stock from_pretrained cannot: {why}"
+
+
 def load_pruned(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load any model written by ``save_pruned`` (or a plain HF model directory, or a run folder's model).
 

@@ -126,3 +126,18 @@ def test_a_model_cast_to_bf16_saves_and_reloads(arch, tmp_path):
     back = load_pruned(tmp_path / "m", dtype=torch.bfloat16)
     assert next(back.parameters()).dtype == torch.bfloat16
     torch.testing.assert_close(logits(back).float(), logits(small).float(), atol=5e-2, rtol=0)
+
+
+def test_the_load_hint_says_which_loader_works(tmp_path):
+    """Printed at the end of every prune, recover and export (issue 25, item 4): stock from_pretrained when the
+    layers kept the config's sizes, lorashear.load_pruned when they differ."""
+    from lorashear.data import DEMO_MODEL_DIR
+    from lorashear.export import load_hint
+
+    assert "from_pretrained" in load_hint(DEMO_MODEL_DIR) and "load_pruned" not in load_hint(DEMO_MODEL_DIR)
+    model, _, groups = traced("llama")
+    small, report = compress(model, groups, {"model.layers.0.mlp:channels": [0, 1]})  # layer 0 only: non-uniform
+    side = save_pruned(small, tmp_path / "m", report=report)
+    assert side["case"] != "stock"
+    hint = load_hint(tmp_path / "m")
+    assert hint.startswith(f"load with lorashear.load_pruned('{tmp_path / 'm'}')") and "\n" not in hint

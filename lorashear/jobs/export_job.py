@@ -52,7 +52,7 @@ def removal_of(params: dict[str, Any]) -> tuple[dict[str, list[int]], str]:
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from lorashear.compress import compress
     from lorashear.evaluate import count_parameters
-    from lorashear.export import save_pruned
+    from lorashear.export import load_hint, save_pruned
     from lorashear.groups import find_groups
     from lorashear.loading import load_model
     from lorashear.trace import trace
@@ -74,8 +74,9 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
                        verify=params.get("verify", True))
     after = count_parameters(small)
     ctx.log(f"parameters {before:,} -> {after:,} ({side['case']}: {side['case_reason']})")
+    ctx.log(load_hint(out))
     ctx.progress(1.0, "done")
     return {"artifacts": {"model": out},
             "result": {"params_before": before, "params_after": after, "params_removed": before - after,
                        "units_removed": sum(map(len, removal.values())), "groups": len(removal),
-                       "case": side["case"], "max_diff": report.max_diff}}
+                       "case": side["case"], "load": load_hint(out), "max_diff": report.max_diff}}

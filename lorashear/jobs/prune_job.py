@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..export import load_hint
 from .worker import JobContext
 
 
@@ -26,6 +27,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     for p in settings.eval_protocols:
         result[f"ppl_{p}_before"] = report["eval_before"][f"mean_{p}"]
         result[f"ppl_{p}_after"] = report["eval_after"][f"mean_{p}"]
+    result["load"] = load_hint(out / "model")  # how to load the result: stock from_pretrained or lorashear.load_pruned
+    ctx.log(result["load"])
     result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
     return {"artifacts": {"model": str(out / "model"), "plan": str(out / "plan.json"), "report": str(out / "report.json")},
             "result": result}

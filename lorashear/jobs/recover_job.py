@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..export import load_hint
 from .worker import JobContext
 
 
@@ -24,6 +25,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     for p in st.eval_protocols:
         result[f"ppl_{p}_before"] = rep["eval_before"][f"mean_{p}"]
         result[f"ppl_{p}_after"] = rep["eval_after"][f"mean_{p}"]
+    result["load"] = load_hint(out / "model")  # how to load the result: stock from_pretrained or lorashear.load_pruned
+    ctx.log(result["load"])
     result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
     return {"artifacts": {"model": str(out / "model"), "trajectory": str(out / "trajectory.json"),
                           "report": str(out / "report.json")}, "result": result}
