@@ -209,6 +209,7 @@ class Reaper:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
+            _poll_children()  # collect finished worker processes, so none stays a zombie until the next launch
             try:
                 reap(self.registry)
             except Exception:  # a locked database, Redis away: the next tick tries again

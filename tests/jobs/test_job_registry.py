@@ -245,3 +245,21 @@ def test_a_local_attempt_the_registry_gave_up_on_stops_itself(registry, tmp_path
     assert not worker_alive(registry.get(job.id))
     assert "stopping: attempt 1" in job.log_path.read_text()
     assert registry.get(job.id).status == FAILED and registry.get(job.id).message == "declared dead"
+
+
+def test_a_finished_worker_is_collected_without_a_next_job(registry, tmp_path, test_kinds, worker_env):
+    """With the app's timer running, a worker process that ended is waited for: no zombie stays until the next
+    launch (issue 25, item 6)."""
+    from lorashear.jobs.launcher import start_reaper
+
+    reaper = start_reaper(registry, every_s=0.2)
+    try:
+        job = submit(registry, "steps", {"steps": "1", "delay": "0.01"}, tmp_path / "runs", kinds=test_kinds,
+                     env=worker_env)
+        assert wait(registry, job.id, timeout_s=60).status == SUCCEEDED
+        deadline = time.time() + 10
+        while psutil.pid_exists(job.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not psutil.pid_exists(job.pid), psutil.Process(job.pid).status()
+    finally:
+        reaper.stop()
