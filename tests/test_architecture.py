@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("groups",),  # trace -> coupled groups
     ("knowledge", "compress"),  # groups -> importance / groups -> exact removal
     ("export",),  # compressed model -> pruned folder
+    ("distill",),  # the distillation loss and teacher of the training stages (prune, recover)
     ("prune",),  # knowledge + compress + export -> a pruned model
     ("recover",),  # pruned model -> recovered model
     ("api",),
