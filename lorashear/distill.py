@@ -232,20 +232,23 @@ def cached_eval(info: Mapping[str, Any], what: Mapping[str, Any], compute: Calla
 
 # --------------------------------------------------------------------------------------------- the teacher
 def build_teacher(kind: str, dense: Callable[[], Any], *, packed: Any, budget: Budget, device: Any,
-                  vocab: int, weights: Mapping[str, float] | None = None,
+                  vocab: int, dtype: torch.dtype | None = None, weights: Mapping[str, float] | None = None,
                   progress: Progress | None = None) -> tuple[Any, dict]:
     """The teacher a run distils from: ``dense`` (a callable giving the dense model, which the teacher may own),
     ``finetuned`` (``corrected_teacher`` of it on ``packed`` with ``budget``), or any other ``kind``: a model
-    folder (or loader source), loaded once. Its vocabulary must be the student's (``vocab`` logits)."""
-    from .loading import load_model
+    folder (or loader source), loaded once on ``device`` in ``dtype`` (the student's). Its vocabulary must be the
+    student's (``vocab`` logits)."""
+    from .loading import load_causal_lm, resolve_source
 
     if kind == "dense":
         teacher, info = dense().eval().requires_grad_(False), {"kind": "dense"}
     elif kind == "finetuned":
         teacher, info = corrected_teacher(dense(), packed, budget, weights=weights, progress=progress)
     else:
-        teacher, _ = load_model(kind, device=device)
-        teacher = teacher.eval().requires_grad_(False)
+        path = resolve_source(kind)
+        if path.is_file() and path.suffix.lower() != ".gguf":
+            raise LorashearError(f"teacher {kind}: a config file has no weights; give a model folder")
+        teacher = load_causal_lm(path, dtype=dtype, device=device).requires_grad_(False)
         info = {"kind": "folder", "path": str(kind)}
     out = teacher.get_output_embeddings()
     n = out.weight.shape[0] if out is not None else getattr(teacher.config, "vocab_size", None)

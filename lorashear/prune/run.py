@@ -201,6 +201,7 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
         progress(0.06, f"distillation teacher: {st.teacher}")
         return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st),
                                      device=device, vocab=distill.output_size(model),
+                                     dtype=next(model.parameters()).dtype,
                                      progress=lambda f, s: progress(0.06, s))
 
     built = build() if first else None
