@@ -10,6 +10,9 @@ Its output folder::
     OUT/run.json        settings and status (a different run is never written into the same folder)
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
+With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the
+default teacher is the dense model after the same LoRA budget, ``finetune_dense``'s model, cached on disk).
+
 Data order is a function of (seed, step) only, so a run resumed from a checkpoint draws exactly the batches the
 uninterrupted run would have drawn, and (on CPU, same thread count) ends with the same weights.
 

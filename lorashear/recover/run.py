@@ -14,7 +14,8 @@ Output folder::
 
 The run folder, its checkpoints, the batch seeds, the NaN stop and the training step are ``lorashear.runs``'.
 
-Rule and defaults: ``docs/recovery.md``.
+Rule and defaults: ``docs/recovery.md``. Stage 1 may distil from a teacher (``lorashear.distill``: ``distill``,
+``teacher``, …) and ``train="full"`` trains every parameter of the pruned model instead of LoRA adapters.
 
 Under ``accelerate launch --num_processes N`` training is data-parallel (``lorashear.parallel``): every process
 draws the same global batch and trains on its rows, LoRA gradients are all-reduced, so every process holds the same
