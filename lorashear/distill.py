@@ -74,24 +74,33 @@ def loss_fn(teacher: Any, weight: float, *, pure: bool = False, temperature: flo
         logits = model(**inputs, use_cache=False).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         keep = labels != -100
+        every = bool(keep.all())  # pretraining batches: no copy through a boolean index
+        pick = (lambda x: x.reshape(-1, x.shape[-1])) if every else (lambda x: x[keep])
         k = top_k if top_k is not None and top_k < logits.shape[-1] else None
         with torch.no_grad():
-            tl = teacher(**inputs, use_cache=False).logits[:, :-1][keep].float() / temperature
+            tl = _scaled(pick(teacher(**inputs, use_cache=False).logits[:, :-1]), temperature)
             if k is not None:  # keep k values per token, not the vocabulary
                 tl, idx = tl.topk(k, dim=-1)
-        s = logits[keep].float() / temperature
-        if k is not None:
-            s = s.gather(-1, idx)
-        lt, ls = tl.log_softmax(-1), s.log_softmax(-1)
-        kd = (lt.exp() * (lt - ls)).sum() * temperature ** 2
+            lt = tl.log_softmax(-1)
+            del tl
+        s = pick(logits)
+        s = _scaled(s.gather(-1, idx) if k is not None else s, temperature)
+        ls = s.log_softmax(-1)
+        kd = torch.nn.functional.kl_div(ls, lt, log_target=True, reduction="sum") * temperature ** 2
         total = weight * kd
         if not pure and k is None and temperature == 1.0:  # the same log-softmax gives the next-token term
-            total = total - ls.gather(-1, labels[keep].unsqueeze(-1)).sum()
+            total = total - ls.gather(-1, pick(labels.unsqueeze(-1))).sum()
         elif not pure:
             total = total + torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels,
                                                               ignore_index=-100, reduction="sum")
         return total / max(int(keep.sum()), 1) if reduction == "mean" else total
     return loss
+
+
+def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``x`` in fp32, divided by the temperature (no copy when neither changes anything)."""
+    x = x.float()
+    return x if temperature == 1.0 else x / temperature
 
 
 # ---------------------------------------------------------------------------------------- the budget
