@@ -267,6 +267,20 @@ def build_teacher(kind: str, dense: Callable[[], Any], *, packed: Any, budget: B
     return teacher, info
 
 
+def check_teacher(kind: str | None) -> None:
+    """Refuse a teacher folder that cannot load (one line), before a run loads, traces or trains anything."""
+    if kind is None or kind in ("dense", "finetuned"):
+        return
+    from .loading import check_model_source
+
+    try:
+        path = check_model_source(kind)
+    except LorashearError as exc:
+        raise LorashearError(f"teacher: {exc}") from None
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        raise LorashearError(f"teacher {kind}: a config file has no weights; give a model folder")
+
+
 def output_size(model: Any) -> int:
     """The number of logits ``model`` gives per position."""
     out = model.get_output_embeddings()
@@ -279,4 +293,4 @@ def snapshot(model: Any) -> Any:
 
 
 __all__ = ["kd_per_token", "loss_fn", "Budget", "train_lora", "cache_root", "model_identity", "teacher_key",
-           "corrected_teacher", "cached_eval", "build_teacher", "output_size", "snapshot"]
+           "corrected_teacher", "cached_eval", "build_teacher", "check_teacher", "output_size", "snapshot"]

@@ -167,3 +167,11 @@ def test_cli_flags_come_from_the_one_declaration(cls):
     st = from_args(S, p.parse_args(extra + ["--distill", "1", "--teacher", "dense", "--pure-kd", "--kd-temperature",
                                             "2", "--kd-top-k", "50"]))
     assert (st.distill, st.teacher, st.pure_kd, st.kd_temperature, st.kd_top_k) == (1.0, "dense", True, 2.0, 50)
+
+
+def test_a_teacher_folder_that_is_not_there_is_refused_before_the_run(tmp_path):
+    from lorashear.prune import prune
+
+    with pytest.raises(LorashearError, match="^teacher: "):
+        prune("demo", tmp_path / "out", distill=1.0, teacher=str(tmp_path / "nope"), steps=4)
+    assert not (tmp_path / "out").exists()

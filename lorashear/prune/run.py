@@ -54,6 +54,7 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
 
     settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
     out = Path(out)
+    distill.check_teacher(settings.teacher)  # a teacher folder that cannot load: refused before any work
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now

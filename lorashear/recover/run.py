@@ -102,6 +102,7 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
         dense = (side or {}).get("provenance", {}).get("source")
         if not dense:
             raise LorashearError(f"{pruned}: the sidecar does not name the dense model; give --dense")
+    distill.check_teacher(st.teacher)  # a teacher folder that cannot load: refused before any work
     folder = runs.open_run(out, RUN_FORMAT, st.to_dict(), resume=resume, what="recovery", pruned=str(pruned),
                            dense=str(dense))
     from .. import parallel
