@@ -3,6 +3,10 @@
     python bench/prune.py quality  [--model demo] [--ratios 0.2,0.5] [--seeds 0,1,2] [--budgets 200,400]
                                    [--kinds attention,mlp --kinds attention,mlp,hidden] [--json OUT]
     python bench/prune.py steptime [--model demo] [--steps 20]        LHSPG step / plain LoRA step (pruning phase)
+    python bench/prune.py kd       [--model demo] [--steps 20] [--top-k 64]
+                                                                      distillation step / plain LoRA step: median
+                                                                      step time (interleaved) and peak RSS (fresh
+                                                                      process each), with ratios
     python bench/prune.py memory   [--hidden 1536 --layers 16]        peak RSS, LHSPG run / plain LoRA training,
                                                                       each in a fresh process, random-init LLaMA ≥ 500M
     python bench/prune.py latency  [--hidden 1536 --layers 16]        CPU latency dense / pruned at ρ = 0.2 (plan by
@@ -133,6 +137,84 @@ def steptime(args) -> None:
     print(f"ratio LHSPG / LoRA: {b / a:.3f} (target ≤ 1.15)")
 
 
+# ------------------------------------------------------------------------------------------ distillation
+KD_MODES = ("lora", "kd", "kd-top-k")
+
+
+def _kd_setup(model_name: str, mode: str, top_k: int):
+    """A LoRA student of ``model_name`` and its loss: next-token (``lora``) or next-token + KL from a frozen
+    teacher (a second copy of the model: the cost of any teacher, dense or corrected, is the same)."""
+    from lorashear import distill, runs
+    from lorashear.adapters import add_lora
+    from lorashear.loading import load_model
+
+    model, _ = load_model(model_name, device="cpu")
+    teacher = None
+    if mode != "lora":
+        teacher, _ = load_model(model_name, device="cpu")
+        teacher = teacher.eval().requires_grad_(False)
+    pm = add_lora(model, seed=0)
+    pm.train()
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-4)
+    loss_fn = runs.causal_lm_loss if mode == "lora" else distill.loss_fn(
+        teacher, 1.0, top_k=top_k if mode == "kd-top-k" else None)
+    return pm, opt, loss_fn, int(model.config.vocab_size)
+
+
+def _kd_batches(vocab: int, n: int, batch: int, seq: int):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]
+
+
+def _kd_child(model_name: str, mode: str, steps: int, top_k: int, threads: int) -> None:
+    from lorashear import runs
+
+    torch.set_num_threads(threads)
+    pm, opt, loss_fn, vocab = _kd_setup(model_name, mode, top_k)
+    rss = lambda key: next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1024
+    before = rss("VmRSS")
+    for t, ids in enumerate(_kd_batches(vocab, steps, 4, 128)):
+        runs.train_step(pm, opt, {"input_ids": ids, "labels": ids}, t, loss_fn=loss_fn)
+    print(json.dumps({"mode": mode, "rss_before_mib": before, "vmhwm_mib": rss("VmHWM")}))
+
+
+def kd(args) -> None:
+    """Step time (interleaved in one process, median of ``--steps`` after 2 warm-up steps) and peak RSS (each mode
+    in a fresh process, ``--steps`` steps) of a distillation step against a plain LoRA step; batch 4 × 128."""
+    from lorashear import runs
+
+    modes = KD_MODES if args.top_k else KD_MODES[:2]
+    setups = {m: _kd_setup(args.model, m, args.top_k) for m in modes}
+    batches = _kd_batches(setups["lora"][3], args.steps + 2, 4, 128)
+    times = {m: [] for m in modes}
+    for i, ids in enumerate(batches):
+        for m, (pm, opt, loss_fn, _) in setups.items():  # interleaved: every mode sees the same machine load
+            t = time.perf_counter()
+            runs.train_step(pm, opt, {"input_ids": ids, "labels": ids}, i, loss_fn=loss_fn)
+            if i >= 2:
+                times[m].append(time.perf_counter() - t)
+    del setups
+    mem = {}
+    for m in modes:
+        out = subprocess.run([sys.executable, __file__, "_kdchild", args.model, m, str(args.steps), str(args.top_k or 0),
+                              str(torch.get_num_threads())], capture_output=True, text=True, check=True, cwd=ROOT)
+        mem[m] = json.loads(out.stdout.strip().splitlines()[-1])
+    load = os.getloadavg()[0]
+    print(f"model {args.model}, batch 4 × 128, LoRA r=8 all linear, AdamW, CPU fp32, threads {torch.get_num_threads()}, "
+          f"median of {args.steps} steps (interleaved, after 2 warm-up); peak RSS = VmHWM of a fresh process running "
+          f"{args.steps} steps; load average at the end {load:.2f}")
+    names = {"lora": "plain LoRA (next-token)", "kd": "KD (next-token + KL, full vocabulary)",
+             "kd-top-k": f"KD, teacher top-{args.top_k}"}
+    base_t, base_m = statistics.median(times["lora"]), mem["lora"]
+    print("step | median ms | × LoRA | peak RSS MiB | × LoRA | peak − RSS before training MiB | × LoRA")
+    for m in modes:
+        t, r = statistics.median(times[m]), mem[m]
+        work, base_work = r["vmhwm_mib"] - r["rss_before_mib"], base_m["vmhwm_mib"] - base_m["rss_before_mib"]
+        print(f"{names[m]} | {t * 1000:.1f} | {t / base_t:.2f} | {r['vmhwm_mib']:,.0f} | "
+              f"{r['vmhwm_mib'] / base_m['vmhwm_mib']:.2f} | {work:,.0f} | {work / base_work:.2f}")
+    print("targets (issue 22): KD step ≤ 1.5× a plain LoRA step; peak memory ≤ 1.3×")
+
+
 # --------------------------------------------------------------------------------------------- memory
 def _big_config(args):
     from transformers import LlamaConfig
@@ -236,11 +318,14 @@ def latency(args) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_kdchild":
+        _kd_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_memchild":
         _memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("quality", "steptime", "memory", "latency"))
+    p.add_argument("what", choices=("quality", "steptime", "kd", "memory", "latency"))
     p.add_argument("--model", default="demo")
     p.add_argument("--ratios", default="0.2,0.5")
     p.add_argument("--seeds", default="0,1,2")
@@ -254,6 +339,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--pruned", default=None, help="latency: pruned folders to time against --model")
+    p.add_argument("--top-k", type=int, default=None, help="kd: also time a teacher top-K step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,7 +347,7 @@ def main() -> None:
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.budgets = [int(x) for x in args.budgets.split(",")]
     args.kinds = args.kinds or ["attention,mlp"]
-    {"quality": quality, "steptime": steptime, "memory": memory, "latency": latency}[args.what](args)
+    {"quality": quality, "steptime": steptime, "kd": kd, "memory": memory, "latency": latency}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,40 @@ def eval_options(help: str) -> tuple[Any, Any]:
                    form=False))
 
 
+TEACHERS = ("finetuned", "dense")  # or a model folder / any source the loader takes
+
+
+def distill_options() -> tuple[Any, Any, Any, Any, Any]:
+    """The ``distill``, ``teacher``, ``pure_kd``, ``kd_temperature`` and ``kd_top_k`` fields of a run that trains
+    (prune, recover): one spelling of distillation for both (``lorashear.distill`` is the loss and the teacher)."""
+    return (option(0.0, "weight of the distillation term (KL from the teacher's logits to the model's); 0: none",
+                   type="float", min=0.0, label="Distillation weight"),
+            option(None, "distillation teacher: finetuned (the dense model after the same LoRA budget on this run's "
+                   "data, cached on disk), dense, or a model folder", label="Teacher", metavar="finetuned|dense|DIR",
+                   none_text="finetuned when --distill > 0"),
+            option(False, "train on the distillation term alone (drop the next-token loss; needs --distill > 0)",
+                   type="bool", flag="--pure-kd", form=False),
+            option(1.0, "distillation temperature T (KL of softmax(logits / T), times T²)", type="float", min=0.0,
+                   open_min=True, form=False),
+            option(None, "KL over the teacher's top K logits only (renormalised): bounds the teacher's memory",
+                   type="int", min=1, form=False, none_text="the whole vocabulary"))
+
+
+def distill_errors(st: Any) -> dict[str, str]:
+    """Cross-field rules of :func:`distill_options`; resolves ``teacher`` (finetuned when distilling), in place."""
+    errors: dict[str, str] = {}
+    if st.distill == 0:
+        if st.teacher is not None:
+            errors["teacher"] = "a teacher is used only when distilling: give --distill > 0"
+        if st.pure_kd:
+            errors["pure_kd"] = "pure distillation needs --distill > 0"
+    elif st.teacher is None:
+        object.__setattr__(st, "teacher", "finetuned")
+    elif not st.teacher.strip():
+        errors["teacher"] = f"choose {', '.join(TEACHERS)} or a model folder"
+    return errors
+
+
 def options(cls_or_obj: Any) -> dict[str, tuple[Option, Any]]:
     """``{field name: (Option, dataclass default)}`` in declaration order (fields without an Option are skipped)."""
     out = {}

@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluate", "evaluate_settings", "trace"),  # run a model (perplexity, cost, logits) / trace it into an op graph
     ("groups",),  # trace -> coupled groups
     ("knowledge", "compress"),  # groups -> importance / groups -> exact removal
-    ("export",),  # compressed model -> pruned folder
+    ("export", "export_settings"),  # compressed model -> pruned folder
+    ("distill",),  # the distillation loss and teacher of the training stages (prune, recover)
     ("prune",),  # knowledge + compress + export -> a pruned model
     ("recover",),  # pruned model -> recovered model
     ("api",),

@@ -10,6 +10,9 @@ Its output folder::
     OUT/run.json        settings and status (a different run is never written into the same folder)
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
+With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the
+default teacher is the dense model after the same LoRA budget, ``finetune_dense``'s model, cached on disk).
+
 Data order is a function of (seed, step) only, so a run resumed from a checkpoint draws exactly the batches the
 uninterrupted run would have drawn, and (on CPU, same thread count) ends with the same weights.
 
@@ -28,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import runs
+from .. import distill, runs
 from ..adapters import add_lora
 from ..jsonio import write_json_atomic
 from .methods import get_method
@@ -52,6 +55,7 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     settings = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
     out = Path(out)
     _preflight(model, settings)
+    distill.check_teacher(settings.teacher)  # a teacher folder that cannot load: refused before any work
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
@@ -61,7 +65,10 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     progress = progress if progress and main else (lambda f, s: None)
     metric = metric if metric and main else (lambda step, values: None)
     with folder.running(main):
-        return _run(model, out, settings, resume, progress, metric, acc)
+        report = _run(model, out, settings, resume, progress, metric, acc)
+        if report.get("teacher"):  # run.json names the teacher (its settings name only its kind)
+            folder.info["teacher"] = {k: v for k, v in report["teacher"].items() if k != "eval"}
+        return report
 
 
 def _preflight(model: Any, st: PruneSettings) -> None:
@@ -94,6 +101,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     progress(0.01, "loading the model")
     device = acc.device if acc.distributed else pick_device(st.device)[0]
     model, tok = load_model(source, device=device)
+    # the teacher is built from the dense model as loaded (a method's prepare and the run change this one in place)
+    dense_copy = distill.snapshot(model) if st.distill > 0 and st.teacher in ("dense", "finetuned") else None
     torch.manual_seed(st.seed)
     method = get_method(st.method)
     method_info: dict[str, Any] = {"method": method.name, "summary": method.summary,
@@ -108,11 +117,16 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     packed, eval_sources = _data(st, tok, model)
     params_before = count_parameters(model)
     before_eval = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense") if main else {}
-    teacher = None
-    if st.distill > 0:  # a frozen copy of the dense model: its logits are the distillation target
-        import copy
-
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    teacher, teacher_info = None, None
+    if st.distill > 0:
+        teacher, teacher_info = _teacher(st, dense_copy, packed, model, device, acc, progress)
+        dense_copy = None
+        if main:
+            teacher_info["eval"] = before_eval if teacher_info["kind"] == "dense" else distill.cached_eval(
+                teacher_info, {"eval_data": list(st.eval_data), "eval_tokens": st.eval_tokens,
+                               "eval_protocols": list(st.eval_protocols)},
+                lambda: _evaluate(teacher, tok, eval_sources, replace(st, measure_latency=False), progress, 0.07,
+                                  f"{st.teacher} teacher"))
     plan0 = None
     if method.setup is not None:  # one-shot methods: scores on the dense model, the plan, any compensation
         progress(0.08, f"{method.name}: scoring units on the dense model")
@@ -137,7 +151,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
 
     trained = acc.prepare(peft_model) if st.steps > start else peft_model  # DDP: LoRA grads all-reduced
     peft_model.train()
-    loss_fn = _loss_fn(teacher, st.distill)
+    loss_fn = (distill.loss_fn(teacher, st.distill, pure=st.pure_kd, temperature=st.kd_temperature, top_k=st.kd_top_k)
+               if teacher is not None else runs.causal_lm_loss)
     for t in range(start, st.steps):
         ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))  # the same global batch everywhere
         ids = ids.to(device)
@@ -153,6 +168,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
             history["events"] = opt.events()
             if main:
                 runs.save_checkpoint(out, t + 1, peft_model, opt, {"history": history}, changed=opt.changed_tensors())
+    loss_fn = teacher = None  # the teacher's memory is free before compressing
     progress(0.82, "compressing")
     removal = opt.removal()
     plan = opt.plan  # the fixed plan, or once the schedule finished the realized one (checked against it)
@@ -184,29 +200,34 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "optimizer_steps": st.steps, "scores_from": plan.scores_from, "method_info": method_info,
         "calibration_tokens": method_info.get("calibration_tokens", 0),
         "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
-        "mixed_precision": acc.mixed_precision,
+        "mixed_precision": acc.mixed_precision, "teacher": teacher_info,
     }
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
 
 
-def _loss_fn(teacher: Any, distill: float) -> runs.LossFn:
-    """The training loss (``runs.train_step``'s ``loss_fn``): next-token cross-entropy, plus ``distill`` ×
-    KL(teacher ‖ model) per token when a teacher is given."""
-    if teacher is None:
-        return runs.causal_lm_loss
+def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device: Any, acc: Any,
+             progress: Progress) -> tuple[Any, dict]:
+    """The distillation teacher (``lorashear.distill``). The student's base is the dense model pruned in place, so
+    no teacher can share its weights: ``dense`` and ``finetuned`` own the one copy taken at load time, a folder is
+    loaded once. Under accelerate process 0 trains (or finds) a ``finetuned`` teacher first; the others then
+    read it from the cache."""
+    from .. import parallel
 
-    def loss(model: Any, batch: Any, reduction: str = "mean") -> torch.Tensor:
-        ids = batch["input_ids"]
-        out = model(input_ids=ids, labels=batch["labels"], use_cache=False)
-        with torch.no_grad():
-            tl = teacher(input_ids=ids, use_cache=False).logits.float()
-        kd = torch.nn.functional.kl_div(out.logits.float().log_softmax(-1), tl.log_softmax(-1), log_target=True,
-                                        reduction="batchmean") / ids.shape[1]
-        mean = out.loss + distill * kd
-        return mean if reduction == "mean" else mean * runs.labelled_tokens(batch)
-    return loss
+    acc = acc or parallel.Solo()
+    first = acc.is_main_process or st.teacher != "finetuned"
+
+    def build() -> tuple[Any, dict]:
+        progress(0.06, f"distillation teacher: {st.teacher}")
+        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st),
+                                     device=device, vocab=distill.output_size(model),
+                                     dtype=next(model.parameters()).dtype,
+                                     progress=lambda f, s: progress(0.06, s))
+
+    built = build() if first else None
+    acc.wait_for_everyone()
+    return built if built is not None else build()
 
 
 def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progress: Progress | None = None,
@@ -221,15 +242,9 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     model, tok = load_model(source, device=device)
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
-    peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
-    peft_model.train()
-    losses = []
-    for t in range(st.steps):  # the pruning run's batches and step, without pruning
-        ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))
-        ids = ids.to(device)
-        losses.append(runs.train_step(peft_model, opt, {"input_ids": ids, "labels": ids}, t))
-        progress(0.1 + 0.8 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {losses[-1]:.3f}")
+    # the pruning run's batches and step, without pruning: the same loop trains the ``finetuned`` teacher
+    peft_model, losses = distill.train_lora(model, packed, distill.Budget.of(st),
+                                            progress=lambda f, s: progress(0.1 + 0.8 * f, s))
     merged = peft_model.merge_and_unload()
     after = _evaluate(merged, tok, eval_sources, st, progress, 0.92, "fine-tuned dense")
     return {"method": "dense+lora", "settings": st.to_dict(), "eval_before": before, "eval_after": after,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..settings import device_option, eval_options, SettingsError, check, fill_method_defaults, option, options, to_params
+from ..settings import device_option, distill_errors, distill_options, eval_options, SettingsError, check, fill_method_defaults, option, options, to_params
 from .names import METHODS, ONE_SHOT, PLAN_KINDS
 
 ALLOCATIONS = ("global", "uniform")
@@ -137,7 +137,12 @@ class PruneSettings(PlanSettings):
     bias_compensation: bool | None = option(None, "no bias compensation of the removed units' mean contribution",
                                             type="bool", flag="--no-bias-compensation", methods=("flap",),
                                             method_defaults={"flap": True}, form=False)
-    distill: float = option(0.0, "weight of a KL term against the dense model's logits", type="float", min=0.0, form=False)
+    distill: float
+    teacher: str | None
+    pure_kd: bool
+    kd_temperature: float
+    kd_top_k: int | None
+    distill, teacher, pure_kd, kd_temperature, kd_top_k = distill_options()  # docs/lhspg.md "Distillation"
     data: tuple[str, ...] = option(("demo",), "training text: demo (train split) or [NAME=]PATH", type="list",
                                    repeat=True, label="Training data")
     eval_data: tuple[str, ...] = option(("demo",), "evaluation text (default: demo, validation split)", type="list",
@@ -177,6 +182,9 @@ def _cross_prune(st: Any) -> dict[str, str]:
     errors = _cross(st)
     if st.steps == 0 and st.method not in ONE_SHOT:
         errors["steps"] = f"0 steps (no training) only for one-shot methods ({', '.join(ONE_SHOT)}); {st.method} prunes while training"
+    errors.update(distill_errors(st))
+    if st.distill > 0 and st.steps == 0:
+        errors["distill"] = "distillation trains the model: give --steps > 0"
     return errors
 
 

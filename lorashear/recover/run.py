@@ -14,7 +14,8 @@ Output folder::
 
 The run folder, its checkpoints, the batch seeds, the NaN stop and the training step are ``lorashear.runs``'.
 
-Rule and defaults: ``docs/recovery.md``.
+Rule and defaults: ``docs/recovery.md``. Stage 1 may distil from a teacher (``lorashear.distill``: ``distill``,
+``teacher``, …) and ``train="full"`` trains every parameter of the pruned model instead of LoRA adapters.
 
 Under ``accelerate launch --num_processes N`` training is data-parallel (``lorashear.parallel``): every process
 draws the same global batch and trains on its rows, LoRA gradients are all-reduced, so every process holds the same
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import runs
+from .. import distill, runs
 from ..errors import LorashearError
 from ..jsonio import write_json_atomic
 from .mixture import update_weights
@@ -108,6 +109,7 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
     errors = preflight({"dense": str(dense)})
     if errors:
         raise SettingsError(errors)
+    distill.check_teacher(st.teacher)  # a teacher folder that cannot load: refused before any work
     folder = runs.open_run(out, RUN_FORMAT, st.to_dict(), resume=resume, what="recovery", pruned=str(pruned),
                            dense=str(dense))
     from .. import parallel
@@ -119,8 +121,11 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
     progress = progress if progress and main else (lambda f, s: None)
     metric = metric if metric and main else (lambda step, values: None)
     with folder.running(main):
-        return _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric,
-                    acc)
+        report = _run(pruned, side, Path(dense) if str(dense) != "demo" else dense, out, st, resume, progress, metric,
+                      acc)
+        if report.get("teacher"):  # run.json names the teacher (its settings name only its kind)
+            folder.info["teacher"] = {k: v for k, v in report["teacher"].items() if k != "eval"}
+        return report
 
 
 def _per_source(model: Any, tok: Any, val: dict[str, list[str]], st: RecoverSettings) -> dict[str, float]:
@@ -173,12 +178,28 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     if main:
         progress(0.05, "evaluating the pruned model")
     before = perplexity_summary(model, tok, evals, st.eval_protocols, st.eval_tokens) if main else {}
-    peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
+    per_batch = st.batch_size * st.seq_len
+    total_steps = st.tokens // per_batch
+    teacher, teacher_info, stage1_loss = None, None, runs.causal_lm_loss
+    if st.distill > 0:
+        teacher, teacher_info = _teacher(st, dense_src, packed, model, device, total_steps, acc, progress)
+        if main:
+            teacher_info["eval"] = distill.cached_eval(
+                teacher_info, {"val_data": list(st.val_data), "data": list(st.data), "eval_tokens": st.eval_tokens,
+                               "eval_protocols": list(st.eval_protocols)},
+                lambda: perplexity_summary(teacher, tok, evals, st.eval_protocols, st.eval_tokens))
+        stage1_loss = distill.loss_fn(teacher, st.distill, pure=st.pure_kd, temperature=st.kd_temperature,
+                                      top_k=st.kd_top_k)
+    if st.train == "full":  # every parameter of the pruned model, trained and checkpointed as a whole
+        peft_model = model.train().requires_grad_(True)
+        changed: tuple = tuple(peft_model.parameters())
+    else:
+        peft_model, changed = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed), ()
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=st.lr)
-    trained = acc.prepare(peft_model)  # DDP under accelerate launch: LoRA gradients all-reduced
+    trained = acc.prepare(peft_model)  # DDP under accelerate launch: trained gradients all-reduced
 
-    def train_step(batch: dict, step: int) -> float:
-        return runs.train_step(trained, opt, batch, step, acc=acc, out=out)
+    def train_step(batch: dict, step: int, loss_fn: runs.LossFn = runs.causal_lm_loss) -> float:
+        return runs.train_step(trained, opt, batch, step, loss_fn=loss_fn, acc=acc, out=out)
 
     names = list(train)
     state = {"stage": 1, "round": 0, "step": 0, "tokens": 0, "weights": {s: 1.0 / len(names) for s in names},
@@ -189,8 +210,6 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
             _, saved = runs.load_checkpoint(ck, peft_model, opt)
             state = saved["recover"]
             progress(0.1, f"resumed from {ck.name}")
-    per_batch = st.batch_size * st.seq_len
-    total_steps = st.tokens // per_batch
     # ---------------------------------------------------------------- stage 1: rounds on the adaptive mixture
     while state["stage"] == 1:
         loss = _per_source(peft_model, tok, val, st)
@@ -205,7 +224,7 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
             row["stop"] = "token budget" if state["step"] >= total_steps else f"every deviation < {st.stop_deviation}"
             state["stage"] = 2 if instr is not None else 3
             if main:
-                _save_ckpt(out, state, peft_model, opt)
+                _save_ckpt(out, state, peft_model, opt, changed)
             break
         if st.mixture == "dynamic":
             state["weights"] = update_weights(state["weights"], dev, eta=st.eta, floor=st.floor)
@@ -214,26 +233,27 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
         peft_model.train()
         for _ in range(n):
             ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, state["step"]), weights=state["weights"])
-            train_step({"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"])
+            train_step({"input_ids": ids.to(device), "labels": ids.to(device)}, state["step"], stage1_loss)
             state["step"] += 1
             state["tokens"] += per_batch
         state["round"] += 1
         progress(0.1 + 0.55 * state["step"] / max(total_steps, 1),
                  f"round {state['round']}: {state['tokens']:,}/{st.tokens:,} tokens, max deviation {max(dev.values()):.3f}")
         if main:
-            _save_ckpt(out, state, peft_model, opt)
+            _save_ckpt(out, state, peft_model, opt, changed)
+    stage1_loss = teacher = None  # distillation is stage 1's: the teacher's memory is free from here
     if main:
         write_json_atomic(out / "trajectory.json", {"format": "lorashear.recovery-trajectory/1", "reference_loss": ref,
                                                     "mixture": st.mixture, "eta": st.eta, "floor": st.floor,
                                                     "rounds": state["trajectory"]})
     # ---------------------------------------------------------------- stage 2: instruction tuning
     if state["stage"] == 2:
-        _instruct(peft_model, opt, instr, state, st, out, device, progress, metric, train_step, acc)
+        _instruct(peft_model, opt, instr, state, st, out, device, progress, metric, train_step, acc, changed)
     if not main:  # process 0 merges, saves and evaluates; the others are done
         return {"main": False, "process": acc.process_index, "rounds": state["trajectory"],
                 "instruct": state["instruct"]}
     progress(0.85, "merging and saving")
-    merged = peft_model.merge_and_unload()
+    merged = peft_model.merge_and_unload() if st.train == "lora" else peft_model.eval()
     from ..compress import CompressReport
     from ..export import save_pruned
 
@@ -250,10 +270,33 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
               "seconds": round(time.time() - t0, 1), "reference_loss": ref, "eval_before": before, "eval_after": after,
               "rounds": state["trajectory"], "tokens_stage1": state["tokens"], "instruct": state["instruct"],
               "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
-              "mixed_precision": acc.mixed_precision}
+              "mixed_precision": acc.mixed_precision, "train": st.train, "teacher": teacher_info}
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+def _teacher(st: RecoverSettings, dense_src: Any, packed: Any, model: Any, device: Any, steps: int, acc: Any,
+             progress: Progress) -> tuple[Any, dict]:
+    """The distillation teacher of stage 1 (``lorashear.distill``): the dense model, the dense model after the
+    same LoRA budget on the recovery sources (uniform mixture; cached), or a folder. The student is the
+    compressed model, so no teacher shares its base: the teacher is one separate copy, loaded once. Under
+    accelerate process 0 trains (or finds) a ``finetuned`` teacher first; the others then read it from the cache."""
+    from ..loading import load_model
+
+    first = acc.is_main_process or st.teacher != "finetuned"
+
+    def build() -> tuple[Any, dict]:
+        progress(0.04, f"distillation teacher: {st.teacher}")
+        return distill.build_teacher(st.teacher, lambda: load_model(dense_src, device=device)[0], packed=packed,
+                                     budget=distill.Budget.of(st, steps=steps), device=device,
+                                     vocab=distill.output_size(model),
+                                     dtype=next(model.parameters()).dtype, progress=lambda f, s: progress(0.04, s))
+
+    built = build() if first else None
+    acc.wait_for_everyone()
+    return built if built is not None else build()
 
 
 # ---------------------------------------------------------------------------------------- instruction stage
@@ -295,7 +338,7 @@ def _instruct_loss(model: Any, instr: dict, device: Any, batch_size: int) -> flo
 
 def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSettings, out: Path, device: Any,
               progress: Progress, metric: Metric, train_step: Callable[[dict, int], float] | None = None,
-              acc: Any = None) -> None:
+              acc: Any = None, changed: tuple = ()) -> None:
     """LoRA on the instruction set (prompt tokens carry no loss); evaluation every ``instruct_eval_every`` steps;
     stop after ``instruct_patience`` evaluations without improvement and keep the best adapters."""
     from .. import parallel
@@ -310,7 +353,7 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
         ins["history"].append({"step": 0, "val_loss": first})
         ins["best"] = {"step": 0, "val_loss": first}
         if main:
-            _save_best(out, peft_model)
+            _save_best(out, peft_model, changed)
     g_n = len(instr["train"])
     peft_model.train()
     while ins["step"] < st.instruct_steps and ins["stopped"] is None:
@@ -327,14 +370,14 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
                 ins["best"] = {"step": ins["step"], "val_loss": v}
                 ins["bad_evals"] = 0
                 if main:
-                    _save_best(out, peft_model)
+                    _save_best(out, peft_model, changed)
             else:
                 ins["bad_evals"] += 1
                 if ins["bad_evals"] >= st.instruct_patience:
                     ins["stopped"] = f"early stop at step {ins['step']}: no improvement in {st.instruct_patience} evaluations"
             progress(0.65 + 0.2 * ins["step"] / st.instruct_steps, f"instruction step {ins['step']}: validation loss {v:.3f}")
             if main:
-                _save_ckpt(out, state, peft_model, opt)
+                _save_ckpt(out, state, peft_model, opt, changed)
     # keep the best adapters
     from safetensors.torch import load_file
 
@@ -347,17 +390,20 @@ def _instruct(peft_model: Any, opt: Any, instr: dict, state: dict, st: RecoverSe
     state["stage"] = 3
 
 
-def _save_best(out: Path, peft_model: Any) -> None:
-    """The adapters of the best instruction evaluation (``checkpoints/instruct-best.safetensors``, atomic)."""
+def _save_best(out: Path, peft_model: Any, changed: tuple = ()) -> None:
+    """The adapters (and, training in full, every ``changed`` tensor) of the best instruction evaluation
+    (``checkpoints/instruct-best.safetensors``, atomic)."""
     from safetensors.torch import save_file
 
     (out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     tmp = out / runs.CHECKPOINTS / ".instruct-best.tmp"
-    save_file(runs.checkpoint_tensors(peft_model), str(tmp))
+    save_file(runs.checkpoint_tensors(peft_model, changed), str(tmp))
     os.replace(tmp, out / runs.CHECKPOINTS / "instruct-best.safetensors")
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any) -> Path:
-    """``checkpoints/step-N`` (``lorashear.runs``), N = optimizer steps taken over both stages."""
-    return runs.save_checkpoint(out, state["step"] + state["instruct"]["step"], peft_model, opt, {"recover": state})
+def _save_ckpt(out: Path, state: dict, peft_model: Any, opt: Any, changed: tuple = ()) -> Path:
+    """``checkpoints/step-N`` (``lorashear.runs``), N = optimizer steps taken over both stages; ``changed``: the
+    base tensors trained in full."""
+    return runs.save_checkpoint(out, state["step"] + state["instruct"]["step"], peft_model, opt, {"recover": state},
+                                changed=changed)

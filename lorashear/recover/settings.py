@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import device_option, eval_options, check, option, to_params
+from ..settings import device_option, distill_errors, distill_options, eval_options, check, option, to_params
 
 MIXTURES = ("dynamic", "static")
+TRAIN_MODES = ("lora", "full")
 
 
 @dataclass
@@ -44,6 +45,15 @@ class RecoverSettings:
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear or comma-separated module names", cli=False, form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, form=False)
+    train: str = option("lora", "lora: LoRA adapters, merged at the end; full: every parameter of the pruned model "
+                        "(AdamW, same schedule and lr; for small models)", type="choice", choices=TRAIN_MODES,
+                        label="Training")
+    distill: float
+    teacher: str | None
+    pure_kd: bool
+    kd_temperature: float
+    kd_top_k: int | None
+    distill, teacher, pure_kd, kd_temperature, kd_top_k = distill_options()  # stage 1 only; docs/recovery.md
     eval_tokens: int | None
     eval_protocols: tuple[str, ...]
     eval_tokens, eval_protocols = eval_options("tokens per source for the before/after perplexity")
@@ -62,6 +72,7 @@ class RecoverSettings:
 
 
 def _cross(st: RecoverSettings) -> dict[str, str]:
+    errors = distill_errors(st)
     if st.tokens < st.batch_size * st.seq_len:
-        return {"tokens": f"token budget {st.tokens} is smaller than one batch ({st.batch_size} × {st.seq_len})"}
-    return {}
+        errors["tokens"] = f"token budget {st.tokens} is smaller than one batch ({st.batch_size} × {st.seq_len})"
+    return errors

@@ -200,3 +200,48 @@ def test_default_lhspg_schedule_is_warmup_10_pruning_30_after_60_percent():
     st = PruneSettings(steps=200)
     assert (st.warmup_steps, st.periods, st.period_steps) == (20, 4, 15)
     assert st.steps - st.warmup_steps - st.periods * st.period_steps == 120
+
+
+# ------------------------------------------------------------------------------------------- distillation
+def test_distilled_run_uses_the_cached_finetuned_teacher_and_resumes_to_the_same_end(tiny_dir, tmp_path, monkeypatch):
+    """The default teacher is the dense model after the same LoRA budget (``finetune_dense``'s model, trained once
+    and cached); a run interrupted after step 5 resumes to the uninterrupted run's history and weights."""
+    from safetensors.torch import load_file
+
+    from lorashear.prune.run import finetune_dense
+
+    monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
+    kw = dict(ratio=0.25, distill=1.0, **FAST)
+    full = prune(tiny_dir, tmp_path / "full", **kw)
+    teacher = full["teacher"]
+    assert teacher["kind"] == "finetuned" and not teacher["reused"] and full["settings"]["teacher"] == "finetuned"
+    assert json.loads((tmp_path / "full/run.json").read_text())["teacher"]["key"] == teacher["key"]
+    ref = finetune_dense(tiny_dir, PruneSettings(**kw))["eval_after"]  # the honest reference is the teacher
+    assert teacher["eval"]["mean_short"] == pytest.approx(ref["mean_short"], rel=1e-6)
+
+    def stop_at_step_5(fraction, stage):
+        if stage.startswith("step 5/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_dir, tmp_path / "cut", progress=stop_at_step_5, **kw)
+    resumed = prune(tiny_dir, tmp_path / "cut", resume=True, **kw)
+    assert resumed["teacher"]["reused"] and resumed["history"] == full["history"]
+    wa, wb = load_file(str(tmp_path / "full/model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("method", ["lhspg", "llm-pruner", "loraprune", "flap", "magnitude", "random"])
+def test_every_method_trains_through_the_distillation_loss(tiny_dir, tmp_path, method):
+    """Pure KD from the dense teacher: at the first step a LoRA student (B = 0) of the unpruned model *is* the
+    teacher (loss 0), and a one-shot pruned one is close to it — far below next-token loss (≈ ln vocab)."""
+    extra = {"llm-pruner": dict(calib_samples=4), "flap": dict(calib_samples=8), "loraprune": dict(mask_every=2),
+             "lhspg": dict(warmup_steps=1, periods=2, period_steps=2)}.get(method, {})
+    rep = prune(tiny_dir, tmp_path / method, method=method, kinds=("attention", "mlp"), ratio=0.05,
+                allocation="uniform", steps=6, batch_size=2, seq_len=32, eval_tokens=512, measure_latency=False,
+                checkpoint_every=100, distill=1.0, teacher="dense", pure_kd=True, **extra)
+    assert rep["teacher"]["kind"] == "dense" and rep["teacher"]["eval"] == rep["eval_before"]
+    first = rep["history"][0]["loss"]
+    assert first < 0.5, first
+    if method in ("lhspg", "loraprune"):  # nothing pruned before the first step
+        assert first == pytest.approx(0.0, abs=1e-5)

@@ -165,3 +165,57 @@ def test_final_evaluation_reads_eval_tokens_not_the_round_prefix(pruned_demo, tm
     for r in direct:
         assert got[(r.source, r.protocol)]["n_tokens"] == r.n_tokens
         assert got[(r.source, r.protocol)]["ppl"] == pytest.approx(r.ppl, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------- distillation, full training
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _cut_and_resume(pruned, out, **kw):
+    """Interrupt after round 2's steps (its checkpoint not yet written), then resume to the end."""
+    def stop(fraction, stage):
+        if stage.startswith("round 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recover(pruned, out, progress=stop, **kw)
+    return recover(pruned, out, resume=True, **kw)
+
+
+DISTILL = {**SMALL, "tokens": 8 * 4 * 64, "round_steps": 4, "val_tokens": 512, "eval_tokens": 512, "distill": 1.0}
+
+
+def test_recovery_with_distillation_records_its_teacher_and_resumes_bit_exactly(pruned_demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
+    full = recover(pruned_demo, tmp_path / "full", **DISTILL)
+    teacher = full["teacher"]
+    assert teacher["kind"] == "finetuned" and not teacher["reused"] and teacher["steps"] == 8
+    assert teacher["eval"]["mean_short"] > 0 and full["settings"]["teacher"] == "finetuned"
+    assert json.loads((tmp_path / "full/run.json").read_text())["teacher"]["key"] == teacher["key"]
+    resumed = _cut_and_resume(pruned_demo, tmp_path / "cut", **DISTILL)
+    assert resumed["teacher"]["reused"] and resumed["teacher"]["key"] == teacher["key"]
+    a, b = _weights(tmp_path / "full/model"), _weights(tmp_path / "cut/model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = recover(pruned_demo, tmp_path / "plain", **{**DISTILL, "distill": 0.0})
+    c = _weights(tmp_path / "plain/model")
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the distillation term changed the training
+    assert plain["teacher"] is None
+
+
+def test_full_training_changes_base_weights_reloads_and_resumes(pruned_demo, tmp_path):
+    from lorashear import load_pruned
+
+    kw = {**SMALL, "tokens": 8 * 4 * 64, "round_steps": 4, "val_tokens": 512, "eval_tokens": 512, "train": "full", "lr": 1e-3}
+    rep = recover(pruned_demo, tmp_path / "full", **kw)
+    assert rep["train"] == "full"
+    before, after = _weights(pruned_demo), _weights(tmp_path / "full/model")
+    assert set(before) == set(after) and all(before[k].shape == after[k].shape for k in before)
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every tensor trained, norms included
+    side = json.loads((tmp_path / "full/model/lorashear.json").read_text())
+    assert sum(p.numel() for p in load_pruned(tmp_path / "full/model").parameters()) == side["n_params"]
+    _cut_and_resume(pruned_demo, tmp_path / "cut", **kw)
+    resumed = _weights(tmp_path / "cut/model")
+    assert all(torch.equal(after[k], resumed[k]) for k in after)
