@@ -4,6 +4,7 @@
                                   [--methods lhspg,llm-pruner,loraprune,flap,flap-0,magnitude,random]
                                   [--eval-tokens 16384] [--threads N] [--json OUT]
                                   [--set periods=2,distill=1.0 --label NAME]  # a variant of every pruned row
+                                  [--holdout SOURCE]  # train on the other demo sources; SOURCE is evaluated only
 
 Every row is one ``lorashear.prune.prune`` run (or ``finetune_dense`` for the dense references) in a fresh
 process, so wall time and peak memory (``ru_maxrss``) are the run's own. All runs: ``--steps`` optimizer steps ×
@@ -46,6 +47,11 @@ def _one(spec: dict) -> dict:
 
     base = dict(steps=spec["steps"], batch_size=4, seq_len=128, seed=spec["seed"], eval_tokens=spec["eval_tokens"],
                 measure_latency=False, checkpoint_every=10**9)
+    if spec.get("holdout"):  # train on the other sources only; every source is still evaluated
+        from lorashear.data import DEMO_CORPUS_DIR, DEMO_SOURCES
+
+        base["data"] = tuple(f"{s}={DEMO_CORPUS_DIR / s / 'train.jsonl.gz'}" for s in DEMO_SOURCES
+                             if s != spec["holdout"])
     t = time.time()
     method = spec["method"]
     if method in ("dense", "dense+lora"):
@@ -104,8 +110,15 @@ def table(rows: list[dict]) -> str:
     ratios = sorted({r["ratio"] for r in rows if r["ratio"]})
     for ratio in ratios:
         out.append(f"\n### ρ = {ratio}\n")
-        head = ["method", "params", "removed"] + [f"{s} short" for s in sources] + ["mean short"] + \
-               [f"{s} long" for s in sources] + ["mean long", "seconds", "peak MiB", "seeds"]
+        held = {r.get("holdout") for r in ok} - {None}
+        mark = (lambda s: f"{s} (held out)" if s in held else s) if len(held) == 1 else (lambda s: s)
+        head = ["method", "params", "removed"] + [f"{mark(s)} short" for s in sources] + ["mean short"] + \
+               [f"{mark(s)} long" for s in sources] + ["mean long", "× dense+budget (short)", "seconds", "peak MiB",
+                                                       "seeds"]
+        ref = {}
+        for r in ok:
+            if r["method"] == "dense+lora":
+                ref.setdefault(r.get("holdout"), []).append(r["mean_short"])
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         order = ["dense", "dense+lora"] + [m for m in LABELS if m not in ("dense", "dense+lora")]
@@ -125,6 +138,9 @@ def table(rows: list[dict]) -> str:
             for prot in ("short", "long"):
                 cells += [_ms([r["ppl"].get(f"{s}/{prot}") for r in rs]) for s in sources]
                 cells.append("**" + _ms([r[f"mean_{prot}"] for r in rs]) + "**")
+            base_ref = ref.get(rs[0].get("holdout"))
+            cells.append(f"{statistics.mean(r['mean_short'] for r in rs) / statistics.mean(base_ref):.3f}"
+                         if base_ref else "—")
             cells += [_ms([r["seconds"] for r in rs], "{:.0f}"), _ms([r["peak_rss_mib"] for r in rs], "{:.0f}"),
                       ",".join(str(r["seed"]) for r in rs)]
             out.append("| " + " | ".join(cells) + " |")
@@ -194,6 +210,8 @@ def main() -> None:
     ap.add_argument("--set", default=None, metavar="KEY=VALUE,...", help="prune settings for every pruned row "
                     "(e.g. periods=2,distill=1.0): a variant, run and tabled apart from the defaults; needs --label")
     ap.add_argument("--label", default="", help="the variant's name in the table and the JSON rows")
+    ap.add_argument("--holdout", default=None, metavar="SOURCE", help="train every row on the other demo sources; "
+                    "SOURCE is only evaluated (a recipe that only adapts to its training domain shows there)")
     ap.add_argument("--table", default=None, metavar="A.json,B.json", help="only print the table of these row files")
     args = ap.parse_args()
     if args.table:
@@ -219,12 +237,20 @@ def main() -> None:
     done = {(r["method"], r.get("variant", ""), r["ratio"], r["seed"]) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]
     common = dict(model=args.model, steps=args.steps, eval_tokens=args.eval_tokens, threads=args.threads)
+    held = {}
+    if args.holdout:
+        from lorashear.data import DEMO_SOURCES
+
+        if args.holdout not in DEMO_SOURCES:
+            sys.exit(f"--holdout: one of the demo sources {', '.join(DEMO_SOURCES)}")
+        held = {"holdout": args.holdout, "variant": f"holdout {args.holdout}"}
     plan = []
     for seed in seeds:
         if not args.no_dense:
-            plan += [dict(common, method=m, ratio=0.0, seed=seed) for m in ("dense", "dense+lora")]
-        plan += [dict(common, method=m, ratio=ratio, seed=seed, **({"set": settings, "variant": args.label}
-                                                                   if args.label else {}))
+            plan += [dict(common, method=m, ratio=0.0, seed=seed, **held) for m in ("dense", "dense+lora")]
+        variant = " ".join(v for v in (args.label, held.get("variant", "")) if v)
+        plan += [dict(common, method=m, ratio=ratio, seed=seed, **{**held, **({"variant": variant} if variant else {})},
+                      **({"set": settings} if args.label else {}))
                  for ratio in ratios for m in methods]
     for spec in plan:
         if (spec["method"], spec.get("variant", ""), spec["ratio"], spec["seed"]) in done:
