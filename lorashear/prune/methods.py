@@ -235,7 +235,7 @@ def _reconstructing(setup: Callable[..., tuple[Plan, dict]]) -> Callable[..., tu
             zero_units(unit_slices(model, candidate_groups(groups, spec)), plan.removal)
             rep = ref.apply(model, groups, plan.removal, when="after the one-shot plan was applied")
             ref.release()
-            info["reconstruct"] = {**ref.record, "events": describe(rep)}
+            info["reconstruct"] = {**ref.record, "result": describe(rep)}
         return plan, info
     run.__doc__ = setup.__doc__
     return run

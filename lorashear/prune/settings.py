@@ -138,7 +138,7 @@ class PruneSettings(PlanSettings):
     bias_compensation: bool | None = option(None, "no bias compensation of the removed units' mean contribution",
                                             type="bool", flag="--no-bias-compensation", methods=("flap",),
                                             method_defaults={"flap": True}, form=False)
-    reconstruct: str = option("none", "after the structure is fixed (each LHSPG period end; once for one-shot methods), "
+    reconstruct: str = option("none", "after the structure is fixed (each LHSPG period end, LoRAPrune's last mask update, once for one-shot methods), "
                               "refit what reads the removed units to the dense model's block outputs on calibration "
                               "tokens: none; bias (output-bias mean compensation); block (ridge least squares of o_proj / "
                               "down_proj over the kept inputs)", type="choice", choices=RECONSTRUCT_MODES,

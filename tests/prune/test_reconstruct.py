@@ -250,3 +250,30 @@ def test_lhspg_resumes_exactly_across_a_reconstruction():
     assert [r["when"] for r in ref2.record["runs"]] == ["end of period 1", "end of period 2"]
     a, b = dict(peft.named_parameters()), dict(peft2.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_bias_mode_is_flaps_mean_compensation_when_the_kept_inputs_are_dense():
+    """First refit of the model (layer 0's o_proj): its kept inputs are the dense ones, so the least-squares bias
+    shift is exactly FLAP's ``W[:, removed] @ mean(x_removed)`` of the dense inputs."""
+    from lorashear.prune.flap import add_biases
+
+    model = build("llama-gqa")
+    add_biases(model, ("attention",))
+    dense = copy.deepcopy(model)
+    groups = find_groups(trace(model))
+    g = next(g for g in groups if g.kind == "attention" and g.layer == 0)
+    removal = {g.id: [0]}
+    o = dense.model.layers[0].self_attn.o_proj
+    ids = _calib(64)
+    xs = []
+    h = o.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1]).double()))
+    with torch.no_grad():
+        dense(input_ids=ids)
+    h.remove()
+    cols = [c for c in range(o.in_features) if c // 8 in (0, 1)]  # kv head 0 of 2 carries query heads 0 and 1 (head_dim 8)
+    want = o.weight.double()[:, cols] @ torch.cat(xs).mean(0)[cols]
+    zero_units(unit_slices(model, [g]), removal)
+    before = model.model.layers[0].self_attn.o_proj.bias.detach().double().clone()
+    reconstruct(model, dense, groups, removal, ids, "bias")
+    got = model.model.layers[0].self_attn.o_proj.bias.detach().double() - before
+    assert torch.allclose(got, want, atol=1e-5)
