@@ -273,11 +273,14 @@ def _refit(t: Target, model: nn.Module, dense: nn.Module, layer: nn.Module, dlay
         row.update(skipped="no bias on this linear (the config cannot carry one): bias mode leaves it as it is")
     fit_bias = base.bias is not None
     k = int(kidx.numel()) + (1 if fit_bias else 0)
-    G = torch.zeros(k, k, dtype=torch.float64) if mode == "block" else None
-    C = torch.zeros(k, d_out, dtype=torch.float64) if mode == "block" else None
-    yy = torch.zeros((), dtype=torch.float64)
-    rsum = torch.zeros(d_out, dtype=torch.float64)
-    err = torch.zeros((), dtype=torch.float64)
+    acc = base.weight.device  # float64 sums where the model is (a GPU's Gram is fast; CPU as before)
+    f64 = dict(dtype=torch.float64, device=acc)
+    G = torch.zeros(k, k, **f64) if mode == "block" else None
+    C = torch.zeros(k, d_out, **f64) if mode == "block" else None
+    yy = torch.zeros((), **f64)
+    rsum = torch.zeros(d_out, **f64)
+    err = torch.zeros((), **f64)
+    kidx_acc = kidx.to(acc)
     n = 0
     cap: dict[str, torch.Tensor] = {}
 
@@ -295,17 +298,17 @@ def _refit(t: Target, model: nn.Module, dense: nn.Module, layer: nn.Module, dlay
         for st in states:
             _run_layer(dlayer, st[3], st[4], st[5])
             _run_layer(layer, st[0], st[1], st[2])
-            x = cap["x"].reshape(-1, d_in).to("cpu", torch.float64)
-            y = cap["y"].reshape(-1, d_out).to("cpu", torch.float64)
-            out = cap["out"].reshape(-1, d_out).to("cpu", torch.float64)
+            x = cap["x"].reshape(-1, d_in).to(acc, torch.float64)
+            y = cap["y"].reshape(-1, d_out).to(acc, torch.float64)
+            out = cap["out"].reshape(-1, d_out).to(acc, torch.float64)
             r = y - out
             err += r.pow(2).sum()
             rsum += r.sum(0)
             n += x.shape[0]
             if mode == "block":
-                xk = x.index_select(1, kidx)
+                xk = x.index_select(1, kidx_acc)
                 if fit_bias:
-                    xk = torch.cat([xk, torch.ones(xk.shape[0], 1, dtype=xk.dtype)], 1)
+                    xk = torch.cat([xk, torch.ones(xk.shape[0], 1, **f64)], 1)
                 G += xk.T @ xk
                 C += xk.T @ y
                 yy += y.pow(2).sum()
@@ -330,7 +333,7 @@ def _refit(t: Target, model: nn.Module, dense: nn.Module, layer: nn.Module, dlay
     A = G.clone()
     A.diagonal()[:nk] += lam
     if lam == 0.0:  # no ridge: the least-squares solution of smallest norm
-        sol = torch.linalg.lstsq(A, C).solution
+        sol = torch.linalg.pinv(A, hermitian=True) @ C
     else:
         sol = torch.linalg.solve(A, C)
     new_w = sol[:nk].T  # [d_out, |K|]
@@ -338,8 +341,8 @@ def _refit(t: Target, model: nn.Module, dense: nn.Module, layer: nn.Module, dlay
     if fit_bias:
         base.bias.data.copy_(sol[nk].to(base.bias.device, base.bias.dtype))
     # ‖Y − X_K w‖² = YᵀY − 2·tr(wᵀC) + tr(wᵀGw), in float64 on the solved weights as written
-    sol_w = torch.cat([w.data[:, kidx.to(w.device)].T.double().cpu()]
-                      + ([base.bias.data.double().cpu()[None]] if fit_bias else []), 0)
+    sol_w = torch.cat([w.data[:, kidx.to(w.device)].T.to(acc, torch.float64)]
+                      + ([base.bias.data.to(acc, torch.float64)[None]] if fit_bias else []), 0)
     sse = yy - 2 * (sol_w * C).sum() + (sol_w * (G @ sol_w)).sum()
     row["mse_after"] = max(0.0, float(sse / (n * d_out)))
     row["ridge_lambda"] = lam

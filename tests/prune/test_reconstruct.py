@@ -202,7 +202,7 @@ def test_lhspg_run_refits_at_every_period_end(tiny_dir, tmp_path):
     assert load_pruned(tmp_path / "r" / "model") is not None
 
 
-def _lhspg_with_reference():
+def _lhspg_with_reference(**kw):
     from lorashear.adapters import add_lora
     from lorashear.prune.lhspg import LHSPG
     from lorashear.prune.reconstruct import Reference
@@ -213,7 +213,7 @@ def _lhspg_with_reference():
     peft = add_lora(plain, 4, 8, "all-linear", 0)
     ref = Reference(dense, _calib(64), "block", 1e-3, {})
     opt = LHSPG(peft, groups, PlanSpec(ratio=0.2, kinds=("attention", "mlp")), warmup_steps=1, periods=2,
-                period_steps=2, reconstruction=ref)
+                period_steps=2, reconstruction=ref, **kw)
     return peft, opt, ref
 
 
@@ -277,3 +277,39 @@ def test_bias_mode_is_flaps_mean_compensation_when_the_kept_inputs_are_dense():
     reconstruct(model, dense, groups, removal, ids, "bias")
     got = model.model.layers[0].self_attn.o_proj.bias.detach().double() - before
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_ridge_zero_is_plain_least_squares_and_fits_at_least_as_well():
+    model = build("llama-gqa")
+    dense = copy.deepcopy(model)
+    groups, removal = _masked(model)
+    other = copy.deepcopy(model)
+    ids = _calib(64, n=16)
+    r0 = reconstruct(model, dense, groups, removal, ids, "block", ridge=0.0)
+    r1 = reconstruct(other, dense, groups, removal, ids, "block", ridge=0.1)
+    first0, first1 = r0["refit"][0], r1["refit"][0]  # same inputs (layer 0's o_proj): a comparable fit
+    assert first0["mse_after"] <= first1["mse_after"] + 1e-9
+    with pytest.raises(LorashearError, match="ridge"):
+        reconstruct(model, dense, groups, removal, ids, "block", ridge=-1.0)
+
+
+def test_loraprune_run_refits_once_after_its_last_mask_update(tiny_dir, tmp_path):
+    report = prune(tiny_dir, tmp_path / "r", method="loraprune", steps=6, mask_every=2, reconstruct="block", **FAST)
+    runs = report["method_info"]["reconstruct"]["runs"]
+    assert len(runs) == 1 and runs[0]["when"].startswith("after the last mask update")
+    assert all(r["mse_after"] < r["mse_before"] for r in _refits(report))
+    assert load_pruned(tmp_path / "r" / "model") is not None
+
+
+def test_lhspg_without_merging_survivors_merges_the_refit_layers_and_resets_their_state():
+    from lorashear.prune.reconstruct import lora_factors
+
+    peft, opt, ref = _lhspg_with_reference(merge_survivors=False)
+    for t in range(3):
+        _step(peft, opt, t)
+    merged = ref.record["runs"][0]["lora_merged"]
+    assert merged and {r["linear"] for r in ref.record["runs"][0]["refit"]} == set(merged)
+    for p in lora_factors(peft, merged):
+        assert p not in opt.state  # AdamW starts afresh on the merged factors
+        if p.shape[0] != 4:  # B (out × r): zero, so the model computes exactly the fitted base weight
+            assert float(p.abs().sum()) == 0.0
