@@ -16,6 +16,11 @@ AdamW step it runs the pruning schedule (formulation and defaults: ``docs/lhspg.
   merged into the base weights (``W += s·B·A``, ``B ← 0``, AdamW state of the factors reset), as in Algorithm 4;
 * after the last period, training continues with the masked units held at zero.
 
+With a ``reconstruction`` (``--reconstruct bias|block``, ``reconstruct.py``), every period end — after the merge of
+the survivors — refits the linears that read the units zeroed in that period (o_proj / down_proj, over all kept
+inputs) to the dense model's block outputs. The fit is of the effective weight; a layer whose LoRA was not merged
+yet (``--no-merge-survivors``) has its delta folded into the base first and its factors' AdamW state reset.
+
 Everything the schedule needs to continue is in ``state_dict`` (saliency, plan, masks, position), so a
 checkpoint of model + optimizer resumes exactly.
 """
@@ -46,7 +51,8 @@ class LHSPG(PruningOptimizer):
     def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, warmup_steps: int = 20,
                  periods: int = 4, period_steps: int = 30, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, epsilon: float = 0.0, saliency: str = "lora-taylor", ema: float = 0.9,
-                 score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None):
+                 score_every: int = 1, merge_survivors: bool = True, plan: Plan | None = None,
+                 reconstruction: Any = None):
         if saliency not in SALIENCY:
             raise LorashearError(f"unknown saliency {saliency!r}; choose one of {', '.join(SALIENCY)}")
         for name, v in (("warmup_steps", warmup_steps), ("period_steps", period_steps)):
@@ -59,7 +65,10 @@ class LHSPG(PruningOptimizer):
         hp = dict(warmup_steps=warmup_steps, periods=periods, period_steps=period_steps, epsilon=float(epsilon),
                   saliency=saliency, ema=float(ema), score_every=max(1, int(score_every)),
                   merge_survivors=bool(merge_survivors))
+        if reconstruction is not None:  # only then in hp: checkpoints written without it still resume
+            hp.update(reconstruct=reconstruction.mode, reconstruct_ridge=reconstruction.ridge)
         super().__init__(model, groups, spec, lr=lr, betas=betas, weight_decay=weight_decay, plan=plan, hp=hp)
+        self.reconstruction = reconstruction  # a reconstruct.Reference, or None
         # the producer slices as the knowledge estimators see them (with their LoRA layer): what LoRA-Taylor scores
         self.score_slices = {gid: [us.source for us in sls] for gid, sls in self.slices.items()}
         self._period_idx: list | None = None  # cached slice indices of the current period
@@ -214,7 +223,14 @@ class LHSPG(PruningOptimizer):
             self._masked_idx = None
             if self.hp["merge_survivors"]:
                 self.merge_lora()
-            if per["index"] == self.hp["periods"] - 1:
+            final = per["index"] == self.hp["periods"] - 1
+            if self.reconstruction is not None:
+                from .reconstruct import refit
+
+                refit(self, self.reconstruction, only=list(per["units"]), when=f"end of period {per['index'] + 1}")
+                if final:
+                    self.reconstruction.release()
+            if final:
                 self._finish_plan()
 
     @torch.no_grad()
@@ -245,5 +261,17 @@ class LHSPG(PruningOptimizer):
             state_dict = {**state_dict, "lorashear": {**extra, "hp": json.dumps(hp)}}
         super().load_state_dict(state_dict)
 
+    def changed_tensors(self) -> list[torch.Tensor]:
+        """As ``PruningOptimizer.changed_tensors``, plus the weights and biases a reconstruction refits."""
+        out = super().changed_tensors()
+        if self.reconstruction is not None:
+            from .reconstruct import consumer_params
+
+            seen = {id(t) for t in out}
+            out += [p for p in consumer_params(self.model, self.cands) if id(p) not in seen]
+        return out
+
     def _loaded(self) -> None:
         self._period_idx = None
+        if self.reconstruction is not None:  # the report lists the refits done before the checkpoint too
+            self.reconstruction.record["runs"] = list(self.sched.get("reconstruct", []))

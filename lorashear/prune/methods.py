@@ -17,10 +17,16 @@ the dense model before LoRA is added. What each does, and where it follows the p
 * ``flap`` — one-shot, training-free: fluctuation importance standardised per layer and kind, bias compensation
   (``flap.py``); ``steps=0`` reports it with no training at all.
 * ``magnitude`` / ``random`` — one-shot by ‖W_u‖² / seeded uniform scores: the floors.
+
+``--reconstruct bias|block`` (``reconstruct.py``) works with every method: ``prepare`` keeps a frozen dense copy and
+the calibration windows before anything changes; a one-shot method refits right after its plan is applied (the
+units are zeroed in ``setup``, before LoRA is added), LHSPG at each period end, LoRAPrune after its last mask update.
 """
 from __future__ import annotations
 
+import copy
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -34,6 +40,7 @@ from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
 from .masked import PruningOptimizer
 from .names import METHODS as NAMES, ONE_SHOT
 from .plan import Plan, PlanSpec, candidate_groups, make_plan
+from .reconstruct import Reference, consumer_params, describe, refit
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class LoRAPrune(PruningOptimizer):
 
     def __init__(self, model: nn.Module, groups: Sequence[Group], spec: PlanSpec, *, steps: int, warmup_steps: int,
                  cooldown_steps: int, mask_every: int = 10, ema: float = 0.9, lr: float = 2e-4, plan: Plan | None = None,
-                 **kw: Any):
+                 reconstruction: Reference | None = None, **kw: Any):
         for name, v, lo in (("steps", steps, 1), ("warmup_steps", warmup_steps, 0), ("cooldown_steps", cooldown_steps, 0),
                             ("mask_every", mask_every, 1)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -80,7 +87,10 @@ class LoRAPrune(PruningOptimizer):
         if warmup_steps + cooldown_steps >= steps:
             raise LorashearError(f"loraprune needs warm-up {warmup_steps} + cool-down {cooldown_steps} < --steps {steps}")
         hp = dict(steps=steps, warmup_steps=warmup_steps, cooldown_steps=cooldown_steps, mask_every=mask_every, ema=float(ema))
+        if reconstruction is not None:
+            hp.update(reconstruct=reconstruction.mode, reconstruct_ridge=reconstruction.ridge)
         super().__init__(model, groups, spec, lr=lr, plan=plan, hp=hp, **kw)
+        self.reconstruction = reconstruction
         from ..knowledge.slices import ParamIndex
 
         index = ParamIndex(model)
@@ -140,13 +150,95 @@ class LoRAPrune(PruningOptimizer):
             if take:
                 self.mask(take, f"mask update at {f:.3f} of the target")
             if t == self.last_update:
+                if self.reconstruction is not None:  # the structure is final: refit its readers once
+                    refit(self, self.reconstruction, when=f"after the last mask update (step {t})")
+                    self.reconstruction.release()
                 self._finish_plan()
+
+    def changed_tensors(self) -> list[torch.Tensor]:
+        """As ``PruningOptimizer.changed_tensors``, plus the weights and biases a reconstruction refits."""
+        out = super().changed_tensors()
+        if self.reconstruction is not None:
+            seen = {id(t) for t in out}
+            out += [p for p in consumer_params(self.model, self.cands) if id(p) not in seen]
+        return out
+
+    def _loaded(self) -> None:
+        if self.reconstruction is not None:
+            self.reconstruction.record["runs"] = list(self.sched.get("reconstruct", []))
 
     def _score(self) -> None:
         # producer and consumer slices, each module's vector L2-normalised before the sum (LoRAPrune's code)
         new = lora_taylor_units(self.score_slices, self.n_units, unbias=False, normalize=True)
         if new is not None:
             ema_update(self.sched["scores"], new, self.hp["ema"])
+
+
+# ---------------------------------------------------------------------------------- reconstruction
+_REFERENCES: "weakref.WeakKeyDictionary[nn.Module, Reference]" = weakref.WeakKeyDictionary()
+
+
+def prepare_method(method: Method, model: nn.Module, st: Any, tok: Any) -> dict[str, Any]:
+    """What a run does to the dense model before tracing: the method's ``prepare`` (FLAP: bias fields) and, with
+    ``--reconstruct``, the dense reference (a frozen copy and the calibration windows, kept for the refits; bias
+    mode first gives o_proj / down_proj a bias through the stock config flags, or refuses). Returns the run
+    report's ``method_info`` entries."""
+    out: dict[str, Any] = {}
+    if method.prepare is not None:
+        out["prepare"] = method.prepare(model, st)
+    mode = getattr(st, "reconstruct", "none")
+    if mode == "none":
+        return out
+    rec: dict[str, Any] = {"mode": mode, "ridge": st.reconstruct_ridge}
+    if mode == "bias":
+        rec["biases"] = _bias_fields(model, st)
+    from ..knowledge.calibration import calibration_data
+
+    ids, info = calibration_data(tok, list(st.data), n_samples=st.reconstruct_samples, seq_len=st.seq_len, seed=st.seed,
+                                 model=model, split="train")
+    rec["calibration"] = info
+    dense = copy.deepcopy(model).eval().requires_grad_(False)
+    _REFERENCES[model] = Reference(dense, ids, mode, float(st.reconstruct_ridge), rec)
+    out["reconstruct"] = rec
+    return out
+
+
+def _bias_fields(model: nn.Module, st: Any) -> dict:
+    """Bias mode moves the bias of o_proj / down_proj: give them one through the config, or refuse in one line."""
+    from .flap import add_biases
+
+    kinds = [k for k in st.kinds if k in ("attention", "query_heads", "mlp")]
+    added = add_biases(model, kinds)
+    wanted = (("o_proj",) if {"attention", "query_heads"} & set(kinds) else ()) + (("down_proj",) if "mlp" in kinds else ())
+    missing = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p.rsplit(".", 1)[-1] in wanted
+               and m.bias is None]
+    if missing:
+        raise LorashearError(f"--reconstruct bias needs a bias on {missing[0]} and the model's config cannot carry one "
+                             f"({added['biases']}); use --reconstruct block")
+    return added
+
+
+def _reference_of(model: nn.Module) -> Reference | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _REFERENCES.get(base)
+
+
+def _reconstructing(setup: Callable[..., tuple[Plan, dict]]) -> Callable[..., tuple[Plan, dict]]:
+    """A one-shot ``setup`` followed, with ``--reconstruct``, by the plan's units zeroed on the dense model and the
+    refit of their readers (once: the structure is final). ``OneShot`` masks the same units again (a no-op)."""
+    def run(model, groups, spec, st, tok):
+        plan, info = setup(model, groups, spec, st, tok)
+        ref = _REFERENCES.pop(model, None)
+        if ref is not None:
+            from .units import unit_slices, zero_units
+
+            zero_units(unit_slices(model, candidate_groups(groups, spec)), plan.removal)
+            rep = ref.apply(model, groups, plan.removal, when="after the one-shot plan was applied")
+            ref.release()
+            info["reconstruct"] = {**ref.record, "result": describe(rep)}
+        return plan, info
+    run.__doc__ = setup.__doc__
+    return run
 
 
 # ---------------------------------------------------------------------------------- one-shot scoring
@@ -214,12 +306,13 @@ def _opt_lhspg(peft_model, groups, spec, st, plan):
 
     return LHSPG(peft_model, groups, spec, warmup_steps=st.warmup_steps, periods=st.periods, period_steps=st.period_steps,
                  lr=st.lr, epsilon=st.epsilon, saliency=st.saliency, score_every=st.score_every,
-                 merge_survivors=st.merge_survivors)
+                 merge_survivors=st.merge_survivors, reconstruction=_reference_of(peft_model))
 
 
 def _opt_loraprune(peft_model, groups, spec, st, plan):
     return LoRAPrune(peft_model, groups, spec, steps=st.steps, warmup_steps=st.warmup_steps,
-                     cooldown_steps=st.cooldown_steps, mask_every=st.mask_every, lr=st.lr)
+                     cooldown_steps=st.cooldown_steps, mask_every=st.mask_every, lr=st.lr,
+                     reconstruction=_reference_of(peft_model))
 
 
 def _opt_one_shot(name: str):
@@ -232,15 +325,15 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lhspg", "LoRAShear's LHSPG: saliency warm-up, progressive periods with half-space projection",
            optimizer=_opt_lhspg),
     Method("llm-pruner", "LLM-Pruner: one-shot Taylor importance on calibration samples, then LoRA recovery",
-           setup=_setup_llm_pruner, optimizer=_opt_one_shot("llm-pruner")),
+           setup=_reconstructing(_setup_llm_pruner), optimizer=_opt_one_shot("llm-pruner")),
     Method("loraprune", "LoRAPrune: LoRA-gradient importance EMA, cubic mask schedule during LoRA training",
            optimizer=_opt_loraprune),
     Method("flap", "FLAP: fluctuation importance and bias compensation, training-free (then LoRA unless --steps 0)",
-           prepare=_prepare_flap, setup=_setup_flap, optimizer=_opt_one_shot("flap")),
+           prepare=_prepare_flap, setup=_reconstructing(_setup_flap), optimizer=_opt_one_shot("flap")),
     Method("magnitude", "one-shot by weight magnitude ‖W_u‖², then LoRA recovery (a floor)",
-           setup=_setup_magnitude, optimizer=_opt_one_shot("magnitude")),
+           setup=_reconstructing(_setup_magnitude), optimizer=_opt_one_shot("magnitude")),
     Method("random", "one-shot by seeded random scores, then LoRA recovery (a floor)",
-           setup=_setup_random, optimizer=_opt_one_shot("random")),
+           setup=_reconstructing(_setup_random), optimizer=_opt_one_shot("random")),
 )}
 METHODS = tuple(REGISTRY)
 assert METHODS == NAMES and tuple(m for m, v in REGISTRY.items() if v.setup is not None) == ONE_SHOT

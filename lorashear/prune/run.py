@@ -34,7 +34,7 @@ import torch
 from .. import distill, runs
 from ..adapters import add_lora
 from ..jsonio import write_json_atomic
-from .methods import get_method
+from .methods import get_method, prepare_method
 from .plan import PlanSpec, count_removed, parse_layers
 from .settings import PruneSettings, method_options
 
@@ -107,8 +107,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     method = get_method(st.method)
     method_info: dict[str, Any] = {"method": method.name, "summary": method.summary,
                                    "options": {k: getattr(st, k) for k in method_options(method.name)}, "calibration_tokens": 0}
-    if method.prepare is not None:
-        method_info["prepare"] = method.prepare(model, st)
+    method_info.update(prepare_method(method, model, st, tok))  # FLAP's bias fields; --reconstruct's dense reference
     progress(0.03, "tracing groups")
     groups = find_groups(trace(model))
     n_layers = getattr(model.config, "num_hidden_layers", None) or 1 + max((g.layer for g in groups if g.layer is not None), default=0)

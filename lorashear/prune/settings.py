@@ -19,7 +19,8 @@ GAMMA_LEVELS = ("unit", "layer", "group")
 SALIENCIES = ("lora-taylor", "magnitude")
 TAYLOR_VARIANTS = ("first", "second", "vector")
 AGGREGATIONS = ("sum", "prod", "max", "last")
-LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
+LLM_PRUNER_LAYERS = "0.125:0.9375"
+RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)  # the paper's layers 4–29 of 32, as fractions
 
 
 def check_layer_range(text: str | None) -> str | None:
@@ -137,6 +138,15 @@ class PruneSettings(PlanSettings):
     bias_compensation: bool | None = option(None, "no bias compensation of the removed units' mean contribution",
                                             type="bool", flag="--no-bias-compensation", methods=("flap",),
                                             method_defaults={"flap": True}, form=False)
+    reconstruct: str = option("none", "after the structure is fixed (each LHSPG period end, LoRAPrune's last mask update, once for one-shot methods), "
+                              "refit what reads the removed units to the dense model's block outputs on calibration "
+                              "tokens: none; bias (output-bias mean compensation); block (ridge least squares of o_proj / "
+                              "down_proj over the kept inputs)", type="choice", choices=RECONSTRUCT_MODES,
+                              label="Block reconstruction")
+    reconstruct_samples: int = option(64, "calibration windows of --seq-len training tokens for --reconstruct", type="int",
+                                      min=1, form=False)
+    reconstruct_ridge: float = option(1e-3, "ridge λ of --reconstruct block, relative to the mean diagonal of XᵀX",
+                                      type="float", min=0.0, form=False)
     distill: float
     teacher: str | None
     pure_kd: bool
