@@ -56,7 +56,7 @@ def ensure_llama_cpp(install: bool) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python"], check=True, env=env)
 
 
-def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool) -> dict[str, dict]:
+def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, reuse: bool = False) -> dict[str, dict]:
     """Compress + save_pruned + export_model for every variant; returns name -> {folder, ggufs, params, model}."""
     from lorashear.compress import compress
     from lorashear.export import save_pruned
@@ -90,8 +90,13 @@ def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool) 
         for d in dtypes:
             f = out / f"{name}-{d}.gguf"
             t = time.perf_counter()
-            infos[d] = export_model(folder if removal is not None else model_src, f, format="gguf", dtype=d, force=True)
-            infos[d]["export_s"] = round(time.perf_counter() - t, 2)
+            meta = f.with_suffix(".json")
+            if reuse and f.is_file() and meta.is_file():
+                infos[d] = json.loads(meta.read_text())
+            else:
+                infos[d] = export_model(folder if removal is not None else model_src, f, format="gguf", dtype=d, force=True)
+                infos[d]["export_s"] = round(time.perf_counter() - t, 2)
+                meta.write_text(json.dumps(infos[d], indent=1))
             ggufs[d] = f
         variants[name] = {"folder": folder, "gguf": ggufs, "info": infos, "model": small.eval(),
                           "params": sum(p.numel() for p in small.parameters())}
@@ -100,11 +105,39 @@ def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool) 
     return variants, tok
 
 
-def llama(path: Path, n_ctx: int, threads: int, logits_all: bool = True):
+def llama(path: Path, n_ctx: int, threads: int, logits_all: bool = True, f32_cache: bool = False):
+    """llama.cpp on ``path``. ``f32_cache``: keep K/V in f32 (llama.cpp's default cache is f16, which alone
+    moves logits by ~1e-3): the pure-f32 comparison."""
+    import llama_cpp
     from llama_cpp import Llama
 
+    if not EXTRA_BUFTS:
+        _no_extra_buffer_types(llama_cpp)
+    extra = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                 n_threads_batch=threads, logits_all=logits_all, verbose=False)
+                 n_threads_batch=threads, logits_all=logits_all, verbose=False, **extra)
+
+
+EXTRA_BUFTS = False
+
+
+def _no_extra_buffer_types(llama_cpp) -> None:
+    """llama.cpp's CPU "extra" buffer types (weight repacking, AMX) off — ``llama-cli --no-repack``. On the
+    AMX-capable VM this was measured on they crash on every Q8_0 file, including one written by llama.cpp's own
+    ``llama_model_quantize``; llama-cpp-python has no argument for it, so the default params are wrapped."""
+    if getattr(llama_cpp, "_lorashear_patched", False):
+        return
+    orig = llama_cpp.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+    llama_cpp.llama_model_default_params = params
+    import llama_cpp.llama as mod
+
+    mod.llama_cpp.llama_model_default_params = params
+    llama_cpp._lorashear_patched = True
 
 
 def cpp_logits(llm, ids: list[int]) -> np.ndarray:
@@ -137,10 +170,10 @@ def correctness(args, variants, tok) -> list[dict]:
     rows = []
     tok_checked = False
     for name, v in variants.items():
-        ours = {src: perplexity(v["model"], s, window).perplexity for src, s in streams.items()}
+        ours = {src: perplexity(v["model"], s, window).ppl for src, s in streams.items()}
         ref = [hf_logits(v["model"], p) for p in prompts]
         for d, path in v["gguf"].items():
-            llm = llama(path, window, args.threads)
+            llm = llama(path, window, args.threads, f32_cache=d == "f32")
             if not tok_checked:  # the tokenizer in the file against transformers' on the validation documents
                 docs = [doc for docs in corpus.values() for doc in docs[:50]]
                 same = sum(llm.tokenize(doc.encode(), add_bos=False, special=False) == tok(doc).input_ids for doc in docs)
@@ -220,9 +253,14 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--variants", default=None, help="comma list to keep (default: all)")
     p.add_argument("--no-install", action="store_true")
+    p.add_argument("--extra-bufts", action="store_true",
+                   help="leave llama.cpp's CPU repack/AMX buffer types on (they crash Q8_0 files on some VMs)")
+    p.add_argument("--reuse", action="store_true", help="keep GGUF files (and pruned folders) from an earlier run in --out")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    global EXTRA_BUFTS
+    EXTRA_BUFTS = args.extra_bufts
     ensure_llama_cpp(not args.no_install)
     import llama_cpp
 
@@ -231,7 +269,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"llama-cpp-python {llama_cpp.__version__}; model {args.model}; dtypes {', '.join(dtypes)}; "
           f"{args.threads} threads; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    variants, tok = make_variants(args.model, out, dtypes, speed=args.speed)
+    variants, tok = make_variants(args.model, out, dtypes, speed=args.speed, reuse=args.reuse)
     if args.variants:
         keep = set(args.variants.split(","))
         variants = {k: v for k, v in variants.items() if k in keep or k == "dense"}
