@@ -56,7 +56,8 @@ def ensure_llama_cpp(install: bool) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python"], check=True, env=env)
 
 
-def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, reuse: bool = False) -> dict[str, dict]:
+def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, reuse: bool = False,
+                  keep: set[str] | None = None) -> dict[str, dict]:
     """Compress + save_pruned + export_model for every variant; returns name -> {folder, ggufs, params, model}."""
     from lorashear.compress import compress
     from lorashear.export import save_pruned
@@ -71,11 +72,15 @@ def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, 
     groups = find_groups(trace(model))
     removals: dict[str, dict | None] = {"dense": None}
     for name, alloc, align in (("uniform", "uniform", None), ("global", "global", None), ("global-a64", "global", 64)):
+        if keep and name not in keep:
+            continue
         spec = PlanSpec(ratio=0.2, allocation=alloc, align=align)
         scores = {gid: v ** 2 for gid, v in magnitude(model, candidate_groups(groups, spec), kinds=spec.kinds).units.items()}
         removals[name] = make_plan(model, groups, spec, scores, scores_from="magnitude").removal
     if model_src == "demo" and not speed:
         removals["hand+hidden"] = HAND
+    if keep:
+        removals = {k: r for k, r in removals.items() if k in keep or k == "dense"}
     variants = {}
     for name, removal in removals.items():
         folder = out / name
@@ -157,6 +162,8 @@ def nll_sum(logits: np.ndarray, ids: list[int]) -> float:
 
 
 def correctness(args, variants, tok) -> list[dict]:
+    from llama_cpp import Llama
+
     from lorashear.data import demo_corpus, token_stream
     from lorashear.evaluate import perplexity
 
@@ -178,6 +185,16 @@ def correctness(args, variants, tok) -> list[dict]:
                 docs = [doc for docs in corpus.values() for doc in docs[:50]]
                 same = sum(llm.tokenize(doc.encode(), add_bos=False, special=False) == tok(doc).input_ids for doc in docs)
                 print(f"tokenizer: llama.cpp reproduces transformers' ids on {same}/{len(docs)} validation documents")
+                from lorashear.export_gguf import find_source_gguf
+
+                src = find_source_gguf(args.model)
+                if src is not None:  # the copied tokenizer against the file it was copied from, both in llama.cpp
+                    orig = Llama(model_path=str(src), vocab_only=True, verbose=False)
+                    same = sum(llm.tokenize(doc.encode(), add_bos=False, special=False)
+                               == orig.tokenize(doc.encode(), add_bos=False, special=False) for doc in docs)
+                    print(f"tokenizer: llama.cpp gives the same ids with the exported file as with {src.name} on "
+                          f"{same}/{len(docs)} documents")
+                    del orig
                 tok_checked = True
             got = [cpp_logits(llm, p) for p in prompts]
             diff = max(float(np.abs(a - b).max()) for a, b in zip(got, ref))
@@ -269,10 +286,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"llama-cpp-python {llama_cpp.__version__}; model {args.model}; dtypes {', '.join(dtypes)}; "
           f"{args.threads} threads; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    variants, tok = make_variants(args.model, out, dtypes, speed=args.speed, reuse=args.reuse)
-    if args.variants:
-        keep = set(args.variants.split(","))
-        variants = {k: v for k, v in variants.items() if k in keep or k == "dense"}
+    keep = set(args.variants.split(",")) if args.variants else None
+    variants, tok = make_variants(args.model, out, dtypes, speed=args.speed, reuse=args.reuse, keep=keep)
     rows = speed(args, variants) if args.speed else correctness(args, variants, tok)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "llama_cpp_python": llama_cpp.__version__,
