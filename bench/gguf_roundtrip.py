@@ -1,4 +1,4 @@
-"""Proof by the real runtime: GGUF files written by ``lorashear.export_gguf`` loaded and run by llama.cpp
+"""Proof by the real runtime: GGUF files written by ``lorashear.deploy`` loaded and run by llama.cpp
 (through llama-cpp-python), compared with transformers on the same token ids. Slow; not part of the tests.
 
     python bench/gguf_roundtrip.py [--model demo|smollm2-135m|DIR] [--dtypes f32,f16,q8_0] [--out DIR]
@@ -61,14 +61,14 @@ def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, 
     """Compress + save_pruned + export_model for every variant; returns name -> {folder, ggufs, params, model}."""
     from lorashear.compress import compress
     from lorashear.export import save_pruned
-    from lorashear.export_gguf import export_model
+    from lorashear.deploy import export_model
     from lorashear.groups import find_groups
     from lorashear.knowledge.estimators import magnitude
-    from lorashear.loading import load_model_and_tokenizer, resolve_source
+    from lorashear.loading import load_model, resolve_source
     from lorashear.prune.plan import PlanSpec, candidate_groups, make_plan
     from lorashear.trace import trace
 
-    model, tok = load_model_and_tokenizer(model_src)
+    model, tok = load_model(model_src)
     groups = find_groups(trace(model))
     removals: dict[str, dict | None] = {"dense": None}
     for name, alloc, align in (("uniform", "uniform", None), ("global", "global", None), ("global-a64", "global", 64)):
@@ -185,7 +185,7 @@ def correctness(args, variants, tok) -> list[dict]:
                 docs = [doc for docs in corpus.values() for doc in docs[:50]]
                 same = sum(llm.tokenize(doc.encode(), add_bos=False, special=False) == tok(doc).input_ids for doc in docs)
                 print(f"tokenizer: llama.cpp reproduces transformers' ids on {same}/{len(docs)} validation documents")
-                from lorashear.export_gguf import find_source_gguf
+                from lorashear.deploy import find_source_gguf
 
                 src = find_source_gguf(args.model)
                 if src is not None:  # the copied tokenizer against the file it was copied from, both in llama.cpp

@@ -253,6 +253,13 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- pruning
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a command that runs a training (prune, recover): not settings of the run itself."""
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+
+
 def _plan_args(p: argparse.ArgumentParser) -> None:
     from .prune.settings import PlanSettings
     from .settings import add_arguments
@@ -269,9 +276,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
     add_arguments(p, PruneSettings, groups={"lhspg": "lhspg options", "loraprune": "lhspg/loraprune options",
                                              "llm-pruner": "baseline options", "flap": "baseline options"})
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_arguments(p)
 
 
 def _plan_cmd_args(p: argparse.ArgumentParser) -> None:
@@ -350,6 +355,37 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- export
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from .export_settings import ExportSettings
+    from .settings import add_arguments
+
+    p.add_argument("model", help="a model folder (pruned or not; a prune run folder uses its model/), 'demo', a "
+                                 ".gguf file or a named model")
+    p.add_argument("--out", required=True, help="the output: a folder (--format hf) or a .gguf file (--format gguf)")
+    add_arguments(p, ExportSettings)
+
+
+@command("export", help="Write a model as a Hugging Face folder or a GGUF file that llama.cpp runs, optionally after removing a hand selection of units or a saved plan's.")
+@arguments(_export_args)
+def _export(args: argparse.Namespace) -> int:
+    from .deploy import export
+    from .export_settings import ExportSettings
+    from .settings import from_args
+
+    settings = from_args(ExportSettings, args)
+    info = export(args.model, args.out, settings,
+                  progress=lambda f, stage: print(f"[{f * 100:5.1f}%] {stage}", file=sys.stderr, flush=True))
+    if info.get("selection"):
+        print(f"removed {info['units_removed']} units of {info['groups']} groups ({info['selection']}): parameters "
+              f"{info['params_before']:,} → {info['params_after']:,}")
+    layers = info.get("layers") or []
+    what = info.get("architecture") or info["format"]
+    print(f"wrote {info['path']} ({info['format']}, {info['dtype']}, {what}, {len(layers)} layers)")
+    print(f"load or run with: {info.get('hint')}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- recovery
 def _recover_args(p: argparse.ArgumentParser) -> None:
     from .recover.settings import RecoverSettings
@@ -359,9 +395,7 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", default=None, help="the dense model it was pruned from (default: the source its sidecar names)")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --resume)")
     add_arguments(p, RecoverSettings)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _run_arguments(p)
 
 
 @command("recover", help="Recover a pruned model: adaptive multi-source LoRA rounds, then instruction tuning; write the model and its trajectory.")

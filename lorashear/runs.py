@@ -148,6 +148,19 @@ def open_run(out: str | Path, fmt: str, settings: dict, *, resume: bool, what: s
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+def resume_latest(out: str | Path, model: Any, opt: Any, progress: Callable[[float, str], None] | None = None
+                  ) -> tuple[int, dict] | None:
+    """Load the newest checkpoint of ``out`` into ``model`` and ``opt``: (its step, its state), or None when the run
+    has none yet (it then starts from step 0)."""
+    ck = latest_checkpoint(out)
+    if ck is None:
+        return None
+    step, state = load_checkpoint(ck, model, opt)
+    if progress is not None:
+        progress(0.1, f"resumed from {ck.name}")
+    return step, state
+
+
 def latest_checkpoint(out: str | Path) -> Path | None:
     """The newest complete ``OUT/checkpoints/step-N`` (a folder being written has a temporary name)."""
     found = numbered_dirs(Path(out) / CHECKPOINTS, PREFIX)

@@ -1,4 +1,4 @@
-"""lorashear.export_gguf: the demo model and pruned variants written as llama.cpp GGUF files, read back with
+"""lorashear.deploy: the demo model and pruned variants written as llama.cpp GGUF files, read back with
 ``gguf.GGUFReader`` (every tensor's shape and type, every metadata key), and the refusals. That llama.cpp
 itself runs these files and computes the same logits is proven by ``bench/gguf_roundtrip.py`` (slow)."""
 import json
@@ -9,8 +9,8 @@ import torch
 
 from lorashear import LorashearError, compress, find_groups, save_pruned, trace
 from lorashear.data import DEMO_MODEL_DIR
-from lorashear.export_gguf import export_gguf, export_model, find_source_gguf, read_metadata
-from lorashear.loading import load_model, load_model_and_tokenizer
+from lorashear.deploy import export_gguf, export_model, find_source_gguf, read_metadata
+from lorashear.loading import load_causal_lm, load_model
 
 gguf = pytest.importorskip("gguf")
 needs_demo = pytest.mark.skipif(not (DEMO_MODEL_DIR / "model.safetensors").exists(), reason="demo model not built")
@@ -23,7 +23,7 @@ UNIFORM = {f"model.layers.{i}.self_attn:heads": [2] for i in range(6)} | {
 
 
 def _pruned(removal, out):
-    model, tok = load_model_and_tokenizer("demo")
+    model, tok = load_model("demo")
     small, report = compress(model, find_groups(trace(model)), removal)
     save_pruned(small, out, report=report, tokenizer=tok, provenance={"source": "demo", "method": "test"})
     return small
@@ -90,7 +90,7 @@ def test_exported_demo_reads_back_through_transformers_with_equal_logits(tmp_pat
     monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo.gguf"
     export_model("demo", out, format="gguf")
-    back, src = load_model(out), load_model("demo")
+    back, src = load_causal_lm(out), load_causal_lm("demo")
     x = torch.randint(0, 4096, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(back(input_ids=x).logits, src(input_ids=x).logits, atol=1e-5, rtol=0)
@@ -167,7 +167,7 @@ def test_hf_format_is_a_verified_save_pruned_folder_keeping_the_record(non_unifo
     assert side["removed"] == read_sidecar(folder)["removed"] and side["provenance"]["exported_from"] == str(folder)
     x = torch.randint(0, 4096, (1, 9))
     with torch.no_grad():
-        assert torch.equal(load_model(tmp_path / "hf")(input_ids=x).logits, small(input_ids=x).logits)
+        assert torch.equal(load_causal_lm(tmp_path / "hf")(input_ids=x).logits, small(input_ids=x).logits)
 
 
 def test_tokenizer_is_copied_from_the_source_gguf(tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_tokenizer_is_copied_from_the_source_gguf(tmp_path, monkeypatch):
     src = tmp_path / "src.gguf"
     write_llama_gguf(tiny_llama(False), src)
     # a pruned folder whose provenance names the GGUF: the chain leads back to the file
-    model, tok = load_model_and_tokenizer(src)
+    model, tok = load_model(src)
     small, report = compress(model, find_groups(trace(model)), {"model.layers.0.mlp:channels": [0, 1]})
     save_pruned(small, tmp_path / "p", report=report, tokenizer=tok, provenance={"source": str(src)})
     assert find_source_gguf(tmp_path / "p") == src
@@ -262,7 +262,7 @@ def test_gguf_output_must_be_a_gguf_file(tmp_path):
 
 @needs_demo
 def test_folder_saved_without_its_reload_check_is_refused(tmp_path):
-    model, tok = load_model_and_tokenizer("demo")
+    model, tok = load_model("demo")
     save_pruned(model, tmp_path / "m", tokenizer=tok, verify=False)
     with pytest.raises(LorashearError, match="saved without its reload check"):
         export_model(tmp_path / "m", tmp_path / "m.gguf", format="gguf")
@@ -271,7 +271,7 @@ def test_folder_saved_without_its_reload_check_is_refused(tmp_path):
 
 @needs_demo
 def test_failed_read_back_leaves_nothing_behind(tmp_path, monkeypatch):
-    from lorashear import export_gguf as mod
+    from lorashear import deploy as mod
 
     def broken(*a, **k):
         raise LorashearError("GGUF export: tensor x reads back differently; nothing was written")
@@ -280,3 +280,26 @@ def test_failed_read_back_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(LorashearError, match="reads back differently"):
         export_model("demo", tmp_path / "d.gguf", format="gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_removes_a_selection_then_writes_gguf_and_refuses_to_overwrite(tmp_path, capsys):
+    """``lorashear export`` is ``deploy.export``: units removed first (compress verifies), then the GGUF file; an
+    existing output is refused in one line before any work (issue 23)."""
+    import json as _json
+
+    from gguf import GGUFReader
+
+    from lorashear.cli import main
+    from lorashear.data import DEMO_MODEL_DIR
+
+    out = tmp_path / "m.gguf"
+    units = {"model.layers.1.mlp:channels": list(range(40))}
+    assert main(["export", str(DEMO_MODEL_DIR), "--out", str(out), "--format", "gguf", "--units",
+                 _json.dumps(units)]) == 0
+    text = capsys.readouterr().out
+    assert "removed 40 units of 1 groups" in text and "llama-cli -m" in text
+    fields = GGUFReader(str(out)).fields
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "deci"  # layer 1 differs: per-layer arrays
+    assert main(["export", str(DEMO_MODEL_DIR), "--out", str(out), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lorashear export: error: --out: {out} already exists; pass --force to replace it"

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import LorashearError
 from ..evaluate_settings import EvalSettings
+from ..export_settings import ExportSettings
 from ..knowledge.settings import AnalyzeSettings
 from ..prune.settings import PruneSettings
 from ..recover.settings import RecoverSettings
@@ -227,35 +228,16 @@ RECOVER = JobKind(
     requires=("lorashear.recover:recover",),
     resumable=True,
 )
-def _export_check(clean: dict[str, Any]) -> dict[str, str]:
-    """Exactly one of units / plan, and the units must parse (ids and ranges are checked by ``compress``)."""
-    from .export_job import parse_units
-
-    if bool(clean.get("units")) == bool(clean.get("plan")):
-        return {"units": "give the units (JSON) or a plan file, not both" if clean.get("units") else
-                "select units (JSON group id -> unit indices) or give a plan file"}
-    if clean.get("units"):
-        try:
-            parse_units(clean["units"])
-        except ValueError as exc:
-            return {"units": str(exc)}
-    return {}
-
-
 EXPORT = JobKind(
     name="export", label="Export",
-    description="Remove a hand selection of units (or a saved plan's) from a model folder and save the smaller "
-                "model with its sidecar (compress + save_pruned; both verify themselves). No training.",
-    params=(
-        Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
-        Param("units", "Units to remove (JSON)", "text",
-              help='{"group id": [unit, ...]}, e.g. {"model.layers.0.self_attn:heads": [1]}; the Groups tab fills it'),
-        Param("plan", "…or a plan file", "file", help="plan.json written by lorashear plan or the app's Save plan"),
-        Param("verify", "Verify (masked vs compressed logits, and the reload)", "bool", default=True),
-    ),
+    description="Write a model as a Hugging Face folder or a GGUF file llama.cpp runs, after removing a hand "
+                "selection of units or a saved plan's when one is given (compress + save_pruned; both verify "
+                "themselves). No training.",
+    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
+            *job_params(ExportSettings, exclude=("force",))),
+    settings=ExportSettings,
     entry="lorashear.jobs.export_job:run",
-    requires=("lorashear.compress:compress", "lorashear.export:save_pruned"),
-    extra={"check": _export_check},
+    requires=("lorashear.deploy:export",),
 )
 
 BUILTIN: dict[str, JobKind] = {k.name: k for k in (GRAPH, ANALYZE, PRUNE, RECOVER, EVAL, EXPORT)}

@@ -3,10 +3,9 @@ in the registry (the Jobs view plots loss, sparsity and removed parameters live)
 the newest checkpoint in its output folder."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..export import load_hint
+from .run_result import run_result
 from .worker import JobContext
 
 
@@ -23,12 +22,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.metric(step, **values)
 
     report = prune(params["model"], out, settings, resume=resume, progress=ctx.progress, metric=metric)
-    result = {k: report[k] for k in ("params_before", "params_after", "ratio_target", "ratio_achieved", "seconds")}
-    for p in settings.eval_protocols:
-        result[f"ppl_{p}_before"] = report["eval_before"][f"mean_{p}"]
-        result[f"ppl_{p}_after"] = report["eval_after"][f"mean_{p}"]
-    result["load"] = load_hint(out / "model")  # how to load the result: stock from_pretrained or lorashear.load_pruned
-    ctx.log(result["load"])
-    result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
+    result = run_result(ctx, out, report, settings.eval_protocols,
+                        **{k: report[k] for k in ("params_before", "params_after", "ratio_target", "ratio_achieved",
+                                                  "seconds")})
     return {"artifacts": {"model": str(out / "model"), "plan": str(out / "plan.json"), "report": str(out / "report.json")},
             "result": result}

@@ -2,10 +2,9 @@
 weights are recorded as metrics (the Jobs view plots them live)."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..export import load_hint
+from .run_result import run_result
 from .worker import JobContext
 
 
@@ -20,13 +19,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     rep = recover(params["pruned"], out, st, dense=params.get("dense") or None, resume=resume, progress=ctx.progress,
                   metric=lambda step, values: ctx.metric(step, **values))
     # the trajectory's first row is the evaluation before any training: the rounds trained are the others
-    result = {"rounds": len(rep["rounds"]) - 1, "tokens": rep["tokens_stage1"],
-              "final_weights": rep["rounds"][-1]["weights"]}
-    for p in st.eval_protocols:
-        result[f"ppl_{p}_before"] = rep["eval_before"][f"mean_{p}"]
-        result[f"ppl_{p}_after"] = rep["eval_after"][f"mean_{p}"]
-    result["load"] = load_hint(out / "model")  # how to load the result: stock from_pretrained or lorashear.load_pruned
-    ctx.log(result["load"])
-    result["load_avg_1m"] = os.getloadavg()[0]  # the conditions of the run's timings (the Compare view shows them)
+    result = run_result(ctx, out, rep, st.eval_protocols, rounds=len(rep["rounds"]) - 1, tokens=rep["tokens_stage1"],
+                        final_weights=rep["rounds"][-1]["weights"])
     return {"artifacts": {"model": str(out / "model"), "trajectory": str(out / "trajectory.json"),
                           "report": str(out / "report.json")}, "result": result}

@@ -261,17 +261,5 @@ class LHSPG(PruningOptimizer):
             state_dict = {**state_dict, "lorashear": {**extra, "hp": json.dumps(hp)}}
         super().load_state_dict(state_dict)
 
-    def changed_tensors(self) -> list[torch.Tensor]:
-        """As ``PruningOptimizer.changed_tensors``, plus the weights and biases a reconstruction refits."""
-        out = super().changed_tensors()
-        if self.reconstruction is not None:
-            from .reconstruct import consumer_params
-
-            seen = {id(t) for t in out}
-            out += [p for p in consumer_params(self.model, self.cands) if id(p) not in seen]
-        return out
-
     def _loaded(self) -> None:
         self._period_idx = None
-        if self.reconstruction is not None:  # the report lists the refits done before the checkpoint too
-            self.reconstruction.record["runs"] = list(self.sched.get("reconstruct", []))

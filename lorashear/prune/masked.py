@@ -101,6 +101,9 @@ class PruningOptimizer(torch.optim.AdamW):
         for layer in self.lora_layers.values():
             w = layer.get_base_layer().weight
             seen.setdefault(id(w), w)
+        reconstruction = getattr(self, "reconstruction", None)  # --reconstruct: the readers it refits
+        for p in (reconstruction.writes(self.model, self.cands) if reconstruction is not None else ()):
+            seen.setdefault(id(p), p)
         return list(seen.values())
 
     @property
@@ -204,6 +207,9 @@ class PruningOptimizer(torch.optim.AdamW):
                 self._plan_obj = plan_from_dict(self.sched["plan"])
             self._masked_idx = None
             self._realized = None
+            reconstruction = getattr(self, "reconstruction", None)
+            if reconstruction is not None:  # the report lists the refits done before the checkpoint too
+                reconstruction.restored(self.sched)
             self._loaded()
 
     def _loaded(self) -> None:

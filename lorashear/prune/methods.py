@@ -40,7 +40,7 @@ from ..knowledge.scoring import ema_update, lora_taylor_units, unit_order
 from .masked import PruningOptimizer
 from .names import METHODS as NAMES, ONE_SHOT
 from .plan import Plan, PlanSpec, candidate_groups, make_plan
-from .reconstruct import Reference, consumer_params, describe, refit
+from .reconstruct import Reference, describe, refit
 
 
 @dataclass(frozen=True)
@@ -154,18 +154,6 @@ class LoRAPrune(PruningOptimizer):
                     refit(self, self.reconstruction, when=f"after the last mask update (step {t})")
                     self.reconstruction.release()
                 self._finish_plan()
-
-    def changed_tensors(self) -> list[torch.Tensor]:
-        """As ``PruningOptimizer.changed_tensors``, plus the weights and biases a reconstruction refits."""
-        out = super().changed_tensors()
-        if self.reconstruction is not None:
-            seen = {id(t) for t in out}
-            out += [p for p in consumer_params(self.model, self.cands) if id(p) not in seen]
-        return out
-
-    def _loaded(self) -> None:
-        if self.reconstruction is not None:
-            self.reconstruction.record["runs"] = list(self.sched.get("reconstruct", []))
 
     def _score(self) -> None:
         # producer and consumer slices, each module's vector L2-normalised before the sum (LoRAPrune's code)

@@ -432,6 +432,14 @@ class Reference:
     def release(self) -> None:
         self.dense = None
 
+    def writes(self, model: nn.Module, groups: Sequence[Group]) -> list[torch.Tensor]:
+        """The weights and biases a refit may write (a checkpoint must hold them to resume exactly)."""
+        return consumer_params(model, groups)
+
+    def restored(self, sched: Mapping[str, Any]) -> None:
+        """After a checkpoint is loaded: the report lists the refits done before it too."""
+        self.record["runs"] = list(sched.get("reconstruct", []))
+
 
 def summary(rep: Mapping[str, Any], when: str = "") -> dict[str, Any]:
     """The run report's row of one reconstruction: when, which linears (layer, MSE before → after), what was skipped."""

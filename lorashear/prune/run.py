@@ -134,12 +134,9 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
     start, history = 0, {"steps": [], "events": []}
-    if resume:
-        ck = runs.latest_checkpoint(out)
-        if ck is not None:
-            start, state = runs.load_checkpoint(ck, peft_model, opt)
-            history = state["history"]
-            progress(0.1, f"resumed from {ck.name}")
+    found = runs.resume_latest(out, peft_model, opt, progress) if resume else None
+    if found is not None:
+        start, history = found[0], found[1]["history"]
     counter_cache: dict[str, int] = {}
 
     def removed_params() -> int:

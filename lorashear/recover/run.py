@@ -204,12 +204,9 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     names = list(train)
     state = {"stage": 1, "round": 0, "step": 0, "tokens": 0, "weights": {s: 1.0 / len(names) for s in names},
              "trajectory": [], "instruct": {"step": 0, "best": None, "bad_evals": 0, "history": [], "stopped": None}}
-    if resume:
-        ck = runs.latest_checkpoint(out)
-        if ck is not None:
-            _, saved = runs.load_checkpoint(ck, peft_model, opt)
-            state = saved["recover"]
-            progress(0.1, f"resumed from {ck.name}")
+    found = runs.resume_latest(out, peft_model, opt, progress) if resume else None
+    if found is not None:
+        state = found[1]["recover"]
     # ---------------------------------------------------------------- stage 1: rounds on the adaptive mixture
     while state["stage"] == 1:
         loss = _per_source(peft_model, tok, val, st)

@@ -41,7 +41,7 @@ def test_export_job_removes_a_hand_selection_and_the_folder_reloads(registry, tm
 def test_export_job_refuses_bad_selections_per_field(registry, tmp_path):
     from lorashear.data import DEMO_MODEL_DIR
 
-    for units, msg in (("", "select units"), ("{not json", "not valid JSON"), ('{"a": [1.5]}', "whole numbers"),
+    for units, msg in (("{not json", "not valid JSON"), ('{"a": [1.5]}', "whole numbers"),
                        ("[]", "JSON object"), ('{"a": []}', "no unit selected")):
         with pytest.raises(JobParamError) as e:
             submit(registry, "export", {"model": str(DEMO_MODEL_DIR), "units": units}, tmp_path / "runs")

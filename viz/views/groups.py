@@ -218,7 +218,7 @@ def unit_of_selection(sel: dict | None, trigger: Any, typed: Any) -> int:
 def check_selection(mv: ModelView, text: str) -> tuple[dict[str, list[int]] | None, str]:
     """Parse and check a hand selection against the browsed model: (removal, "") or (None, one-line message).
     The same rules ``compress`` applies in the job, checked here so the message lands next to the field."""
-    from lorashear.jobs.export_job import parse_units
+    from lorashear.export_settings import parse_units
 
     if not (text or "").strip():
         return None, "no unit selected: select a group, choose a unit and press 'Add this unit'"

@@ -33,15 +33,26 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from .compress import CompressReport, compress
 from .errors import LorashearError
+from .export import read_sidecar, save_pruned
+from .export_settings import ExportSettings, parse_units
+from .settings import SettingsError
+from .groups import find_groups
+from .loading import load_model, resolve_source
+from .models import CACHE_MARKER, GGUF_SUFFIX, NAMED, package_gguf
+from .prune.plan import load_plan
+from .trace import trace
 
 FORMATS = ("hf", "gguf")
 DTYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -101,19 +112,88 @@ def export_model(model_dir: str | Path, out: str | Path, *, format: str = "hf", 
         raise LorashearError(f"{out} already exists; pass force=True (--force) to replace it")
     if out.exists() and format == "gguf" and out.is_dir():
         raise LorashearError(f"{out} is a directory; a GGUF export writes one file")
-    from .loading import load_model_and_tokenizer, resolve_source
-
     src = resolve_source(model_dir)
     side = _sidecar(src)
     if side and (side.get("checks") or {}).get("round_trip_verified") is False:
         raise LorashearError(f"{src}: this folder was saved without its reload check (verify=False), so nothing proves "
                              "it reproduces the pruned model; save it again with verification before exporting")
-    model, tok = load_model_and_tokenizer(model_dir)
+    model, tok = load_model(model_dir, device="cpu", dtype=torch.float32)
     if hasattr(model, "merge_and_unload"):  # a LoRA adapter folder: deploy the merged weights
         model = model.merge_and_unload()
     if format == "hf":
         return _export_hf(model, tok, src, side, out, dtype)
     return export_gguf(model, out, dtype=dtype, tokenizer=tok, source=model_dir, force=force)
+
+
+def selection(st: ExportSettings) -> tuple[dict[str, list[int]] | None, str]:
+    """The units an export removes first and where they come from: a hand selection (``units`` JSON), a saved
+    plan's removal, or nothing (None: the model is written as it is)."""
+    if st.units:
+        return parse_units(st.units), "hand selection"
+    if st.plan:
+        plan = load_plan(st.plan)
+        return {gid: list(u) for gid, u in plan.removal.items() if u}, f"plan {st.plan}"
+    return None, ""
+
+
+def export(model: str | Path, out: str | Path, settings: ExportSettings | None = None, *,
+           progress: Callable[[float, str], None] | None = None, **overrides: Any) -> dict[str, Any]:
+    """The one call behind ``lorashear export``, the ``export`` job and the app's Export buttons: remove a selection
+    of units first when one is given (a hand selection or a saved plan's; ``compress`` verifies masked vs compressed
+    logits), then write the model as a Hugging Face folder (``save_pruned``, reload verified) or a GGUF file
+    (``export_model``). ``overrides`` are ``ExportSettings`` fields. Returns what was written, with ``hint``: how
+    to load or run it."""
+    st = replace(settings, **overrides) if settings is not None else ExportSettings(**overrides)
+    progress = progress or (lambda f, s: None)
+    out = Path(out).expanduser()
+    _check_output(out, st.format, st.dtype, st.force)  # before anything is loaded
+    removal, origin = selection(st)
+    if removal is None:
+        progress(0.1, f"writing {st.format} ({st.dtype})")
+        info = export_model(model, out, format=st.format, dtype=st.dtype, force=st.force)
+        progress(1.0, "done")
+        return info
+    progress(0.05, "loading the model")
+    net, tok = load_model(model, device="cpu", dtype=torch.float32)
+    progress(0.3, "tracing groups")
+    groups = find_groups(trace(net))
+    n_units = sum(map(len, removal.values()))
+    progress(0.5, f"removing {n_units} units of {len(removal)} groups ({origin}); masked vs compressed compared")
+    small, report = compress(net, groups, removal, verify=st.verify)
+    provenance = {"method": "hand selection" if st.units else "plan", "source": str(model), "selection": origin,
+                  "units": n_units}
+    progress(0.75, "saving (the reload is verified before the output appears)")
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        folder = Path(tmp) / "model"
+        save_pruned(small.to(torch.float16) if st.format == "hf" and st.dtype == "f16" else small, folder,
+                    report=report, tokenizer=tok, provenance=provenance, verify=st.verify)
+        if st.format == "hf":
+            if out.exists():  # --force (checked above): the old output goes only now that the new one is complete
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(folder, out)
+            side = read_sidecar(out) or {}
+            info = {"path": str(out), "format": "hf", "dtype": st.dtype, "architecture": type(small).__name__,
+                    "n_params": sum(p.numel() for p in small.parameters()), "case": side.get("case"),
+                    "case_reason": side.get("case_reason"), "layers": _hf_layers(small),
+                    "stock_loaders": side.get("case") == "stock",
+                    "hint": (f"AutoModelForCausalLM.from_pretrained(\"{out}\")" if side.get("case") == "stock"
+                             else f"lorashear.load_pruned(\"{out}\")")}
+        else:
+            info = export_model(folder, out, format=st.format, dtype=st.dtype, force=st.force)
+    info.update(selection=origin, units_removed=n_units, groups=len(removal), params_before=report.params_before,
+                params_after=report.params_after, max_diff=report.max_diff)
+    progress(1.0, "done")
+    return info
+
+
+def _check_output(out: Path, format: str, dtype: str, force: bool) -> None:
+    """Refuse, before any work, an output the export could not write."""
+    if format == "gguf" and out.suffix.lower() != ".gguf":
+        raise SettingsError.one("out", f"{out}: a GGUF output file must end in .gguf")
+    if out.exists() and not force:
+        raise SettingsError.one("out", f"{out} already exists; pass --force to replace it")
+    if out.exists() and format == "gguf" and out.is_dir():
+        raise SettingsError.one("out", f"{out} is a directory; a GGUF export writes one file")
 
 
 def export_gguf(model: nn.Module, out: str | Path, *, dtype: str = "f32", tokenizer: Any = None,
@@ -355,9 +435,6 @@ def find_source_gguf(source: str | Path | None, _depth: int = 0) -> Path | None:
     (its marker), or a pruned folder whose ``lorashear.json`` provenance leads to one of these."""
     if source is None or _depth > 8:
         return None
-    from .loading import CACHE_MARKER, GGUF_SUFFIX
-    from .models import NAMED, package_gguf
-
     text = str(source)
     if text in NAMED and not Path(text).exists():
         try:
@@ -469,7 +546,6 @@ def _hf_tokenizer_writer(tok: Any, n_vocab: int):
 
 # -------------------------------------------------------------------------------------------------- hf
 def _sidecar(path: Path) -> dict | None:
-    from .export import read_sidecar
 
     return read_sidecar(path) if path.is_dir() else None
 
@@ -477,8 +553,6 @@ def _sidecar(path: Path) -> dict | None:
 def _export_hf(model: nn.Module, tok: Any, src: Path, side: dict | None, out: Path, dtype: str) -> dict[str, Any]:
     """``save_pruned`` again (the reload verified before the folder appears), keeping the source folder's
     record of what was removed and where it came from."""
-    from .compress import CompressReport
-    from .export import save_pruned
 
     side = side or {}
     if dtype == "f16":
