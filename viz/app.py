@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     startup_model(state, args)
     app = create_app(state, token=token, port=args.port)
     urls = access.open_urls(args.host, args.port, token if generated else None)
-    print(f"lorashear app on {urls[0]}  (listening on {args.host}; jobs: {state.registry.path}, run by {where})",
+    print(f"lorashear app on {access.open_urls(args.host, args.port)[0]}  (listening on {args.host}; jobs: "
+          f"{state.registry.path}, run by {where})",
           flush=True)
     if generated:  # printed once, like Jupyter's: whoever reads this terminal may use the app
         print("  access token required beyond loopback; open " + "  or  ".join(urls), flush=True)

@@ -200,7 +200,9 @@ def test_app_beyond_loopback_with_a_queue(redis_server, pool, tmp_path):
         text = out.read_text()
         assert proc.poll() is None, text
         token = text.split("?token=")[1].split()[0]
-        assert text.count(token) == 1 and redis_server.password not in text and "redis://***@127.0.0.1" in text
+        # one line carries the token (its URLs: loopback and the host's name, never 0.0.0.0)
+        assert sum(token in line for line in text.splitlines()) == 1 and "lorashear app on http://0.0.0.0" not in text
+        assert redis_server.password not in text and "redis://***@127.0.0.1" in text
 
         def get(path, headers=None):
             req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
