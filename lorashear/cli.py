@@ -5,8 +5,9 @@ User mistakes (``LorashearError``) become one line on stderr and exit code 2; no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import LorashearError
 from .settings import SettingsError
@@ -63,6 +64,30 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- commands
 # (each command: parse -> one library call -> print / write)
+
+
+@contextlib.contextmanager
+def _progress_bar(desc: str, *, off: bool = False) -> Iterator[Callable[[float, str], None]]:
+    """A ``progress(fraction, stage)`` callback drawing a tqdm bar on stderr, created on the first call (so a run
+    refused before its work starts prints no bar fragment), closed when the block ends."""
+    bar = None
+
+    def progress(fraction: float, stage: str) -> None:
+        nonlocal bar
+        if off:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(stage)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _set_threads(threads: int | None) -> None:
@@ -172,25 +197,8 @@ def _analyze(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.figure_format.split(",") if f.strip())
     if any(f not in ("html", "png") for f in formats) or not formats:
         raise LorashearError(f"--figure-format: use html and/or png, got {args.figure_format!r}")
-    bar = None
-
-    def progress(fraction: float, stage: str) -> None:
-        nonlocal bar
-        if args.no_progress:
-            return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=1000, desc=f"analyze ({settings.estimator})", file=sys.stderr,
-                       bar_format="{l_bar}{bar}| {elapsed} {postfix}")
-        bar.n = int(fraction * 1000)
-        bar.set_postfix_str(stage)
-
-    try:
+    with _progress_bar(f"analyze ({settings.estimator})", off=args.no_progress) as progress:
         report = analyze_model(args.model, args.out, settings, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     print(summary_table(report))
     print(f"wrote {report.path}")
     if args.figures:
@@ -322,24 +330,8 @@ def _prune(args: argparse.Namespace) -> int:
 
     settings = from_args(PruneSettings, args)
     _set_threads(args.threads)
-    bar = None
-
-    def progress(fraction: float, stage: str) -> None:
-        nonlocal bar
-        if args.no_progress:
-            return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=1000, desc="prune", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
-        bar.n = int(fraction * 1000)
-        bar.set_postfix_str(stage)
-
-    try:
+    with _progress_bar("prune", off=args.no_progress) as progress:
         report = prune(args.model, args.out, settings, resume=args.resume, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     if not report.get("main", True):  # accelerate launch: process 0 reports
         return 0
     b, a = report["eval_before"], report["eval_after"]

@@ -179,66 +179,46 @@ GRAPH = JobKind(
     extra={"check": _graph_check},
 )
 
-EVAL = JobKind(
-    name="eval",
-    label="Evaluate",
-    description="Perplexity per data source (short: 128-token windows; long: min(2048, context)) and cost "
-                "(parameters, MACs/token, latency, throughput) of a model folder — dense, pruned or recovered.",
-    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
-            *job_params(EvalSettings)),
-    settings=EvalSettings,
-    entry="lorashear.jobs.eval_job:run",
-    requires=("lorashear.evaluate:evaluate_model",),
-)
+def settings_kind(name: str, label: str, description: str, settings: type, call: str, *inputs: Param,
+                  exclude: tuple[str, ...] = (), resumable: bool = False) -> JobKind:
+    """A job kind whose parameters are its ``inputs`` (model folders) and the fields of a settings schema; the
+    worker runs ``lorashear.jobs.<name>_job:run``, which calls the library function ``call`` ("module:function")."""
+    return JobKind(name=name, label=label, description=description,
+                   params=(*inputs, *job_params(settings, exclude=exclude)), settings=settings,
+                   entry=f"lorashear.jobs.{name}_job:run", requires=(call,), resumable=resumable)
 
-ANALYZE = JobKind(
-    name="analyze", label="Analyze",
-    description="Knowledge distribution: how much each unit, layer and group matters on calibration text "
-                "(ablation: measured loss increase, slow; lora-taylor: LoRA-gradient estimate; taylor: "
-                "LLM-Pruner's Taylor scores; magnitude: weight norms, no data).",
-    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder"),
-            *job_params(AnalyzeSettings)),
-    settings=AnalyzeSettings,
-    entry="lorashear.jobs.analyze_job:run",
-    requires=("lorashear.knowledge.run:analyze_model",),
-)
-PRUNE = JobKind(
-    name="prune", label="Prune",
-    description="Structured pruning with LHSPG (or a baseline) on LoRA adaptors to a parameter ratio: warm-up, "
-                "progressive periods, then the smaller model (save_pruned), its plan and a run report with perplexity "
-                "before/after.",
-    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
-            *job_params(PruneSettings)),
-    settings=PruneSettings,
-    entry="lorashear.jobs.prune_job:run",
-    requires=("lorashear.prune:prune",),
-    resumable=True,
-)
-RECOVER = JobKind(
-    name="recover", label="Recover",
-    description="Dynamic knowledge recovery of a pruned model: LoRA rounds on a multi-source mixture whose weights "
-                "follow each source's deviation from the dense model, then instruction tuning with early stopping.",
-    params=(
-        Param("pruned", "Pruned model directory", "dir", required=True, help="written by a Prune job (its run/model)"),
-        Param("dense", "Dense model directory", "dir", help="blank: the source the pruned model's sidecar names"),
-        *job_params(RecoverSettings),
-    ),
-    settings=RecoverSettings,
-    entry="lorashear.jobs.recover_job:run",
-    requires=("lorashear.recover:recover",),
-    resumable=True,
-)
-EXPORT = JobKind(
-    name="export", label="Export",
-    description="Write a model as a Hugging Face folder or a GGUF file llama.cpp runs, after removing a hand "
-                "selection of units or a saved plan's when one is given (compress + save_pruned; both verify "
-                "themselves). No training.",
-    params=(Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)"),
-            *job_params(ExportSettings, exclude=("force",))),
-    settings=ExportSettings,
-    entry="lorashear.jobs.export_job:run",
-    requires=("lorashear.deploy:export",),
-)
+
+MODEL = Param("model", "Model directory", "dir", required=True, help="a Hugging Face model folder (or a pruned one)")
+
+EVAL = settings_kind(
+    "eval", "Evaluate",
+    "Perplexity per data source (short: 128-token windows; long: min(2048, context)) and cost (parameters, "
+    "MACs/token, latency, throughput) of a model folder — dense, pruned or recovered.",
+    EvalSettings, "lorashear.evaluate:evaluate_model", MODEL)
+ANALYZE = settings_kind(
+    "analyze", "Analyze",
+    "Knowledge distribution: how much each unit, layer and group matters on calibration text (ablation: measured "
+    "loss increase, slow; lora-taylor: LoRA-gradient estimate; taylor: LLM-Pruner's Taylor scores; magnitude: "
+    "weight norms, no data).",
+    AnalyzeSettings, "lorashear.knowledge.run:analyze_model", MODEL)
+PRUNE = settings_kind(
+    "prune", "Prune",
+    "Structured pruning with LHSPG (or a baseline) on LoRA adaptors to a parameter ratio: warm-up, progressive "
+    "periods, then the smaller model (save_pruned), its plan and a run report with perplexity before/after.",
+    PruneSettings, "lorashear.prune:prune", MODEL, resumable=True)
+RECOVER = settings_kind(
+    "recover", "Recover",
+    "Dynamic knowledge recovery of a pruned model: LoRA rounds on a multi-source mixture whose weights follow each "
+    "source's deviation from the dense model, then instruction tuning with early stopping.",
+    RecoverSettings, "lorashear.recover:recover",
+    Param("pruned", "Pruned model directory", "dir", required=True, help="written by a Prune job (its run/model)"),
+    Param("dense", "Dense model directory", "dir", help="blank: the source the pruned model's sidecar names"),
+    resumable=True)
+EXPORT = settings_kind(
+    "export", "Export",
+    "Write a model as a Hugging Face folder or a GGUF file llama.cpp runs, after removing a hand selection of units "
+    "or a saved plan's when one is given (compress + save_pruned; both verify themselves). No training.",
+    ExportSettings, "lorashear.deploy:export", MODEL, exclude=("force",))
 
 BUILTIN: dict[str, JobKind] = {k.name: k for k in (GRAPH, ANALYZE, PRUNE, RECOVER, EVAL, EXPORT)}
 
