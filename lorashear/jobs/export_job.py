@@ -26,4 +26,5 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
                                    "case", "max_diff", "architecture") if info.get(k) is not None}
     result["params_removed"] = info["params_before"] - info["params_after"] if "params_before" in info else 0
     result["load"] = info.get("hint")
-    return {"artifacts": {"model": out}, "result": result}
+    # a GGUF file is not a model folder the app can browse, recover or compare: its own artifact name
+    return {"artifacts": {"gguf" if st.format == "gguf" else "model": out}, "result": result}

@@ -175,3 +175,15 @@ def test_ratio_box_moves_the_slider_and_back():
     assert PV.sync_ratio("plan-ratio-text", 0.2, None) == (no_update, no_update)
     assert PV.sync_ratio("plan-ratio", 0.3, 20) == (no_update, 30.0)
     assert PV.sync_ratio("plan-ratio", 0.3, 30) == (no_update, no_update)
+
+
+def test_the_prune_tab_exports_a_plan_in_the_chosen_format(app_state, model_dir, tmp_path):
+    """The app's Export button offers the format (issue 23): its parameters are valid export-job parameters."""
+    from lorashear.jobs.kinds import EXPORT, validate
+
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    for fmt, expect in (("hf", ("hf", "f32")), ("gguf", ("gguf", "f16"))):
+        params = {"model": str(model_dir), "plan": str(plan), **PV.export_format(fmt)}
+        st = EXPORT.make_settings(validate(EXPORT, params))
+        assert (st.format, st.dtype) == expect

@@ -130,6 +130,10 @@ def layout(state: AppState, mv: Any) -> html.Div:
                                        title="shared selection: the Groups grid and the Graph light them up"),
                            html.Button("Export this plan (no training)", id="plan-export", className="btn",
                                        disabled=bool(mv.meta)),
+                           dcc.Dropdown(id="plan-export-format", clearable=False, value="hf", searchable=False,
+                                        options=[{"label": "as a Hugging Face folder", "value": "hf"},
+                                                 {"label": "as a GGUF file (llama.cpp, f16)", "value": "gguf"}],
+                                        style={"minWidth": "16em"}),
                            html.Span(id="plan-action-msg", className="msg")], className="toolbar"),
                  dcc.Graph(id="plan-layers-fig", **graph), className="wide"),
         ], className="row"),
@@ -277,6 +281,12 @@ def prune_params(mv: Any, data: dict, run: dict[str, Any]) -> dict[str, Any]:
     return {"model": mv.source, **plan, **{k: v for k, v in run.items() if v not in (None, "")}}
 
 
+def export_format(fmt: str | None) -> dict[str, str]:
+    """The export job's format fields for the Prune tab's choice: a Hugging Face folder, or a GGUF file in f16 (the
+    size llama.cpp users start from; the Jobs form offers every dtype)."""
+    return {"format": "gguf", "dtype": "f16"} if fmt == "gguf" else {"format": "hf"}
+
+
 def _submit(state: AppState, kind: str, params: dict, fields: tuple[str, ...]) -> tuple[Any, list[str], int | None]:
     from lorashear.jobs import JobParamError, submit
 
@@ -353,16 +363,17 @@ def register(app, state: AppState, get_model) -> None:
         Output("plan-action-msg", "children"), Output("plan-saved", "data"),
         Output("job-sel", "data", allow_duplicate=True), Output("tabs", "value", allow_duplicate=True),
         Input("plan-save", "n_clicks"), Input("plan-export", "n_clicks"), State("plan-store", "data"),
-        State("model-key", "data"), prevent_initial_call=True,
+        State("model-key", "data"), State("plan-export-format", "value"), prevent_initial_call=True,
     )
-    def act(_s, _e, data, model_key):
+    def act(_s, _e, data, model_key, fmt):
         mv = get_model(model_key)
         if not data or mv is None:
             return html.Span("No plan to save: fix the plan first.", className="error"), no_update, no_update, no_update
         path = save_plan(state, data)
         if ctx.triggered_id == "plan-save":
             return html.Span(f"Saved {path}", className="ok", id="plan-saved-path"), str(path), no_update, no_update
-        msg, _errs, job_id = _submit(state, "export", {"model": mv.source, "plan": str(path)}, ())
+        params = {"model": mv.source, "plan": str(path), **export_format(fmt)}
+        msg, _errs, job_id = _submit(state, "export", params, ())
         return msg, str(path), *((job_id, "jobs") if job_id is not None else (no_update, no_update))
 
     run_inputs = [State(f"run-{f}", "value") for f in RUN_FIELDS]
