@@ -224,6 +224,12 @@ def corrected_teacher(model: Any, packed: Any, budget: Budget, *, weights: Mappi
                      "train_loss_last10": sum(tail) / len(tail) if tail else None}
 
 
+def teacher_losses(info: Mapping[str, Any]) -> list[float]:
+    """The training losses of a cached corrected teacher (recorded when it was trained), or []."""
+    f = Path(info.get("path", "")) / "teacher.json"
+    return list(json.loads(f.read_text()).get("losses", [])) if info.get("kind") == "finetuned" and f.is_file() else []
+
+
 def cached_eval(info: Mapping[str, Any], what: Mapping[str, Any], compute: Callable[[], dict]) -> dict:
     """The teacher's evaluation for ``what`` (the evaluation's settings), read from its cache folder when a run
     already computed it there, else ``compute()``d and stored beside the teacher (atomically)."""

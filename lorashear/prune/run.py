@@ -121,11 +121,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         teacher, teacher_info = _teacher(st, dense_copy, packed, model, device, acc, progress)
         dense_copy = None
         if main:
-            teacher_info["eval"] = before_eval if teacher_info["kind"] == "dense" else distill.cached_eval(
-                teacher_info, {"eval_data": list(st.eval_data), "eval_tokens": st.eval_tokens,
-                               "eval_protocols": list(st.eval_protocols)},
-                lambda: _evaluate(teacher, tok, eval_sources, replace(st, measure_latency=False), progress, 0.07,
-                                  f"{st.teacher} teacher"))
+            teacher_info["eval"] = (before_eval if teacher_info["kind"] == "dense"
+                                    else _teacher_eval(teacher, teacher_info, tok, eval_sources, st, progress, 0.07))
     plan0 = None
     if method.setup is not None:  # one-shot methods: scores on the dense model, the plan, any compensation
         progress(0.08, f"{method.name}: scoring units on the dense model")
@@ -229,7 +226,11 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
 def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progress: Progress | None = None,
                    **overrides: Any) -> dict:
     """The honest reference: the dense model given the same LoRA budget as a pruning run (same adapters, data
-    stream, steps, tokens, lr), merged and evaluated the same way. Returns {eval_before, eval_after, ...}."""
+    stream, steps, tokens, lr), merged and evaluated the same way. Returns {eval_before, eval_after, ...}.
+
+    It *is* the ``finetuned`` distillation teacher: the same ``distill.corrected_teacher`` call, so it is trained
+    once per (model, data, budget, seed) and cached on disk, and a pruning run distilling from it (or this
+    reference asked for again) reuses the adapters and their evaluation instead of training a second copy."""
     from ..loading import load_model, pick_device
 
     st = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
@@ -238,13 +239,22 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     model, tok = load_model(source, device=device)
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
-    # the pruning run's batches and step, without pruning: the same loop trains the ``finetuned`` teacher
-    peft_model, losses = distill.train_lora(model, packed, distill.Budget.of(st),
-                                            progress=lambda f, s: progress(0.1 + 0.8 * f, s))
-    merged = peft_model.merge_and_unload()
-    after = _evaluate(merged, tok, eval_sources, st, progress, 0.92, "fine-tuned dense")
+    teacher, info = distill.corrected_teacher(model, packed, distill.Budget.of(st),
+                                              progress=lambda f, s: progress(0.1 + 0.8 * f, s))
+    after = _teacher_eval(teacher, info, tok, eval_sources, st, progress, 0.92)
     return {"method": "dense+lora", "settings": st.to_dict(), "eval_before": before, "eval_after": after,
-            "losses": losses, "tokens_trained": st.steps * st.batch_size * st.seq_len}
+            "teacher": info, "losses": distill.teacher_losses(info),
+            "tokens_trained": st.steps * st.batch_size * st.seq_len}
+
+
+def _teacher_eval(teacher: Any, info: dict, tok: Any, sources: dict, st: PruneSettings, progress: Progress,
+                  at: float) -> dict:
+    """The corrected teacher's evaluation, stored beside it in the cache (so the dense + budget reference and
+    every distilling run report the very same figures, computed once)."""
+    return distill.cached_eval(
+        info, {"eval_data": list(st.eval_data), "eval_tokens": st.eval_tokens, "eval_protocols": list(st.eval_protocols)},
+        lambda: _evaluate(teacher, tok, sources, replace(st, measure_latency=False), progress, at,
+                          f"{st.teacher or 'finetuned'} teacher"))
 
 
 def _data(st: PruneSettings, tok: Any, model: Any) -> tuple[Any, dict[str, list[str]]]:
