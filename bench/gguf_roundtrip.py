@@ -111,44 +111,15 @@ def make_variants(model_src: str, out: Path, dtypes: list[str], *, speed: bool, 
 
 
 def llama(path: Path, n_ctx: int, threads: int, logits_all: bool = True, f32_cache: bool = False):
-    """llama.cpp on ``path``. ``f32_cache``: keep K/V in f32 (llama.cpp's default cache is f16, which alone
-    moves logits by ~1e-3): the pure-f32 comparison."""
-    import llama_cpp
-    from llama_cpp import Llama
+    """llama.cpp on ``path`` through the library's one loader (``lorashear.deploy_measure.open_llama``: the CPU
+    repack/AMX buffer types off unless ``--extra-bufts``). ``f32_cache``: keep K/V in f32 — the pure-f32 comparison."""
+    from lorashear.deploy_measure import open_llama
 
-    if not EXTRA_BUFTS:
-        _no_extra_buffer_types(llama_cpp)
-    extra = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                 n_threads_batch=threads, logits_all=logits_all, verbose=False, **extra)
+    return open_llama(path, n_ctx=n_ctx, threads=threads, logits_all=logits_all, f32_cache=f32_cache,
+                      extra_bufts=EXTRA_BUFTS)
 
 
 EXTRA_BUFTS = False
-
-
-def _no_extra_buffer_types(llama_cpp) -> None:
-    """llama.cpp's CPU "extra" buffer types (weight repacking, AMX) off — ``llama-cli --no-repack``. On the
-    AMX-capable VM this was measured on they crash on every Q8_0 file, including one written by llama.cpp's own
-    ``llama_model_quantize``; llama-cpp-python has no argument for it, so the default params are wrapped."""
-    if getattr(llama_cpp, "_lorashear_patched", False):
-        return
-    orig = llama_cpp.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-    llama_cpp.llama_model_default_params = params
-    import llama_cpp.llama as mod
-
-    mod.llama_cpp.llama_model_default_params = params
-    llama_cpp._lorashear_patched = True
-
-
-def cpp_logits(llm, ids: list[int]) -> np.ndarray:
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
@@ -156,15 +127,11 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
         return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
 
 
-def nll_sum(logits: np.ndarray, ids: list[int]) -> float:
-    x = torch.from_numpy(logits[:-1]).double()
-    return float(torch.nn.functional.cross_entropy(x, torch.tensor(ids[1:]), reduction="sum"))
-
-
 def correctness(args, variants, tok) -> list[dict]:
     from llama_cpp import Llama
 
     from lorashear.data import demo_corpus, token_stream
+    from lorashear.deploy_measure import logits_of as cpp_logits, window_nll
     from lorashear.evaluate import perplexity
 
     corpus = demo_corpus("validation")
@@ -203,7 +170,7 @@ def correctness(args, variants, tok) -> list[dict]:
             cpp_ppl = {}
             for src, s in streams.items():
                 ids = s[: (len(s) // window) * window].view(-1, window).tolist()
-                total = sum(nll_sum(cpp_logits(llm, w), w) for w in ids)
+                total = sum(window_nll(llm, w) for w in ids)
                 cpp_ppl[src] = math.exp(total / (len(ids) * (window - 1)))
             row = {"variant": name, "dtype": d, "arch": v["info"][d]["architecture"], "params": v["params"],
                    "max_abs_diff": diff, "rel_diff": diff / scale, "top1": float(top1),
@@ -217,26 +184,22 @@ def correctness(args, variants, tok) -> list[dict]:
 
 
 def speed(args, variants) -> list[dict]:
+    """The timing of ``lorashear.deploy_measure.measure_gguf`` (same prompt, same greedy generation, same warm-up),
+    but every variant's file open at once and the repetitions interleaved across them, so a load change on the
+    machine hits every variant alike."""
+    from lorashear.deploy_measure import random_prompt, time_once
+
     n_prompt, n_gen = 128, 32
-    rng = np.random.default_rng(0)
     any_info = next(iter(variants.values()))["info"]
     vocab = next(iter(any_info.values()))["n_vocab"]
-    prompt = [int(x) for x in rng.integers(4, vocab, n_prompt)]
+    prompt = random_prompt(vocab, n_prompt)
     llms = {(name, d): llama(path, n_prompt + n_gen + 8, args.threads, logits_all=False)
             for name, v in variants.items() for d, path in v["gguf"].items()}
     pp = {k: [] for k in llms}
     tg = {k: [] for k in llms}
 
     def once(llm):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        t1 = time.perf_counter()
-        for _ in range(n_gen):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # greedy, as a sampler would
-            llm.eval([nxt])
-        t2 = time.perf_counter()
-        return n_prompt / (t1 - t0), n_gen / (t2 - t1)
+        return time_once(llm, prompt, n_gen)
 
     for llm in llms.values():
         once(llm)  # warm-up

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .compress import CompressReport, compress
+from .deploy_measure import figures_path, llama_cpp_module, measure_gguf, write_figures
 from .errors import LorashearError
 from .export import read_sidecar, save_pruned
 from .export_settings import ExportSettings, parse_units
@@ -148,11 +149,12 @@ def export(model: str | Path, out: str | Path, settings: ExportSettings | None =
     out = Path(out).expanduser()
     _check_output(out, st.format, st.dtype, st.force)  # before anything is loaded
     removal, origin = selection(st)
+    if st.measure:
+        llama_cpp_module()  # refused in one line before any work when llama-cpp-python is missing
     if removal is None:
         progress(0.1, f"writing {st.format} ({st.dtype})")
         info = export_model(model, out, format=st.format, dtype=st.dtype, force=st.force)
-        progress(1.0, "done")
-        return info
+        return _measured(info, out, st, progress)
     progress(0.05, "loading the model")
     net, tok = load_model(model, device="cpu", dtype=torch.float32)
     progress(0.3, "tracing groups")
@@ -182,6 +184,23 @@ def export(model: str | Path, out: str | Path, settings: ExportSettings | None =
             info = export_model(folder, out, format=st.format, dtype=st.dtype, force=st.force)
     info.update(selection=origin, units_removed=n_units, groups=len(removal), params_before=report.params_before,
                 params_after=report.params_after, max_diff=report.max_diff)
+    return _measured(info, out, st, progress)
+
+
+def _measured(info: dict[str, Any], out: Path, st: ExportSettings,
+              progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """With ``measure``: the written GGUF file run in llama.cpp (``measure_gguf`` with its defaults), the figures in
+    ``info["llama_cpp"]`` and beside the file (``<file>.llama_cpp.json``). Without: figures left beside a file this
+    export replaced (``--force``) are removed — they described the old file."""
+    if st.format == "gguf":
+        side = figures_path(out)
+        if st.measure:
+            progress(0.9, "measuring in llama.cpp (prompt and generation tokens/s)")
+            figs = measure_gguf(out)
+            info["llama_cpp"] = figs
+            info["llama_cpp_json"] = str(write_figures(out, figs))
+        else:
+            side.unlink(missing_ok=True)
     progress(1.0, "done")
     return info
 

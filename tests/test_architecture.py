@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distill",),  # the distillation loss and teacher of the training stages (prune, recover)
     ("prune",),  # knowledge + compress + export -> a pruned model
     ("recover",),  # pruned model -> recovered model
+    ("deploy_measure",),  # a GGUF file -> llama.cpp's own tokens/s (llama-cpp-python, optional), beside the file
     ("deploy",),  # a model folder (optionally minus a selection or a plan's units) -> HF folder or GGUF file
     ("api",),
     ("jobs",),

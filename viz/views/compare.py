@@ -11,7 +11,14 @@ Only measured numbers are shown. Rows come from the registry's succeeded jobs:
 * an Evaluate job gives its model (dense or pruned: a folder with an export sidecar was written by
   ``save_pruned``);
 * an Export job gives a size-only row (it does not evaluate), labelled by what it exported (a plan file or a
-  hand selection).
+  hand selection); a GGUF export of a selection gives one too, its model being the GGUF file.
+
+llama.cpp's own figures (prompt and generation tokens/s, ``lorashear export --format gguf --measure``) are shown
+for a model when an Export job measured a GGUF file of exactly that model (no units removed on the way: the
+``<file>.llama_cpp.json`` beside its GGUF artifact, ``lorashear.deploy_measure.read_figures``), with the ratio to the
+dense model it was pruned from when that one was measured under the same conditions (weight type, threads, prompt
+and generation lengths). Figures of a GGUF file replaced since it was measured are refused, not shown. Without any
+figures the table has no llama.cpp columns.
 
 Per-layer parameter counts are read from each folder's safetensors headers (shapes only, no weights loaded); a
 row whose job did not count its parameters (a recovered model) takes its folder's count. The device is the one the
@@ -124,7 +131,110 @@ def entries(state: AppState) -> list[dict]:
         elif j.kind == "export" and "model" in j.artifacts:
             out.append(_entry(j, export_role(j), j.artifacts["model"], None,
                               params=(j.result or {}).get("params_after")))
+        elif j.kind == "export" and "gguf" in j.artifacts and _has_selection(j):
+            out.append(_entry(j, f"{export_role(j)} (GGUF {j.params.get('dtype') or 'f32'})", j.artifacts["gguf"],
+                              None, params=(j.result or {}).get("params_after")))
+    attach_llama_cpp(state, out)
     return out
+
+
+# ----------------------------------------------------------------------------------- llama.cpp figures
+def _has_selection(job) -> bool:
+    return bool(job.params.get("units") or job.params.get("plan"))
+
+
+def model_key(model: str) -> str:
+    """One spelling per model: ``demo`` → the demo folder, a run folder → its ``model/``, a path → resolved; so an
+    Export job's ``model`` parameter and a Prune job's folder name the same model alike."""
+    from lorashear.data import DEMO_MODEL_DIR
+    from lorashear.pruned_format import run_model_folder
+
+    if not model:
+        return ""
+    if model == "demo":
+        return str(Path(DEMO_MODEL_DIR).resolve())
+    p = Path(model).expanduser()
+    if not p.exists():
+        return model
+    return str((run_model_folder(p) or p).resolve())
+
+
+def _job_figures(job):
+    """The llama.cpp figures of an Export job's GGUF file, or None (not measured, unreadable, or the file changed
+    since it was measured)."""
+    from lorashear.deploy_measure import read_figures
+    from lorashear.errors import LorashearError
+
+    if job.kind != "export" or "gguf" not in job.artifacts:
+        return None
+    try:
+        return read_figures(job.artifacts["gguf"])
+    except (LorashearError, OSError):
+        return None
+
+
+def _same_conditions(a, b) -> bool:
+    return (a.dtype, a.threads, a.prompt_tokens, a.gen_tokens) == (b.dtype, b.threads, b.prompt_tokens, b.gen_tokens)
+
+
+def attach_llama_cpp(state: AppState, rows: list[dict]) -> None:
+    """Give each row ``llama_cpp``: a list of ``{"figures": LlamaCppFigures, "vs_dense": (prompt ×, generation ×) or
+    None}``, newest measurement first, one per set of conditions (see the module docstring)."""
+    by_model: dict[str, list] = {}  # model key -> figures of GGUF exports of exactly that model, newest first
+    own: dict[int, tuple[Any, str]] = {}  # export job id -> (its figures, its input model): a GGUF export's own row
+    for j in state.registry.list(status="succeeded", kind="export"):
+        figs = _job_figures(j)
+        if figs is None:
+            continue
+        own[j.id] = (figs, j.params.get("model", ""))
+        if not _has_selection(j):
+            by_model.setdefault(model_key(j.params.get("model", "")), []).append(figs)
+
+    def dense_of(e: dict) -> str | None:
+        """The dense model a row's model was pruned from (its sidecar's source, or the export's input); None for a
+        dense model, or when that source is itself a pruned model."""
+        if e["kind"] == "export" and e["job"] in own:
+            src = own[e["job"]][1]
+        else:
+            side = _sidecar(e["model"])
+            if side is None:
+                return None
+            src = (side.get("provenance") or {}).get("source", "")
+        return model_key(src) if src and _sidecar(model_key(src)) is None else None
+
+    for e in rows:
+        found = [own[e["job"]][0]] if e["kind"] == "export" and e["job"] in own else by_model.get(model_key(e["model"]), [])
+        kept: list = []
+        for f in found:
+            if not any(_same_conditions(f, k) for k in kept):
+                kept.append(f)
+        dense = dense_of(e)
+        refs = by_model.get(dense, []) if dense else []
+        e["llama_cpp"] = []
+        for f in kept:
+            ref = next((r for r in refs if _same_conditions(f, r)), None)
+            ratio = (f.prompt_tokens_per_s / ref.prompt_tokens_per_s, f.gen_tokens_per_s / ref.gen_tokens_per_s) \
+                if ref is not None else None
+            e["llama_cpp"].append({"figures": f, "vs_dense": ratio})
+
+
+def _llama_cpp_cell(e: dict, which: int) -> Any:
+    """One line per measurement: '<dtype>: 45.1 (1.23× dense)'; the generation cell adds how it was measured."""
+    items = e.get("llama_cpp") or []
+    if not items:
+        return html.Span("—", className="muted")
+    lines: list = []
+    for it in items:
+        f, r = it["figures"], it["vs_dense"]
+        v = f.gen_tokens_per_s if which else f.prompt_tokens_per_s
+        text = f"{f.dtype or 'GGUF'}: {v:,.1f}" + (f" ({r[which]:.2f}× dense)" if r else "")
+        if lines:
+            lines.append(html.Br())
+        lines.append(html.Span(text, className="cmp-llama-cpp"))
+        if which:
+            how = f.how() + (f" · perplexity {f.perplexity:.2f} ({f.ppl_tokens:,} tokens)" if f.perplexity else "")
+            lines += [html.Br(), html.Span(how, className="muted cmp-conditions")]
+    return html.Span(lines)
 
 
 # one colour per model folder across every chart of the page (Okabe–Ito, then Tableau): the same model is the same
@@ -246,7 +356,9 @@ def content(state: AppState) -> list:
                             id="compare-unavailable")]
     colour = colours(rows)
     protos = sorted({(p["source"], p["protocol"]) for e in rows for p in e["perplexity"]})
+    cpp = any(e.get("llama_cpp") for e in rows)  # llama.cpp columns only when something was measured there
     head = ["job", "model · measured with", "parameters", "latency (ms)", "tokens/s",
+            *(["llama.cpp generation tok/s", "llama.cpp prompt tok/s"] if cpp else []),
             *[f"ppl {s} ({p})" for s, p in protos], ""]
     body = []
     for e in rows:
@@ -263,7 +375,8 @@ def content(state: AppState) -> list:
                                 html.Strong(e["role"]), html.Br(), html.Span(e["model"], className="muted"), html.Br(),
                                 html.Span(conditions_text(e["conditions"]), className="muted cmp-conditions")]),
                      html.Span(f"{e['params']:,}" if e["params"] is not None else "—", className="cmp-params"),
-                     lat, thr, *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos],
+                     lat, thr, *([_llama_cpp_cell(e, 1), _llama_cpp_cell(e, 0)] if cpp else []),
+                     *[f"{ppl[k]:.2f}" if k in ppl else "—" for k in protos],
                      html.Button("Browse", id={"type": "cmp-browse", "row": f"{e['job']}:{e['role']}"},
                                  className="btn small", disabled=not Path(e["model"] or "/nonexistent").is_dir(),
                                  title=e["model"])])
