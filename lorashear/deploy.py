@@ -189,14 +189,15 @@ def export(model: str | Path, out: str | Path, settings: ExportSettings | None =
 
 def _measured(info: dict[str, Any], out: Path, st: ExportSettings,
               progress: Callable[[float, str], None]) -> dict[str, Any]:
-    """With ``measure``: the written GGUF file run in llama.cpp (``measure_gguf`` with its defaults), the figures in
+    """With ``measure``: the written GGUF file run in llama.cpp (``measure_gguf`` on ``measure_threads`` threads, its
+    other defaults), the figures in
     ``info["llama_cpp"]`` and beside the file (``<file>.llama_cpp.json``). Without: figures left beside a file this
     export replaced (``--force``) are removed — they described the old file."""
     if st.format == "gguf":
         side = figures_path(out)
         if st.measure:
             progress(0.9, "measuring in llama.cpp (prompt and generation tokens/s)")
-            figs = measure_gguf(out)
+            figs = measure_gguf(out, threads=st.measure_threads)
             info["llama_cpp"] = figs
             info["llama_cpp_json"] = str(write_figures(out, figs))
         else:

@@ -50,8 +50,10 @@ class ExportSettings:
                           label="Verify (masked vs compressed logits, and the reload)")
     force: bool = option(False, "replace an existing output", type="bool", label="Replace an existing output")
     measure: bool = option(False, "gguf: then run the file in llama.cpp and record its prompt and generation tokens/s "
-                           "(2 threads, median of 3) in the result and in <file>.llama_cpp.json; needs "
+                           "(median of 3) in the result and in <file>.llama_cpp.json; needs "
                            "llama-cpp-python", type="bool", label="Measure tokens/s in llama.cpp (gguf)")
+    measure_threads: int = option(2, "CPU threads llama.cpp measures with (--measure); more threads than free cores "
+                                  "make its timings erratic", type="int", min=1, label="llama.cpp threads")
 
     def __post_init__(self) -> None:
         check(self, _cross)

@@ -36,7 +36,8 @@ def _byte_level_tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
-    """(GGUF file, the model it was written from): tests/tiny_models.py's GQA llama with a byte-level vocabulary."""
+    """(GGUF file, the model it was written from; its folder is the file's sibling ``model``): tests/tiny_models.py's
+    GQA llama with a byte-level vocabulary."""
     pytest.importorskip("gguf")
     sys.path.insert(0, os.path.dirname(__file__))
     from tiny_models import CONFIGS
@@ -139,3 +140,31 @@ def test_measure_gguf_perplexity_is_transformers_perplexity(tiny_gguf):
             n += len(w) - 1
     assert figs["ppl_windows"] == 2 and figs["ppl_tokens"] == n
     assert figs["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-3)
+
+
+@needs_llama_cpp
+def test_cli_export_measure_records_the_figures_beside_the_file(tiny_gguf, tmp_path, capsys):
+    """``lorashear export --format gguf --measure``: the file, then its figures in the output and beside it; a later
+    export over it without --measure removes them (they described the old file)."""
+    from lorashear.cli import main
+
+    folder = tiny_gguf[0].parent / "model"
+    out = tmp_path / "t.gguf"
+    assert main(["export", str(folder), "--out", str(out), "--format", "gguf", "--measure", "--measure-threads", "1"]) == 0
+    text = capsys.readouterr().out
+    figs = read_figures(out)
+    assert figs is not None and figs.file == str(out) and figs.reps == 3 and figs.threads == 1
+    assert f"generation {figs.gen_tokens_per_s:,.1f} tok/s" in text and str(figures_path(out)) in text
+    assert main(["export", str(folder), "--out", str(out), "--format", "gguf", "--force"]) == 0
+    assert out.is_file() and not figures_path(out).exists()
+
+
+def test_export_measure_without_llama_cpp_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from lorashear.cli import main
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    out = tmp_path / "m.gguf"
+    assert main(["export", "demo", "--out", str(out), "--format", "gguf", "--measure"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("pip install llama-cpp-python") and "\n" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

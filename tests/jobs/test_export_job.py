@@ -52,3 +52,22 @@ def test_export_job_refuses_bad_selections_per_field(registry, tmp_path):
                  tmp_path / "runs")
     done = wait(registry, job.id, timeout_s=300)
     assert done.status == "failed" and "unknown group 'model.layers.9.mlp:channels'" in done.message
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+def test_export_job_with_measure_records_llama_cpp_figures(registry, tmp_path):
+    """The Export job's *Measure*: the GGUF file run in llama.cpp in the worker; the figures in the result and in the
+    ``llama_cpp`` artifact beside the file (what the Compare view reads)."""
+    from lorashear.data import DEMO_MODEL_DIR
+    from lorashear.deploy_measure import figures_path, read_figures
+
+    job = submit(registry, "export", {"model": str(DEMO_MODEL_DIR), "format": "gguf", "dtype": "f16", "measure": "true",
+                                        "measure_threads": "1"},
+                 tmp_path / "runs")
+    done = wait(registry, job.id, timeout_s=300)
+    assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])
+    figs = read_figures(done.artifacts["gguf"])
+    assert done.artifacts["llama_cpp"] == str(figures_path(done.artifacts["gguf"]))
+    assert figs.dtype == "f16" and figs.threads == 1 and figs.gen_tokens_per_s == done.result["llama_cpp"]["gen_tokens_per_s"] > 0
+    assert "llama.cpp: prompt" in done.log_path.read_text()

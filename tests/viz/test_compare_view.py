@@ -153,3 +153,101 @@ def test_page_is_not_rebuilt_when_nothing_changed(app_state, pruned):
     assert [pruned.id, "prune", pruned.finished] in sig and sig == C.signature(app_state)
     page = str(C.layout(app_state))
     assert "compare-loading" in page and "Loading" in page
+
+
+# ------------------------------------------------------------------------------------------ llama.cpp figures
+@pytest.fixture(scope="module")
+def dense_and_pruned(tmp_path_factory):
+    """A dense tiny LLaMA folder and a pruned folder whose sidecar names it as its source (no jobs, no worker)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import build
+
+    from lorashear import compress, find_groups, save_pruned, trace
+
+    root = tmp_path_factory.mktemp("cpp")
+    model = build("llama")
+    model.save_pretrained(root / "dense")
+    small, report = compress(model, find_groups(trace(model)), {"model.layers.0.mlp:channels": list(range(16))})
+    save_pruned(small, root / "pruned", report=report, provenance={"source": str(root / "dense"), "method": "test"})
+    return root / "dense", root / "pruned"
+
+
+def _succeeded(state, kind, params, result=None, artifacts=None):
+    from lorashear.jobs import KINDS
+
+    job = state.registry.create(kind, KINDS[kind].entry, params, state.runs_dir)
+    state.registry.finish(job.id, SUCCEEDED, result=result or {}, artifacts=artifacts or {})
+    return job
+
+
+def _measured_export(state, model, tmp, name, pp, tg, threads=2):
+    """An Export job's GGUF file with llama.cpp figures written by the library's own writer (given numbers)."""
+    from lorashear.deploy_measure import LlamaCppFigures, write_figures
+
+    gguf = tmp / f"{name}.gguf"
+    gguf.write_bytes(name.encode())  # the Compare view never parses the file: it reads the figures beside it
+    write_figures(gguf, LlamaCppFigures.of_runs(gguf, pp, tg, threads=threads, prompt_tokens=128, gen_tokens=32,
+                                                llama_cpp_python="0.3.36", load_avg_after=1.5, dtype="f16"))
+    return _succeeded(state, "export", {"model": str(model), "format": "gguf", "dtype": "f16", "measure": True},
+                      artifacts={"gguf": str(gguf)})
+
+
+@pytest.fixture
+def cmp_state(tmp_path, dense_and_pruned):
+    from viz.session import make_state
+
+    state = make_state(tmp_path / "runs")
+    dense, pruned = dense_and_pruned
+    for m in (dense, pruned):
+        _succeeded(state, "eval", {"model": str(m)})
+    return state
+
+
+def _cells(state):
+    return {e["role"].split(" (")[0]: e for e in C.entries(state)}
+
+
+def test_llama_cpp_figures_show_with_the_ratio_to_dense(cmp_state, dense_and_pruned, tmp_path):
+    dense, pruned = dense_and_pruned
+    _measured_export(cmp_state, dense, tmp_path, "dense", [100.0, 90.0, 110.0], [10.0, 9.0, 11.0])
+    _measured_export(cmp_state, pruned, tmp_path, "pruned", [130.0, 120.0, 140.0], [15.0, 14.0, 16.0])
+    rows = _cells(cmp_state)
+    (d,), (p,) = rows["dense"]["llama_cpp"], rows["pruned"]["llama_cpp"]
+    assert d["vs_dense"] is None and d["figures"].gen_tokens_per_s == 10.0
+    assert p["vs_dense"] == pytest.approx((130 / 100, 15 / 10))
+    page = str(C.content(cmp_state))
+    assert "llama.cpp generation tok/s" in page and "llama.cpp prompt tok/s" in page
+    assert "f16: 15.0 (1.50× dense)" in page and "f16: 130.0 (1.30× dense)" in page
+    dense_cell = str(C._llama_cpp_cell(rows["dense"], 1))
+    assert "f16: 10.0" in dense_cell and "×" not in dense_cell  # the dense model is the reference
+    assert "2 threads · median of 3 · 128-token prompt, 32 generated · load 1.5 · llama-cpp-python 0.3.36" in page
+
+
+def test_no_llama_cpp_columns_without_figures(cmp_state, dense_and_pruned, tmp_path):
+    dense, _ = dense_and_pruned
+    gguf = tmp_path / "unmeasured.gguf"
+    gguf.write_bytes(b"x")
+    _succeeded(cmp_state, "export", {"model": str(dense), "format": "gguf"}, artifacts={"gguf": str(gguf)})
+    assert all(not e["llama_cpp"] for e in C.entries(cmp_state))
+    assert "llama.cpp" not in str(C.content(cmp_state))
+
+
+def test_no_ratio_across_different_conditions(cmp_state, dense_and_pruned, tmp_path):
+    """A dense model timed on 1 thread is no reference for a pruned one timed on 2: figures, but no ratio."""
+    dense, pruned = dense_and_pruned
+    _measured_export(cmp_state, dense, tmp_path, "dense", [50.0], [5.0], threads=1)
+    _measured_export(cmp_state, pruned, tmp_path, "pruned", [130.0], [15.0], threads=2)
+    (p,) = _cells(cmp_state)["pruned"]["llama_cpp"]
+    assert p["vs_dense"] is None and "× dense" not in str(C.content(cmp_state))
+
+
+def test_figures_of_a_replaced_gguf_are_not_shown(cmp_state, dense_and_pruned, tmp_path):
+    _, pruned = dense_and_pruned
+    _measured_export(cmp_state, pruned, tmp_path, "pruned", [130.0], [15.0])
+    assert _cells(cmp_state)["pruned"]["llama_cpp"]
+    with open(tmp_path / "pruned.gguf", "ab") as fh:  # the file is replaced after it was measured
+        fh.write(b" rewritten")
+    assert not _cells(cmp_state)["pruned"]["llama_cpp"]
