@@ -142,8 +142,9 @@ def export(model: str | Path, out: str | Path, settings: ExportSettings | None =
     """The one call behind ``lorashear export``, the ``export`` job and the app's Export buttons: remove a selection
     of units first when one is given (a hand selection or a saved plan's; ``compress`` verifies masked vs compressed
     logits), then write the model as a Hugging Face folder (``save_pruned``, reload verified) or a GGUF file
-    (``export_model``). ``overrides`` are ``ExportSettings`` fields. Returns what was written, with ``hint``: how
-    to load or run it."""
+    (``export_model``); with ``measure``, run the GGUF file in llama.cpp (``deploy_measure.measure_gguf``: its figures
+    in ``llama_cpp``, and beside the file). ``overrides`` are ``ExportSettings`` fields. Returns what was written,
+    with ``hint``: how to load or run it."""
     st = replace(settings, **overrides) if settings is not None else ExportSettings(**overrides)
     progress = progress or (lambda f, s: None)
     out = Path(out).expanduser()
@@ -189,19 +190,19 @@ def export(model: str | Path, out: str | Path, settings: ExportSettings | None =
 
 def _measured(info: dict[str, Any], out: Path, st: ExportSettings,
               progress: Callable[[float, str], None]) -> dict[str, Any]:
-    """With ``measure``: the written GGUF file run in llama.cpp (``measure_gguf`` on ``measure_threads`` threads, its
-    other defaults), the figures in
-    ``info["llama_cpp"]`` and beside the file (``<file>.llama_cpp.json``). Without: figures left beside a file this
-    export replaced (``--force``) are removed — they described the old file."""
+    """Figures left beside a GGUF file this export replaced (``--force``) are removed first: they described the old
+    file. With ``measure``, the new file is run in llama.cpp (``measure_gguf`` on ``measure_threads`` threads, its
+    other defaults) and the figures go to ``info["llama_cpp"]`` and beside the file (``<file>.llama_cpp.json``)."""
     if st.format == "gguf":
-        side = figures_path(out)
+        figures_path(out).unlink(missing_ok=True)
         if st.measure:
             progress(0.9, "measuring in llama.cpp (prompt and generation tokens/s)")
-            figs = measure_gguf(out, threads=st.measure_threads)
+            try:
+                figs = measure_gguf(out, threads=st.measure_threads)
+            except LorashearError as exc:
+                raise LorashearError(f"{out} was written, but not measured: {exc}") from None
             info["llama_cpp"] = figs
             info["llama_cpp_json"] = str(write_figures(out, figs))
-        else:
-            side.unlink(missing_ok=True)
     progress(1.0, "done")
     return info
 

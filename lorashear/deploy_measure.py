@@ -120,6 +120,8 @@ def write_figures(gguf_file: str | Path, figures: LlamaCppFigures | dict[str, An
     half a file); returns the path."""
     if isinstance(figures, dict):
         figures = LlamaCppFigures.from_dict(figures)
+    if Path(figures.file).expanduser().resolve() != Path(gguf_file).expanduser().resolve():
+        raise LorashearError(f"these llama.cpp figures are of {figures.file}, not of {gguf_file}")
     return write_json_atomic(figures_path(gguf_file), figures.to_dict())
 
 
