@@ -375,6 +375,8 @@ def _export(args: argparse.Namespace) -> int:
     what = info.get("architecture") or info["format"]
     print(f"wrote {info['path']} ({info['format']}, {info['dtype']}, {what}, {len(layers)} layers)")
     print(f"load or run with: {info.get('hint')}")
+    for note in info.get("notes") or []:
+        print(f"note: {note}", file=sys.stderr)
     if info.get("llama_cpp"):  # --measure
         f = info["llama_cpp"]
         print(f"llama.cpp: prompt {f['prompt_tokens_per_s']:,.1f} tok/s, generation {f['gen_tokens_per_s']:,.1f} tok/s "

@@ -286,6 +286,7 @@ def export_gguf(model: nn.Module, out: str | Path, *, dtype: str = "f32", tokeni
         "n_embd": layout.n_embd, "head_dim": layout.head_dim, "n_vocab": layout.n_vocab, "tied_embeddings": layout.tied,
         "layers": [asdict(s) for s in layout.layers],
         "quantization_fallback_f16": fallback,
+        "notes": [fallback_note(fallback, sum(1 for _, s, _ in expected.values() if len(s) == 2), dtype)] if fallback else [],
         "tokenizer": f"copied from {source_gguf}" if source_gguf else "converted from the Hugging Face tokenizer",
         "stock_loaders": True,
         "loads_in": ("llama.cpp (llama-cli, llama-server, llama-cpp-python) and tools on it that know 'llama'"
@@ -293,6 +294,18 @@ def export_gguf(model: nn.Module, out: str | Path, *, dtype: str = "f32", tokeni
                      "llama.cpp (llama-cli, llama-server, llama-cpp-python) via its 'deci' architecture (per-layer sizes)"),
         "hint": f"llama-cli -m {out} -p \"Hello\"   (Python: llama_cpp.Llama(model_path=\"{out}\"))",
     }
+
+
+def fallback_note(fallback: list[str], matrices: int, dtype: str) -> str:
+    """One line for the person exporting: which matrices a quantized file keeps in F16, why, and the fix.
+
+    Why say it: a q8_0/q4_0 file with F16 matrices is larger and, in llama.cpp, slower than its aligned twin
+    (docs/deploy.md, "Speed": a globally pruned SmolLM2 without alignment is slower than dense at prompt processing)
+    — nothing fails, so without this line nobody would know."""
+    kinds = sorted({t.split(".")[-2] for t in fallback if t.count(".") >= 2})
+    which = ", ".join(kinds) or "see quantization_fallback_f16"
+    return (f"{len(fallback)} of {matrices} matrices stay F16 in this {dtype} file ({which}): their rows are not a whole number of 32-value blocks (pruned widths); "
+            f"prune with --align 32 (or 64) to quantize every matrix — llama.cpp also runs aligned widths faster")
 
 
 # ------------------------------------------------------------------------------------------------ checks

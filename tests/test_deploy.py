@@ -137,6 +137,7 @@ def test_uniform_prune_exports_as_llama_with_scalars(uniform, tmp_path):
     assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"], meta["llama.feed_forward_length"]) == (6, 3, 512)
     types = {n: t.tensor_type.name for n, t in tensors(out).items()}
     assert types["blk.0.ffn_up.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+    assert info["notes"] == []  # nothing to say about an f16 file
 
 
 @needs_demo
@@ -148,6 +149,8 @@ def test_quantized_export_uses_gguf_quantizers_and_falls_back_to_f16_on_partial_
     t = tensors(out)
     # 540 MLP channels are not a whole number of 32-value blocks: that row length (ffn_down's) stays F16
     assert info["quantization_fallback_f16"] == ["blk.3.ffn_down.weight"]
+    assert len(info["notes"]) == 1 and "1 of " in info["notes"][0] and "(ffn_down)" in info["notes"][0]
+    assert "--align 32" in info["notes"][0]
     assert t["blk.3.ffn_down.weight"].tensor_type.name == "F16" and t["blk.3.ffn_up.weight"].tensor_type.name == qtype
     assert t["token_embd.weight"].tensor_type.name == qtype and t["output_norm.weight"].tensor_type.name == "F32"
     w = small.model.layers[0].mlp.up_proj.weight.detach().numpy()

@@ -24,6 +24,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.log(f"removed {info['units_removed']} units of {info['groups']} groups ({info['selection']}): parameters "
                 f"{info['params_before']:,} -> {info['params_after']:,}")
     ctx.log(f"wrote {out} ({st.format}, {st.dtype}); load or run with {info.get('hint')}")
+    for note in info.get("notes") or []:
+        ctx.log(f"note: {note}")
     result = {k: info[k] for k in ("format", "dtype", "params_before", "params_after", "units_removed", "groups",
                                    "case", "max_diff", "architecture") if info.get(k) is not None}
     result["params_removed"] = info["params_before"] - info["params_after"] if "params_before" in info else 0
