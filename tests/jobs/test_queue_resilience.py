@@ -101,9 +101,14 @@ def test_events_survive_a_database_locked_past_its_busy_timeout(server, workers,
     assert steps_recorded(reg, job.id) == list(range(30))
 
 
+FLAGGED_STEPS = 100
+
+
 def test_a_flagged_attempt_stops_itself_and_resume_waits_for_it(server, workers, app):
     reg, runs = app()
-    job = submit(reg, "steps", {"steps": 40, "delay": 0.1}, runs, kinds=KINDS_)
+    # 10 s if never stopped: long enough that, on a loaded machine, the attempt is still running when it is flagged
+    # (with 4 s it can end "succeeded" before the test flags it, instead of stopping itself)
+    job = submit(reg, "steps", {"steps": FLAGGED_STEPS, "delay": 0.1}, runs, kinds=KINDS_)
     wait_for(lambda: running(reg, job.id, 0.05), 60, "the job to run")
     assert reg.finish(job.id, FAILED, "declared dead")  # the app believes it dead; the worker was not told yet
     with pytest.raises(LorashearError, match=f"job {job.id}: attempt 1 still runs on .*resume once it has stopped"):
@@ -120,7 +125,7 @@ def test_a_flagged_attempt_stops_itself_and_resume_waits_for_it(server, workers,
     done = wait(reg, job.id, timeout_s=90)
     assert done.status == SUCCEEDED and done.attempts == 2, done.message
     steps = steps_recorded(reg, job.id)
-    assert steps == sorted(set(steps)) and steps[-(40 - checkpoint):] == list(range(checkpoint, 40))
+    assert steps == sorted(set(steps)) and steps[-(FLAGGED_STEPS - checkpoint):] == list(range(checkpoint, FLAGGED_STEPS))
 
 
 def test_a_partitioned_attempt_declared_dead_stops_itself(server, workers, app):
