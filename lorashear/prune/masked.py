@@ -15,6 +15,8 @@ iterative LoRAPrune) are subclasses; the prune run's loop (``run.py``) only ever
 * ``metrics()`` — per-step numbers (sparsity per kind, period) for the report and the Jobs view;
 * ``events()`` — what the schedule did and when, as (step, text) rows;
 * ``changed_tensors()`` — the base tensors the optimizer writes (a checkpoint must hold them besides LoRA);
+* ``final_step`` — the step from which the zero set no longer changes; ``--train full`` (``full.py``) merges LoRA
+  there, ``release_lora`` leaves this optimizer the run's record and ``full.FullTraining`` trains every parameter;
 * ``state_dict`` / ``load_state_dict`` — AdamW state plus the schedule (``sched``) and settings (``hp``).
 """
 from __future__ import annotations

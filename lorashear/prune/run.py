@@ -10,6 +10,9 @@ Its output folder::
     OUT/run.json        settings and status (a different run is never written into the same folder)
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
+With ``train="full"`` the run trains LoRA until the structure is final, then merges it and trains every parameter of
+the masked model (``full.py``); checkpoints after that switch hold every parameter and say so.
+
 With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the
 default teacher is the dense model after the same LoRA budget, ``finetune_dense``'s model, cached on disk).
 

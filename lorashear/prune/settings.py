@@ -192,15 +192,16 @@ class PruneSettings(PlanSettings):
     def replace(self, **changes: Any) -> "PruneSettings":
         return replace(self, **changes)
 
-    def final_step(self) -> int:
+    def final_step(self) -> int | None:
         """The step from which the structure no longer changes (the zero set is the plan's): after LHSPG's last
-        period, after LoRAPrune's last mask update, 0 for the one-shot methods (their plan is applied in setup).
-        ``--train full`` trains every parameter from here; the optimizers say the same (``final_step``)."""
+        period, after LoRAPrune's last mask update, 0 for the one-shot methods (their plan is applied in setup);
+        ``None`` for a method that does not say. ``--train full`` trains every parameter from here; the run checks
+        that the method's optimizer says the same (``PruningOptimizer.final_step``)."""
         if self.method == "lhspg":
             return self.warmup_steps + self.periods * self.period_steps
         if self.method == "loraprune":
             return self.steps - self.cooldown_steps
-        return 0
+        return 0 if self.method in ONE_SHOT else None
 
 
 def _cross_prune(st: Any) -> dict[str, str]:
@@ -221,6 +222,8 @@ def _schedule(st: Any) -> dict[str, str]:
                              f"steps = {need} steps, more than {st.steps}"}
     if st.method == "loraprune" and st.warmup_steps + st.cooldown_steps >= st.steps:
         return {"steps": f"loraprune needs warmup-steps {st.warmup_steps} + cooldown-steps {st.cooldown_steps} < steps {st.steps}"}
+    if st.train == "full" and st.final_step() is None:
+        return {"train": f"--train full: {st.method} does not say when its structure is final; use --train lora"}
     if st.train == "full" and st.final_step() >= st.steps:  # an empty full phase would silently train nothing
         if st.method in ONE_SHOT:
             return {"train": "--train full trains the pruned model after the one-shot plan: give --steps > 0"}
