@@ -1,7 +1,8 @@
-"""``prune --train full`` (lorashear/prune/full.py): once the structure is final — after LHSPG's last period, from step 0
-for a one-shot method, after LoRAPrune's last mask update — LoRA is merged and every parameter of the masked model trains, the removed units held at
-exactly zero, so that compress stays exact; checkpoints resume across the switch; the default stays LoRA; settings
-that would leave the full phase empty are refused in one line. On the tiny GQA LLaMA folder (conftest)."""
+"""``prune --train full`` (lorashear/prune/full.py): once the structure is final — after LHSPG's last period, after
+LoRAPrune's last mask update, from step 0 for a one-shot method — LoRA is merged and every parameter of the masked
+model trains, the removed units held at exactly zero, so that compress stays exact; checkpoints resume across the
+switch; the default stays LoRA; settings that would leave the full phase empty are refused in one line. On the tiny
+GQA LLaMA folder (conftest)."""
 from __future__ import annotations
 
 import json
