@@ -169,7 +169,6 @@ class PruningOptimizer(torch.optim.AdamW):
         """Record an event of the run at ``step`` (default: now) in the schedule's history."""
         self.sched["events"].append([self.sched["step"] if step is None else step, text])
 
-    @torch.no_grad()
     def release_lora(self, model: nn.Module) -> None:
         """LoRA was merged into ``model``'s base weights and removed (``--train full``, once the structure is final):
         from here this optimizer keeps only the run's record — plan, zero set, events, schedule position — over
