@@ -63,7 +63,8 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
-    folder = runs.open_run(out, RUN_FORMAT, settings.to_dict(), resume=resume, model=str(model))  # every process checks
+    folder = runs.open_run(out, RUN_FORMAT, settings.to_dict(), resume=resume, model=str(model),
+                           defaults=PruneSettings().to_dict())  # every process checks
     acc.wait_for_everyone()  # ... before process 0 writes
     main = acc.is_main_process
     progress = progress if progress and main else (lambda f, s: None)
