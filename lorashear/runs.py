@@ -110,11 +110,12 @@ class RunFolder:
 
 
 def open_run(out: str | Path, fmt: str, settings: dict, *, resume: bool, what: str = "run",
-             **fields: Any) -> RunFolder:
+             defaults: dict | None = None, **fields: Any) -> RunFolder:
     """Check ``out`` for a run with ``settings`` (``fields``: what else run.json records, e.g. the model) and
     return its ``RunFolder``; nothing is written. Refused, in one line: a new run in a folder that holds something;
     ``resume`` with no run.json, of another kind of run, with other settings, of a finished run, or of checkpoints
-    in an older layout."""
+    in an older layout. ``defaults``: the schema's defaults — a setting an older run.json does not record (an
+    option added since) counts as its default, which is how that run behaved, so the run still resumes."""
     out = Path(out)
     run_file = out / "run.json"
     prev = None
@@ -128,7 +129,7 @@ def open_run(out: str | Path, fmt: str, settings: dict, *, resume: bool, what: s
         if prev.get("format") != fmt:
             raise LorashearError(f"{out}: holds a {prev.get('format') or 'unknown'} run, not a {what} "
                                  f"({fmt}); nothing to resume")
-        old = prev.get("settings") or {}
+        old = {**{k: v for k, v in (defaults or {}).items() if k in settings}, **(prev.get("settings") or {})}
         if old != settings:
             diff = sorted(set(k for k, v in settings.items() if old.get(k) != v) | (set(old) - set(settings)))
             raise LorashearError(f"{out}: holds a {what} with other settings ({', '.join(diff)}); "

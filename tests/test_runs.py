@@ -80,6 +80,18 @@ def test_resume_with_other_settings_names_them(tmp_path):
         runs.open_run(tmp_path / "o", "f/1", {"lr": 2.0, "seed": 0}, resume=True)
 
 
+def test_a_setting_added_since_the_run_counts_as_its_default(tmp_path):
+    """A run started before an option existed behaved as the option's default: it resumes under the same options,
+    and is refused (naming the option) when the option is now given another value."""
+    _write_run(tmp_path / "o", "f/1", {"lr": 1.0}, "failed")
+    folder = runs.open_run(tmp_path / "o", "f/1", {"lr": 1.0, "train": "lora"}, resume=True,
+                           defaults={"lr": 3.0, "train": "lora"})
+    assert folder.info["settings"] == {"lr": 1.0, "train": "lora"}
+    with pytest.raises(LorashearError, match=r"other settings \(train\)"):
+        runs.open_run(tmp_path / "o", "f/1", {"lr": 1.0, "train": "full"}, resume=True,
+                      defaults={"lr": 3.0, "train": "lora"})
+
+
 def test_resume_of_another_kind_of_run_is_refused(tmp_path):
     from lorashear.prune.run import RUN_FORMAT as PRUNE
     from lorashear.recover.run import RUN_FORMAT as RECOVER, RecoverSettings

@@ -83,6 +83,11 @@ class LHSPG(PruningOptimizer):
         """Steps the schedule needs: warm-up plus every period (training may go on after)."""
         return self.hp["warmup_steps"] + self.hp["periods"] * self.hp["period_steps"]
 
+    @property
+    def final_step(self) -> int:
+        """The last period ends with step ``total_steps - 1``: its units are zero and masked from then on."""
+        return self.total_steps
+
     def phase(self, step: int | None = None) -> str:
         t = self.sched["step"] if step is None else step
         if t < self.hp["warmup_steps"]:

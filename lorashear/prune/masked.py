@@ -15,6 +15,8 @@ iterative LoRAPrune) are subclasses; the prune run's loop (``run.py``) only ever
 * ``metrics()`` — per-step numbers (sparsity per kind, period) for the report and the Jobs view;
 * ``events()`` — what the schedule did and when, as (step, text) rows;
 * ``changed_tensors()`` — the base tensors the optimizer writes (a checkpoint must hold them besides LoRA);
+* ``final_step`` — the step from which the zero set no longer changes; ``--train full`` (``full.py``) merges LoRA
+  there, ``release_lora`` leaves this optimizer the run's record and ``full.FullTraining`` trains every parameter;
 * ``state_dict`` / ``load_state_dict`` — AdamW state plus the schedule (``sched``) and settings (``hp``).
 """
 from __future__ import annotations
@@ -111,6 +113,12 @@ class PruningOptimizer(torch.optim.AdamW):
         """Steps the schedule needs (training may go on after)."""
         return 0
 
+    @property
+    def final_step(self) -> int | None:
+        """The step from which the zero set no longer changes (the structure is final): ``--train full`` trains
+        every parameter from here (``full.FullTraining``). ``None``: this optimizer cannot say."""
+        return None
+
     def phase(self, step: int | None = None) -> str:
         return "recovery"
 
@@ -157,6 +165,23 @@ class PruningOptimizer(torch.optim.AdamW):
         self._masked_idx = None
         self._realized = None
 
+    def note(self, text: str, step: int | None = None) -> None:
+        """Record an event of the run at ``step`` (default: now) in the schedule's history."""
+        self.sched["events"].append([self.sched["step"] if step is None else step, text])
+
+    def release_lora(self, model: nn.Module) -> None:
+        """LoRA was merged into ``model``'s base weights and removed (``--train full``, once the structure is final):
+        from here this optimizer keeps only the run's record — plan, zero set, events, schedule position — over
+        ``model``, whose unit slices carry no LoRA factors; the factors' AdamW state is dropped and it takes no more
+        steps (``full.FullTraining`` does)."""
+        self.model = model
+        self.slices = unit_slices(model, self.cands)
+        self.lora_layers = {}
+        self.state.clear()
+        self.param_groups[0]["params"] = []
+        self._masked_idx = None
+        self._realized = None
+
     def _hold_masked(self) -> None:
         """Masked units stay exactly zero: AdamW moved their LoRA-B rows; put them back to zero."""
         if not self.sched["masked"]:
@@ -187,9 +212,14 @@ class PruningOptimizer(torch.optim.AdamW):
         self._realized = None
 
     # ------------------------------------------------------------------------------------ state
+    def schedule_state(self) -> dict[str, str]:
+        """The schedule and settings without the AdamW state (``state_dict``'s ``lorashear`` entry): what
+        ``full.FullTraining`` checkpoints of the run's record once LoRA is gone."""
+        return {"method": self.method, "sched": json.dumps(self.sched), "hp": json.dumps(self.hp)}
+
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         sd = super().state_dict()
-        sd["lorashear"] = {"method": self.method, "sched": json.dumps(self.sched), "hp": json.dumps(self.hp)}
+        sd["lorashear"] = self.schedule_state()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -197,20 +227,25 @@ class PruningOptimizer(torch.optim.AdamW):
         extra = sd.pop("lorashear", None) or sd.pop("lhspg", None)
         super().load_state_dict(sd)
         if extra is not None:
-            if extra.get("method", self.method) != self.method:
-                raise LorashearError(f"checkpoint was written by method {extra['method']!r}, not {self.method!r}")
-            hp = json.loads(extra["hp"])
-            if hp != json.loads(json.dumps(self.hp)):
-                raise LorashearError(f"checkpoint was written with other {self.method} settings: {hp} vs {self.hp}")
-            self.sched = json.loads(extra["sched"])
-            if self.sched.get("plan"):
-                self._plan_obj = plan_from_dict(self.sched["plan"])
-            self._masked_idx = None
-            self._realized = None
-            reconstruction = getattr(self, "reconstruction", None)
-            if reconstruction is not None:  # the report lists the refits done before the checkpoint too
-                reconstruction.restored(self.sched)
-            self._loaded()
+            self.restore_schedule(extra)
+
+    def restore_schedule(self, extra: Mapping[str, str]) -> None:
+        """Take over the schedule of ``schedule_state()`` (refused, in one line, when another method or other
+        settings wrote it)."""
+        if extra.get("method", self.method) != self.method:
+            raise LorashearError(f"checkpoint was written by method {extra['method']!r}, not {self.method!r}")
+        hp = json.loads(extra["hp"])
+        if hp != json.loads(json.dumps(self.hp)):
+            raise LorashearError(f"checkpoint was written with other {self.method} settings: {hp} vs {self.hp}")
+        self.sched = json.loads(extra["sched"])
+        if self.sched.get("plan"):
+            self._plan_obj = plan_from_dict(self.sched["plan"])
+        self._masked_idx = None
+        self._realized = None
+        reconstruction = getattr(self, "reconstruction", None)
+        if reconstruction is not None:  # the report lists the refits done before the checkpoint too
+            reconstruction.restored(self.sched)
+        self._loaded()
 
     def _loaded(self) -> None:
         """Drop caches after ``load_state_dict``."""

@@ -67,6 +67,11 @@ class OneShot(PruningOptimizer):
     def phase(self, step: int | None = None) -> str:
         return "recovery"
 
+    @property
+    def final_step(self) -> int:
+        """The plan's units are zero from the start (``mask`` in ``__init__``): final from step 0."""
+        return 0
+
 
 class LoRAPrune(PruningOptimizer):
     """LoRAPrune's progressive pruning: ``warmup_steps`` of LoRA training with the importance EMA; the plan is
@@ -103,6 +108,11 @@ class LoRAPrune(PruningOptimizer):
 
     @property
     def total_steps(self) -> int:
+        return self.last_update + 1
+
+    @property
+    def final_step(self) -> int:
+        """Every quota is met by the last mask update; the cooldown steps after it train the final structure."""
         return self.last_update + 1
 
     def update_steps(self) -> list[int]:

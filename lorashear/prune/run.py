@@ -10,6 +10,9 @@ Its output folder::
     OUT/run.json        settings and status (a different run is never written into the same folder)
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
+With ``train="full"`` the run trains LoRA until the structure is final, then merges it and trains every parameter of
+the masked model (``full.py``); checkpoints after that switch hold every parameter and say so.
+
 With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the
 default teacher is the dense model after the same LoRA budget, ``finetune_dense``'s model, cached on disk).
 
@@ -34,6 +37,7 @@ import torch
 from .. import distill, runs
 from ..adapters import add_lora
 from ..jsonio import write_json_atomic
+from .full import FULL, to_full
 from .methods import get_method, prepare_method
 from .plan import PlanSpec, count_removed, parse_layers
 from .settings import PruneSettings, method_options
@@ -59,7 +63,8 @@ def prune(model: str | Path, out: str | Path, settings: PruneSettings | None = N
     acc = parallel.accelerator(settings.device)
     if settings.steps > 0:
         parallel.rows_per_micro_batch(settings.batch_size, acc)  # a batch that does not split: one line, now
-    folder = runs.open_run(out, RUN_FORMAT, settings.to_dict(), resume=resume, model=str(model))  # every process checks
+    folder = runs.open_run(out, RUN_FORMAT, settings.to_dict(), resume=resume, model=str(model),
+                           defaults=PruneSettings().to_dict())  # every process checks
     acc.wait_for_everyone()  # ... before process 0 writes
     main = acc.is_main_process
     progress = progress if progress and main else (lambda f, s: None)
@@ -130,8 +135,14 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         method_info.update(info)
     peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
+    full_from = _full_from(st, opt)  # --train full: the step every parameter trains from (None: LoRA throughout)
+    # what trains: the PEFT model under the pruning optimizer, after the switch the merged model under FullTraining
+    student, active = peft_model, opt
     start, history = 0, {"steps": [], "events": []}
-    found = runs.resume_latest(out, peft_model, opt, progress) if resume else None
+    ck = runs.latest_checkpoint(out) if resume else None
+    if ck is not None and _trained_in_full(ck):  # written after the switch: switch first, then load every parameter
+        student, active = to_full(peft_model, opt, st.lr)
+    found = runs.resume_latest(out, student, active, progress) if resume else None
     if found is not None:
         start, history = found[0], found[1]["history"]
     counter_cache: dict[str, int] = {}
@@ -142,25 +153,35 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
             counter_cache[key] = count_removed(model, groups, opt.removal())
         return counter_cache[key]
 
-    trained = acc.prepare(peft_model) if st.steps > start else peft_model  # DDP: LoRA grads all-reduced
-    peft_model.train()
+    trained = acc.prepare(student) if st.steps > start else student  # DDP: trained grads all-reduced
+    student.train()
     loss_fn = (distill.loss_fn(teacher, st.distill, pure=st.pure_kd, temperature=st.kd_temperature, top_k=st.kd_top_k)
                if teacher is not None else runs.causal_lm_loss)
     for t in range(start, st.steps):
+        if t == full_from and active is opt:  # the structure is final: merge LoRA, train every parameter
+            if opt.plan is None or opt.removal() != {g: u for g, u in opt.plan.removal.items() if u}:
+                raise RuntimeError(f"--train full at step {t}: the zero set is not the plan's yet")
+            student, active = to_full(peft_model, opt, st.lr)
+            opt.note("LoRA merged into the base weights; every parameter trains from here (--train full)", t)
+            trained = acc.prepare(student)
+            student.train()
         ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))  # the same global batch everywhere
         ids = ids.to(device)
         # the same step on every process: same gradients, same weights, same zero set
-        loss_value = runs.train_step(trained, opt, {"input_ids": ids, "labels": ids}, t, loss_fn=loss_fn, acc=acc,
+        loss_value = runs.train_step(trained, active, {"input_ids": ids, "labels": ids}, t, loss_fn=loss_fn, acc=acc,
                                      out=out)
-        row = {"step": t + 1, "loss": loss_value, "lr": opt.param_groups[0]["lr"], "phase": opt.phase(t),
+        row = {"step": t + 1, "loss": loss_value, "lr": active.param_groups[0]["lr"], "phase": opt.phase(t),
                "removed_params": removed_params(), **opt.metrics()}
         history["steps"].append(row)
         metric(t + 1, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
         progress(0.1 + 0.7 * (t + 1) / st.steps, f"step {t + 1}/{st.steps} loss {row['loss']:.3f} ({row['phase']})")
         if (t + 1) % st.checkpoint_every == 0 or opt.boundary(t) or t + 1 == st.steps:
             history["events"] = opt.events()
-            if main:
+            if main and active is opt:
                 runs.save_checkpoint(out, t + 1, peft_model, opt, {"history": history}, changed=opt.changed_tensors())
+            elif main:  # every parameter changed: the checkpoint holds them all
+                runs.save_checkpoint(out, t + 1, student, active, {"history": history, "train": FULL},
+                                     changed=tuple(student.parameters()))
     loss_fn = teacher = None  # the teacher's memory is free before compressing
     progress(0.82, "compressing")
     removal = opt.removal()
@@ -169,7 +190,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         raise RuntimeError(f"the zero set differs from the plan: {removal} vs {plan.removal if plan else None}")
     if not main:  # process 0 compresses, saves and evaluates; the others are done
         return {"main": False, "process": acc.process_index, "removal": removal, "history": history["steps"]}
-    merged = peft_model.merge_and_unload()
+    merged = peft_model.merge_and_unload() if active is opt else student
     from ..compress import compress
 
     small, creport = compress(merged, groups, removal)  # verifies itself: masked vs compressed logits
@@ -194,10 +215,40 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "calibration_tokens": method_info.get("calibration_tokens", 0),
         "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
         "mixed_precision": acc.mixed_precision, "teacher": teacher_info,
+        "train": st.train, "full_from_step": full_from, "training": _training(st, full_from),
     }
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
+
+
+def _full_from(st: PruneSettings, opt: Any) -> int | None:
+    """``--train full``'s switch step: where the method's optimizer says its structure is final — which the settings
+    promised when they checked the steps (refused otherwise: an exact run or none)."""
+    if st.train != "full":
+        return None
+    if opt.final_step is None or opt.final_step != st.final_step():
+        raise RuntimeError(f"--train full: {st.method}'s structure is final at step {opt.final_step}, "
+                           f"the settings expected {st.final_step()}")
+    return opt.final_step
+
+
+def _trained_in_full(ck: Path) -> bool:
+    """The checkpoint was written after the ``--train full`` switch (its state says so)."""
+    return json.loads((ck / "state.json").read_text()).get("train") == FULL
+
+
+def _training(st: PruneSettings, full_from: int | None) -> list[dict]:
+    """Which steps trained what (the report's ``training``): LoRA adapters until ``full_from``, every parameter of
+    the masked model from there; phases without a step are left out."""
+    lora = f"LoRA adapters (r={st.lora_r}, alpha={st.lora_alpha:g}, {st.lora_targets}), base weights frozen"
+    end = st.steps if full_from is None else full_from
+    rows = [{"from_step": 0, "to_step": end, "trained": "lora", "what": lora}] if end > 0 else []
+    if full_from is not None:
+        rows.append({"from_step": full_from, "to_step": st.steps, "trained": FULL,
+                     "what": "every parameter of the masked model (LoRA merged), AdamW at the run's lr, removed units "
+                             "held at exactly 0"})
+    return rows
 
 
 def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device: Any, acc: Any,

@@ -20,6 +20,7 @@ SALIENCIES = ("lora-taylor", "magnitude")
 TAYLOR_VARIANTS = ("first", "second", "vector")
 AGGREGATIONS = ("sum", "prod", "max", "last")
 LLM_PRUNER_LAYERS = "0.125:0.9375"
+TRAIN_MODES = ("lora", "full")  # recover.settings.TRAIN_MODES: the same two words
 RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)  # the paper's layers 4–29 of 32, as fractions
 
 
@@ -111,6 +112,10 @@ class PruneSettings(PlanSettings):
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, label="Learning rate")
+    train: str = option("lora", "lora: LoRA adapters throughout; full: from the step the structure is final (after "
+                        "LHSPG's last period, LoRAPrune's last mask update, step 0 for one-shot methods) merge LoRA "
+                        "and train every parameter with AdamW at --lr, removed units held at zero (for small models)",
+                        type="choice", choices=TRAIN_MODES, label="Training after the structure is final")
     epsilon: float | None = option(None, "half-space projection threshold ε", type="float", min=0.0, max=1.0,
                                    open_max=True, methods=("lhspg",), method_defaults={"lhspg": 0.0}, none_text="0",
                                    label="Half-space ε")
@@ -187,6 +192,17 @@ class PruneSettings(PlanSettings):
     def replace(self, **changes: Any) -> "PruneSettings":
         return replace(self, **changes)
 
+    def final_step(self) -> int | None:
+        """The step from which the structure no longer changes (the zero set is the plan's): after LHSPG's last
+        period, after LoRAPrune's last mask update, 0 for the one-shot methods (their plan is applied in setup);
+        ``None`` for a method that does not say. ``--train full`` trains every parameter from here; the run checks
+        that the method's optimizer says the same (``PruningOptimizer.final_step``)."""
+        if self.method == "lhspg":
+            return self.warmup_steps + self.periods * self.period_steps
+        if self.method == "loraprune":
+            return self.steps - self.cooldown_steps
+        return 0 if self.method in ONE_SHOT else None
+
 
 def _cross_prune(st: Any) -> dict[str, str]:
     errors = _cross(st)
@@ -206,6 +222,15 @@ def _schedule(st: Any) -> dict[str, str]:
                              f"steps = {need} steps, more than {st.steps}"}
     if st.method == "loraprune" and st.warmup_steps + st.cooldown_steps >= st.steps:
         return {"steps": f"loraprune needs warmup-steps {st.warmup_steps} + cooldown-steps {st.cooldown_steps} < steps {st.steps}"}
+    if st.train == "full" and st.final_step() is None:
+        return {"train": f"--train full: {st.method} does not say when its structure is final; use --train lora"}
+    if st.train == "full" and st.final_step() >= st.steps:  # an empty full phase would silently train nothing
+        if st.method in ONE_SHOT:
+            return {"train": "--train full trains the pruned model after the one-shot plan: give --steps > 0"}
+        where = (f"after warm-up {st.warmup_steps} + {st.periods} × {st.period_steps} period steps" if st.method == "lhspg"
+                 else f"after the last mask update, {st.cooldown_steps} cooldown-steps before the end")
+        return {"train": f"--train full trains only once the structure is final ({where} = step {st.final_step()}), "
+                         f"and --steps {st.steps} leaves no step after it: give more --steps, or --train lora"}
     return {}
 
 

@@ -111,7 +111,7 @@ def recover(pruned: str | Path, out: str | Path, settings: RecoverSettings | Non
         raise SettingsError(errors)
     distill.check_teacher(st.teacher)  # a teacher folder that cannot load: refused before any work
     folder = runs.open_run(out, RUN_FORMAT, st.to_dict(), resume=resume, what="recovery", pruned=str(pruned),
-                           dense=str(dense))
+                           dense=str(dense), defaults=RecoverSettings().to_dict())
     from .. import parallel
 
     acc = parallel.accelerator(st.device)
