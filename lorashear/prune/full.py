@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .masked import PruningOptimizer
+from .masked import PruningOptimizer, closure_loss
 
 FULL = "full"  # the checkpoint's mark (state.json ``train``) of a step trained in full
 
@@ -58,10 +58,7 @@ class FullTraining(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for p, axis, idx in self.held():
             if p.grad is not None:
                 p.grad.index_fill_(axis, idx, 0.0)

@@ -35,6 +35,15 @@ from .plan import Plan, PlanSpec, candidate_groups, count_removed, plan_from_dic
 from .units import UnitSlice, unit_slices, zero_units
 
 
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """``torch.optim.Optimizer.step``'s closure protocol: re-evaluate the loss with gradients on (the step itself
+    runs under ``no_grad``); None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class PruningOptimizer(torch.optim.AdamW):
     """AdamW over the LoRA factors of ``model`` with a held zero set: the base of every pruning method's
     optimizer. ``hp``: the method's settings (JSON-able; a checkpoint written with other settings is refused)."""
@@ -135,10 +144,7 @@ class PruningOptimizer(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         t = self.sched["step"]
         self._before(t)
         super().step()
