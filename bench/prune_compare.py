@@ -5,6 +5,7 @@
                                   [--eval-tokens 16384] [--threads N] [--json OUT]
                                   [--set periods=2,distill=1.0 --label NAME]  # a variant of every pruned row
                                   [--holdout SOURCE]  # train on the other demo sources; SOURCE is evaluated only
+                                  [--dense-full]  # also the dense model with full-parameter training, same budget
 
 Every row is one ``lorashear.prune.prune`` run (or ``finetune_dense`` for the dense references) in a fresh
 process, so wall time and peak memory (``ru_maxrss``) are the run's own. All runs: ``--steps`` optimizer steps ×
@@ -31,10 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LABELS = {"dense": "dense", "dense+lora": "dense + same LoRA budget", "lhspg": "LHSPG",
+LABELS = {"dense": "dense", "dense+lora": "dense + same LoRA budget", "dense+full": "dense + same budget, full-parameter",
+          "lhspg": "LHSPG",
           "llm-pruner": "LLM-Pruner (elem. 1st, sum)", "loraprune": "LoRAPrune", "flap": "FLAP + LoRA budget",
           "flap-0": "FLAP, no training", "magnitude": "magnitude + LoRA", "random": "random + LoRA"}
 DEFAULT_METHODS = ("lhspg", "llm-pruner", "loraprune", "flap", "flap-0", "magnitude", "random")
+DENSE = ("dense", "dense+lora", "dense+full")  # unpruned reference rows (ratio 0)
 
 
 def _one(spec: dict) -> dict:
@@ -54,7 +57,7 @@ def _one(spec: dict) -> dict:
                              if s != spec["holdout"])
     t = time.time()
     method = spec["method"]
-    if method in ("dense", "dense+lora"):
+    if method in DENSE:
         from lorashear.evaluate import count_parameters, perplexity_summary
         from lorashear.loading import load_model
         from lorashear.prune.run import _data
@@ -66,7 +69,7 @@ def _one(spec: dict) -> dict:
             _, sources = _data(st, tok, model)
             ev = perplexity_summary(model, tok, sources, st.eval_protocols, st.eval_tokens)
         else:
-            ev = finetune_dense(spec["model"], st)["eval_after"]
+            ev = finetune_dense(spec["model"], st, full=method == "dense+full")["eval_after"]
         info = {}
     else:
         kw = dict(base, ratio=spec["ratio"], method="flap" if method == "flap-0" else method, **spec.get("set", {}))
@@ -115,13 +118,15 @@ def table(rows: list[dict]) -> str:
         head = ["method", "params", "removed"] + [f"{mark(s)} short" for s in sources] + ["mean short"] + \
                [f"{mark(s)} long" for s in sources] + ["mean long", "× dense+budget (short)", "seconds", "peak MiB",
                                                        "seeds"]
-        ref = {}
+        ref, ref_full = {}, {}
         for r in ok:
-            if r["method"] == "dense+lora":
-                ref.setdefault(r.get("holdout"), []).append(r["mean_short"])
+            if r["method"] in ("dense+lora", "dense+full"):
+                (ref if r["method"] == "dense+lora" else ref_full).setdefault(r.get("holdout"), []).append(r["mean_short"])
+        if ref_full:
+            head.insert(head.index("seconds"), "× dense+full (short)")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
-        order = ["dense", "dense+lora"] + [m for m in LABELS if m not in ("dense", "dense+lora")]
+        order = list(DENSE) + [m for m in LABELS if m not in DENSE]
         variants = sorted({(order.index(r["method"]), r["method"], r.get("variant", "")) for r in rows})
         for _, m, var in variants:
             rs = [r for r in ok if r["method"] == m and r.get("variant", "") == var and (r["ratio"] in (0.0, ratio))]
@@ -134,13 +139,14 @@ def table(rows: list[dict]) -> str:
                 out.append(f"| {name} | failed: {errs[0]['error'][:120]} |")
                 continue
             cells = [name, f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f} M",
-                     _ms([r.get("ratio_achieved") for r in rs], "{:.4f}") if m not in ("dense", "dense+lora") else "0"]
+                     _ms([r.get("ratio_achieved") for r in rs], "{:.4f}") if m not in DENSE else "0"]
             for prot in ("short", "long"):
                 cells += [_ms([r["ppl"].get(f"{s}/{prot}") for r in rs]) for s in sources]
                 cells.append("**" + _ms([r[f"mean_{prot}"] for r in rs]) + "**")
-            base_ref = ref.get(rs[0].get("holdout"))
-            cells.append(f"{statistics.mean(r['mean_short'] for r in rs) / statistics.mean(base_ref):.3f}"
-                         if base_ref else "—")
+            for refs in (ref, ref_full) if ref_full else (ref,):
+                base_ref = refs.get(rs[0].get("holdout"))
+                cells.append(f"{statistics.mean(r['mean_short'] for r in rs) / statistics.mean(base_ref):.3f}"
+                             if base_ref else "—")
             cells += [_ms([r["seconds"] for r in rs], "{:.0f}"), _ms([r["peak_rss_mib"] for r in rs], "{:.0f}"),
                       ",".join(str(r["seed"]) for r in rs)]
             out.append("| " + " | ".join(cells) + " |")
@@ -154,7 +160,7 @@ def verdict(rows: list[dict]) -> str:
     for ratio in sorted({r["ratio"] for r in ok if r["ratio"]}):
         by = {}
         for r in ok:
-            if r["ratio"] == ratio and r["method"] not in ("dense", "dense+lora"):
+            if r["ratio"] == ratio and r["method"] not in DENSE:
                 key = r["method"] + (f" [{r['variant']}]" if r.get("variant") else "")
                 by.setdefault(key, []).append(r["mean_short"])
         if "lhspg" not in by:
@@ -207,6 +213,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row here (rows already in it are not run again)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and dense + LoRA rows (e.g. a second "
                     "process for other ratios; merge the JSON files with --table)")
+    ap.add_argument("--dense-full", action="store_true", help="also the dense model given the budget as full-parameter "
+                    "training (every parameter, AdamW, same steps/data/lr): the fair reference for --set train=full rows")
     ap.add_argument("--set", default=None, metavar="KEY=VALUE,...", help="prune settings for every pruned row "
                     "(e.g. periods=2,distill=1.0): a variant, run and tabled apart from the defaults; needs --label")
     ap.add_argument("--label", default="", help="the variant's name in the table and the JSON rows")
@@ -248,6 +256,8 @@ def main() -> None:
     for seed in seeds:
         if not args.no_dense:
             plan += [dict(common, method=m, ratio=0.0, seed=seed, **held) for m in ("dense", "dense+lora")]
+        if args.dense_full:
+            plan.append(dict(common, method="dense+full", ratio=0.0, seed=seed, **held))
         variant = " ".join(v for v in (args.label, held.get("variant", "")) if v)
         plan += [dict(common, method=m, ratio=ratio, seed=seed, **{**held, **({"variant": variant} if variant else {})},
                       **({"set": settings} if args.label else {}))

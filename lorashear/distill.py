@@ -130,18 +130,37 @@ def train_lora(model: Any, packed: Any, budget: Budget, *, weights: Mapping[str,
     """The dense same-budget fine-tune: LoRA on ``model`` (in place), AdamW, ``budget.steps`` steps on the
     batches ``packed.sample`` draws at ``runs.batch_seed(seed, t)`` — the pruning run's data stream, without
     pruning. Returns (the PEFT model, losses)."""
+    peft_model = add_lora(model, budget.lora_r, budget.lora_alpha, budget.lora_targets, budget.seed)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    return peft_model, _train(peft_model, params, packed, budget, weights, progress)
+
+
+def train_full(model: Any, packed: Any, budget: Budget, *, weights: Mapping[str, float] | None = None,
+               progress: Progress | None = None) -> tuple[Any, list[float]]:
+    """The dense model given a ``--train full`` run's budget: every parameter, AdamW at ``budget.lr``, the same
+    steps and data stream as :func:`train_lora` (no adapters: ``lora_*`` are unused). The fair reference for a
+    pruned model trained with ``--train full`` — a LoRA-trained dense model would flatter it. Not a teacher and not
+    cached. Returns (``model``, trained in place, losses)."""
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return model, _train(model, params, packed, budget, weights, progress)
+
+
+def _train(model: Any, params: list, packed: Any, budget: Budget, weights: Mapping[str, float] | None,
+           progress: Progress | None) -> list[float]:
+    """``budget.steps`` AdamW steps over ``params`` on the run's data stream; returns the losses."""
     progress = progress or (lambda f, s: None)
     device = next(model.parameters()).device
-    peft_model = add_lora(model, budget.lora_r, budget.lora_alpha, budget.lora_targets, budget.seed)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=budget.lr)
-    peft_model.train()
+    opt = torch.optim.AdamW(params, lr=budget.lr)
+    model.train()
     losses = []
     for t in range(budget.steps):
         ids, _ = packed.sample(budget.batch_size, seed=runs.batch_seed(budget.seed, t), weights=weights)
         ids = ids.to(device)
-        losses.append(runs.train_step(peft_model, opt, {"input_ids": ids, "labels": ids}, t))
+        losses.append(runs.train_step(model, opt, {"input_ids": ids, "labels": ids}, t))
         progress((t + 1) / max(budget.steps, 1), f"step {t + 1}/{budget.steps} loss {losses[-1]:.3f}")
-    return peft_model, losses
+    return losses
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -298,5 +317,5 @@ def snapshot(model: Any) -> Any:
     return copy.deepcopy(model)
 
 
-__all__ = ["kd_per_token", "loss_fn", "Budget", "train_lora", "cache_root", "model_identity", "teacher_key",
+__all__ = ["kd_per_token", "loss_fn", "Budget", "train_lora", "train_full", "cache_root", "model_identity", "teacher_key",
            "corrected_teacher", "cached_eval", "build_teacher", "check_teacher", "output_size", "snapshot"]

@@ -9,7 +9,7 @@ import torch
 
 from lorashear import LorashearError
 from lorashear.data import PackedMixture
-from lorashear.distill import Budget, build_teacher, corrected_teacher, kd_per_token, loss_fn, teacher_key
+from lorashear.distill import Budget, build_teacher, corrected_teacher, kd_per_token, loss_fn, teacher_key, train_full
 from tests.tiny_models import build
 
 
@@ -114,6 +114,19 @@ def test_finetuned_teacher_is_cached_and_reused_without_training(tmp_path, monke
     assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"],
                            build("llama").state_dict()["model.layers.0.mlp.up_proj.weight"])  # it was trained
     assert not first.training and not any(p.requires_grad for p in first.parameters())
+
+
+def test_full_reference_trains_every_parameter_and_caches_nothing(tmp_path, monkeypatch):
+    """The dense --train full reference: no adapters, every tensor moves (embeddings and norms too), one loss per
+    step, and nothing lands in the teacher cache (it is a reference, not a teacher)."""
+    monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path))
+    before = build("llama").state_dict()
+    model, losses = train_full(build("llama"), _packed(), BUDGET)
+    after = model.state_dict()
+    assert len(losses) == BUDGET.steps and all(math.isfinite(x) for x in losses)
+    assert set(after) == set(before)  # no LoRA factors were added
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+    assert not (tmp_path / "teachers").exists()
 
 
 def test_teacher_key_follows_model_data_and_budget():

@@ -275,13 +275,17 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
 
 
 def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progress: Progress | None = None,
-                   **overrides: Any) -> dict:
+                   full: bool = False, **overrides: Any) -> dict:
     """The honest reference: the dense model given the same LoRA budget as a pruning run (same adapters, data
     stream, steps, tokens, lr), merged and evaluated the same way. Returns {eval_before, eval_after, ...}.
 
     It *is* the ``finetuned`` distillation teacher: the same ``distill.corrected_teacher`` call, so it is trained
     once per (model, data, budget, seed) and cached on disk, and a pruning run distilling from it (or this
-    reference asked for again) reuses the adapters and their evaluation instead of training a second copy."""
+    reference asked for again) reuses the adapters and their evaluation instead of training a second copy.
+
+    ``full=True``: the dense model given a ``--train full`` run's budget instead (every parameter, AdamW, the same
+    steps, data stream and lr; ``distill.train_full``) — the fair reference for a pruned model trained that way.
+    Neither a teacher nor cached; ``method`` says ``dense+full``."""
     from ..loading import load_model, pick_device
 
     st = replace(settings, **overrides) if settings is not None else PruneSettings(**overrides)
@@ -290,6 +294,13 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     model, tok = load_model(source, device=device)
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
+    if full:
+        model, losses = distill.train_full(model, packed, distill.Budget.of(st),
+                                           progress=lambda f, s: progress(0.1 + 0.8 * f, f"full fine-tune: {s}"))
+        model.eval()
+        after = _evaluate(model, tok, eval_sources, replace(st, measure_latency=False), progress, 0.92, "dense + full")
+        return {"method": "dense+full", "settings": st.to_dict(), "eval_before": before, "eval_after": after,
+                "losses": losses, "tokens_trained": st.steps * st.batch_size * st.seq_len}
     teacher, info = distill.corrected_teacher(model, packed, distill.Budget.of(st),
                                               progress=lambda f, s: progress(0.1 + 0.8 * f, s))
     after = _teacher_eval(teacher, info, tok, eval_sources, st, progress, 0.92)
