@@ -318,7 +318,7 @@ def _print_plan(plan) -> None:
           f"({plan.ratio_achieved:.4f}; target {plan.spec.ratio:g} = {plan.params_target:,}); scores: {plan.scores_from}")
 
 
-@command("prune", help="Prune a model structurally (LHSPG on LoRA, or a baseline: --method) to a parameter ratio; write the smaller model, plan and run report.")
+@command("prune", help="Prune a model structurally to a parameter ratio (by default LLM-Pruner's one-shot Taylor over MLP channels, distilled and trained; --method lhspg for LoRAShear's own); write the smaller model, plan and run report.")
 @arguments(_prune_args)
 def _prune(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -337,6 +337,7 @@ def _prune(args: argparse.Namespace) -> int:
     b, a = report["eval_before"], report["eval_after"]
     print(f"parameters {report['params_before']:,} → {report['params_after']:,} (removed {report['ratio_achieved']:.4f}; "
           f"target {report['ratio_target']:g})")
+    print(f"training after the structure is final: {report['train_reason']}")
     for p in settings.eval_protocols:
         print(f"mean perplexity ({p}): {b[f'mean_{p}']:.2f} dense → {a[f'mean_{p}']:.2f} pruned")
     if "cost" in b and "cost" in a:

@@ -115,11 +115,13 @@ def eval_options(help: str) -> tuple[Any, Any]:
 TEACHERS = ("finetuned", "dense")  # or a model folder / any source the loader takes
 
 
-def distill_options() -> tuple[Any, Any, Any, Any, Any]:
+def distill_options(distill_default: float | None = 0.0, none_text: str = "") -> tuple[Any, Any, Any, Any, Any]:
     """The ``distill``, ``teacher``, ``pure_kd``, ``kd_temperature`` and ``kd_top_k`` fields of a run that trains
-    (prune, recover): one spelling of distillation for both (``lorashear.distill`` is the loss and the teacher)."""
-    return (option(0.0, "weight of the distillation term (KL from the teacher's logits to the model's); 0: none",
-                   type="float", min=0.0, label="Distillation weight"),
+    (prune, recover): one spelling of distillation for both (``lorashear.distill`` is the loss and the teacher).
+    ``distill_default``: the weight when not given; ``None`` leaves it to the capability to resolve (it must, before
+    :func:`distill_errors`), and ``none_text`` says how, for the help text and the form."""
+    return (option(distill_default, "weight of the distillation term (KL from the teacher's logits to the model's); "
+                   "0: none", type="float", min=0.0, label="Distillation weight", none_text=none_text),
             option(None, "distillation teacher: finetuned (the dense model after the same LoRA budget on this run's "
                    "data, cached on disk), dense, or a model folder", label="Teacher", metavar="finetuned|dense|DIR",
                    none_text="finetuned when --distill > 0"),

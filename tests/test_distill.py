@@ -158,10 +158,10 @@ def test_distilling_defaults_to_the_finetuned_teacher_and_a_teacher_needs_distil
     from lorashear.settings import SettingsError
 
     S = {"prune": PruneSettings, "recover": RecoverSettings}[cls]
-    assert S().teacher is None and S(distill=0.5).teacher == "finetuned"
+    assert S(distill=0.0).teacher is None and S(distill=0.5).teacher == "finetuned"
     assert S(distill=0.5, teacher="dense").teacher == "dense"
     with pytest.raises(SettingsError) as e:
-        S(teacher="dense", pure_kd=True)
+        S(distill=0.0, teacher="dense", pure_kd=True)
     assert set(e.value.errors) == {"teacher", "pure_kd"}
 
 

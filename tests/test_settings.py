@@ -65,9 +65,41 @@ def test_blank_form_values_take_the_default():
 
 def test_method_defaults_resolve_in_one_place():
     st = PruneSettings(method="llm-pruner")
-    assert (st.layers, st.allocation, st.calib_samples, st.taylor_variant) == ("0.125:0.9375", "uniform", 10, "first")
-    assert PlanSettings(method="llm-pruner").plan_args()["layers"] == "0.125:0.9375"
+    assert (st.layers, st.allocation, st.calib_samples, st.taylor_variant) == (None, "uniform", 10, "first")
+    assert PlanSettings(method="llm-pruner").plan_args()["allocation"] == "uniform"
     assert PruneSettings(method="llm-pruner", layers="0:2", allocation="global").layers == "0:2"
+
+
+def test_the_bare_settings_are_the_measured_recipe():
+    """docs/lhspg.md on SmolLM2-135M: llm-pruner over MLP channels, uniform over all layers, distilled, auto training."""
+    st = PruneSettings()
+    assert (st.method, st.kinds, st.layers, st.allocation) == ("llm-pruner", ("mlp",), None, "uniform")
+    assert (st.distill, st.teacher, st.train) == (1.0, "finetuned", "auto")
+
+
+def test_distill_not_given_is_none_without_training():
+    st = PruneSettings(steps=0)
+    assert (st.distill, st.teacher) == (0.0, None)
+
+
+def test_an_explicit_distill_0_means_no_distillation():
+    p = argparse.ArgumentParser()
+    add_arguments(p, PruneSettings)
+    st = from_args(PruneSettings, p.parse_args(["--ratio", "0.2", "--distill", "0"]))
+    assert (st.distill, st.teacher) == (0.0, None)
+    assert parse(PruneSettings, {"ratio": "0.2", "distill": "0"}).distill == 0.0
+
+
+def test_the_resolved_distill_round_trips_through_run_json_and_job_params():
+    st = PruneSettings()
+    assert PruneSettings(**st.to_dict()) == st
+    kind = BUILTIN["prune"]
+    assert kind.make_settings(validate(kind, {"model": "demo", "ratio": "0.2", "distill": ""})) == PruneSettings()
+    assert kind.make_settings(validate(kind, {"model": "demo", "ratio": "0.2", "distill": "0"})).distill == 0.0
+
+
+def test_recover_still_does_not_distill_by_default():
+    assert (RecoverSettings().distill, RecoverSettings().teacher) == (0.0, None)
 
 
 def test_a_method_option_for_another_method_is_refused():
@@ -85,7 +117,7 @@ def test_estimator_options_follow_the_estimator():
 
 def test_the_schedule_must_fit_the_step_budget():
     with pytest.raises(SettingsError) as e:
-        PruneSettings(steps=10, periods=4, period_steps=5)
+        PruneSettings(method="lhspg", steps=10, periods=4, period_steps=5)
     assert "more than 10" in e.value.errors["steps"]
 
 
@@ -106,3 +138,22 @@ def test_stored_job_parameters_rebuild_the_same_settings():
     clean = validate(kind, {"model": str(DEMO_MODEL_DIR), "ratio": "0.25", "kinds": "mlp", "method": "llm-pruner",
                             "steps": "0"})
     assert kind.make_settings(clean) == PruneSettings(ratio=0.25, kinds=("mlp",), method="llm-pruner", steps=0)
+
+
+def test_prune_help_shows_the_defaults(capsys, monkeypatch):
+    from lorashear.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--help"])
+    assert e.value.code == 0
+    lines: dict[str, str] = {}  # option -> its help, joined over the lines it wraps to
+    for ln in capsys.readouterr().out.splitlines():
+        if ln.startswith("  --"):
+            key = ln.split()[0]
+            lines[key] = ln
+        elif lines and ln.startswith("    "):
+            lines[key] += " " + ln.strip()
+    assert lines["--method"].endswith("(default: llm-pruner)") and lines["--kinds"].endswith("(default: mlp)")
+    assert lines["--layers"].endswith("(default: all layers)") and lines["--train"].endswith("(default: auto)")
+    assert lines["--distill"].endswith("(default: 1.0 (distil from the corrected teacher) when --steps > 0, else 0)")

@@ -203,8 +203,10 @@ ANALYZE = settings_kind(
     AnalyzeSettings, "lorashear.knowledge.run:analyze_model", MODEL)
 PRUNE = settings_kind(
     "prune", "Prune",
-    "Structured pruning with LHSPG (or a baseline) on LoRA adaptors to a parameter ratio: warm-up, progressive "
-    "periods, then the smaller model (save_pruned), its plan and a run report with perplexity before/after.",
+    "Structured pruning to a parameter ratio — by default LLM-Pruner's one-shot Taylor over MLP channels, then "
+    "training distilled from the corrected teacher (in full for models ≤ 0.5 B); LHSPG (LoRAShear's own) or another "
+    "baseline by method — then the smaller model (save_pruned), its plan and a run report with perplexity "
+    "before/after.",
     PruneSettings, "lorashear.prune:prune", MODEL, resumable=True)
 RECOVER = settings_kind(
     "recover", "Recover",

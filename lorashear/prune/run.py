@@ -11,7 +11,9 @@ Its output folder::
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
 With ``train="full"`` the run trains LoRA until the structure is final, then merges it and trains every parameter of
-the masked model (``full.py``); checkpoints after that switch hold every parameter and say so.
+the masked model (``full.py``); checkpoints after that switch hold every parameter and say so. ``train="auto"`` (the
+default) resolves to full or lora once the model is loaded (``settings.train_mode``: full for at most 0.5 B
+parameters when steps follow the final structure); the report records the mode, what was asked and why.
 
 With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the
 default teacher is the dense model after the same LoRA budget, ``finetune_dense``'s model, cached on disk).
@@ -40,7 +42,7 @@ from ..jsonio import write_json_atomic
 from .full import FULL, to_full
 from .methods import get_method, prepare_method
 from .plan import PlanSpec, count_removed, parse_layers
-from .settings import PruneSettings, method_options
+from .settings import PruneSettings, method_options, train_mode
 
 RUN_FORMAT = "lorashear.prune-run/1"
 REPORT_FORMAT = "lorashear.prune-report/1"
@@ -106,6 +108,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     progress(0.01, "loading the model")
     device = acc.device if acc.distributed else pick_device(st.device)[0]
     model, tok = load_model(source, device=device)
+    train, train_reason = train_mode(st, count_parameters(model))  # the base model as loaded, before LoRA
+    progress(0.02, f"training after the structure is final: {train_reason}")
     # the teacher is built from the dense model as loaded (a method's prepare and the run change this one in place)
     dense_copy = distill.snapshot(model) if st.distill > 0 and st.teacher in ("dense", "finetuned") else None
     torch.manual_seed(st.seed)
@@ -135,7 +139,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         method_info.update(info)
     peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
-    full_from = _full_from(st, opt)  # --train full: the step every parameter trains from (None: LoRA throughout)
+    full_from = _full_from(st, opt, train)  # --train full: the step every parameter trains from (None: LoRA throughout)
     # what trains: the PEFT model under the pruning optimizer, after the switch the merged model under FullTraining
     student, active = peft_model, opt
     start, history = 0, {"steps": [], "events": []}
@@ -215,17 +219,19 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
         "calibration_tokens": method_info.get("calibration_tokens", 0),
         "processes": acc.num_processes, "gradient_accumulation_steps": acc.gradient_accumulation_steps,
         "mixed_precision": acc.mixed_precision, "teacher": teacher_info,
-        "train": st.train, "full_from_step": full_from, "training": _training(st, full_from),
+        "train": train, "train_requested": st.train, "train_reason": train_reason, "full_from_step": full_from,
+        "training": _training(st, full_from),
     }
     write_json_atomic(out / "report.json", report)
     progress(1.0, "done")
     return report
 
 
-def _full_from(st: PruneSettings, opt: Any) -> int | None:
-    """``--train full``'s switch step: where the method's optimizer says its structure is final — which the settings
-    promised when they checked the steps (refused otherwise: an exact run or none)."""
-    if st.train != "full":
+def _full_from(st: PruneSettings, opt: Any, train: str) -> int | None:
+    """Full training's switch step (``train``: the resolved mode, ``train_mode``): where the method's optimizer says
+    its structure is final — which the settings promised when they checked the steps (refused otherwise: an exact
+    run or none)."""
+    if train != "full":
         return None
     if opt.final_step is None or opt.final_step != st.final_step():
         raise RuntimeError(f"--train full: {st.method}'s structure is final at step {opt.final_step}, "

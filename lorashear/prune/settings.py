@@ -4,7 +4,13 @@ methods it applies to. The CLI flags, the job parameters and the form are genera
 (``lorashear.settings``); validation runs here, once, and every error names its field.
 
 Method defaults live on the fields (``method_defaults``), so the plan preview resolves them exactly as the run
-does (llm-pruner's layer range and uniform allocation, for instance). Torch-free: the CLI imports it for ``--help``.
+does (llm-pruner's uniform allocation, for instance). Torch-free: the CLI imports it for ``--help``.
+
+The defaults are the recipe measured best on SmolLM2-135M (docs/lhspg.md): llm-pruner (one-shot first-order
+Taylor) over MLP channels, uniform over all decoder layers, distillation from the corrected teacher, and
+full-parameter training once the structure is final for models up to 0.5 B parameters (``train="auto"``,
+:func:`train_mode`). Every method gets the same recovery recipe by default, so a comparison isolates the choice of
+units; ``method="lhspg"`` is LoRAShear's own algorithm.
 """
 from __future__ import annotations
 
@@ -19,9 +25,11 @@ GAMMA_LEVELS = ("unit", "layer", "group")
 SALIENCIES = ("lora-taylor", "magnitude")
 TAYLOR_VARIANTS = ("first", "second", "vector")
 AGGREGATIONS = ("sum", "prod", "max", "last")
-LLM_PRUNER_LAYERS = "0.125:0.9375"
-TRAIN_MODES = ("lora", "full")  # recover.settings.TRAIN_MODES: the same two words
-RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)  # the paper's layers 4–29 of 32, as fractions
+# recover.settings.TRAIN_MODES has lora and full only; prune adds auto, resolved once the model is loaded
+# (``train_mode``: full for a model of at most FULL_TRAIN_MAX_PARAMS parameters when steps follow the final structure)
+TRAIN_MODES = ("auto", "lora", "full")
+FULL_TRAIN_MAX_PARAMS = 500_000_000
+RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)
 
 
 def check_layer_range(text: str | None) -> str | None:
@@ -44,20 +52,23 @@ class PlanSettings:
 
     ratio: float = option(0.2, "fraction of the model's parameters to remove", label="Target ratio of parameters to remove",
                           type="float", min=0.0, max=1.0, open_min=True, open_max=True, required=True)
-    method: str = option("lhspg", "pruning method: lhspg, or a baseline on the same groups and budget (docs/baselines.md)",
+    method: str = option("llm-pruner", "pruning method: llm-pruner (one-shot first-order Taylor: the default, measured "
+                         "best on SmolLM2-135M, docs/lhspg.md), lhspg (LoRAShear's own: progressive, on LoRA "
+                         "saliency), or another baseline on the same groups and budget (docs/baselines.md)",
                          type="choice", choices=METHODS, label="Method")
-    kinds: tuple[str, ...] = option(("attention", "mlp"), "group kinds that may be pruned: attention (whole kv heads with "
+    kinds: tuple[str, ...] = option(("mlp",), "group kinds that may be pruned: attention (whole kv heads with "
                                     "their queries), query_heads (GQA: the i-th query head of every kv group), mlp "
-                                    "(channels), hidden (the residual width)", type="list", choices=PLAN_KINDS,
+                                    "(channels), hidden (the residual width); mlp alone by default: measured on "
+                                    "SmolLM2-135M, pruning whole kv heads (a third of a layer's attention there) "
+                                    "cost more than MLP channels", type="list", choices=PLAN_KINDS,
                                     label="Group kinds")
     allocation: str | None = option(None, "global: one ranking across layers; uniform: the same fraction of every layer",
                                     type="choice", choices=ALLOCATIONS, label="Allocation",
                                     method_defaults={"llm-pruner": "uniform", "loraprune": "uniform"},
                                     none_text="the method's: uniform for llm-pruner and loraprune, else global")
     layers: str | None = option(None, "only prune these decoder layers, START:STOP (indices, e.g. 4:30, or fractions, "
-                                "e.g. 0.1:0.9)", label="Layer range", metavar="START:STOP",
-                                method_defaults={"llm-pruner": LLM_PRUNER_LAYERS},
-                                none_text=f"all layers; llm-pruner: {LLM_PRUNER_LAYERS}")
+                                "e.g. 0.1:0.9; LLM-Pruner's paper: 0.125:0.9375)", label="Layer range",
+                                metavar="START:STOP", none_text="all layers")
     align: int | None = option(None, "keep every pruned width a multiple of N", type="int", min=1,
                                label="Align widths to a multiple of", none_text="no alignment")
     knowledge: str | None = option(None, "knowledge report (lorashear analyze) of this model: protect its top γ",
@@ -112,9 +123,11 @@ class PruneSettings(PlanSettings):
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, label="Learning rate")
-    train: str = option("lora", "lora: LoRA adapters throughout; full: from the step the structure is final (after "
+    train: str = option("auto", "lora: LoRA adapters throughout; full: from the step the structure is final (after "
                         "LHSPG's last period, LoRAPrune's last mask update, step 0 for one-shot methods) merge LoRA "
-                        "and train every parameter with AdamW at --lr, removed units held at zero (for small models)",
+                        "and train every parameter with AdamW at --lr, removed units held at zero (for small models); "
+                        "auto: full for a model of at most 0.5 B parameters when steps follow the final structure, "
+                        "else lora (the report says which and why)",
                         type="choice", choices=TRAIN_MODES, label="Training after the structure is final")
     epsilon: float | None = option(None, "half-space projection threshold ε", type="float", min=0.0, max=1.0,
                                    open_max=True, methods=("lhspg",), method_defaults={"lhspg": 0.0}, none_text="0",
@@ -157,7 +170,9 @@ class PruneSettings(PlanSettings):
     pure_kd: bool
     kd_temperature: float
     kd_top_k: int | None
-    distill, teacher, pure_kd, kd_temperature, kd_top_k = distill_options()  # docs/lhspg.md "Distillation"
+    # not given: 1.0 when the run trains (resolved in _cross_prune, before the teacher is)
+    distill, teacher, pure_kd, kd_temperature, kd_top_k = distill_options(
+        None, "1.0 (distil from the corrected teacher) when --steps > 0, else 0")  # docs/lhspg.md "Distillation"
     data: tuple[str, ...] = option(("demo",), "training text: demo (train split) or [NAME=]PATH", type="list",
                                    repeat=True, label="Training data")
     eval_data: tuple[str, ...] = option(("demo",), "evaluation text (default: demo, validation split)", type="list",
@@ -208,6 +223,8 @@ def _cross_prune(st: Any) -> dict[str, str]:
     errors = _cross(st)
     if st.steps == 0 and st.method not in ONE_SHOT:
         errors["steps"] = f"0 steps (no training) only for one-shot methods ({', '.join(ONE_SHOT)}); {st.method} prunes while training"
+    if st.distill is None:  # not given: distil from the corrected teacher whenever the run trains
+        st.distill = 1.0 if st.steps > 0 else 0.0
     errors.update(distill_errors(st))
     if st.distill > 0 and st.steps == 0:
         errors["distill"] = "distillation trains the model: give --steps > 0"
@@ -237,3 +254,28 @@ def _schedule(st: Any) -> dict[str, str]:
 def method_options(method: str) -> tuple[str, ...]:
     """The settings that apply to ``method`` only (its own options)."""
     return tuple(n for n, (o, _) in options(PruneSettings).items() if method in o.methods)
+
+
+def train_mode(st: Any, n_params: int) -> tuple[str, str]:
+    """What a run with settings ``st`` on a model of ``n_params`` parameters trains after its structure is final:
+    ("full" | "lora", one line saying why). ``train="auto"``: full when the model has at most 0.5 B parameters
+    and the schedule leaves steps after the structure is final, else lora; lora and full are taken as asked."""
+    if st.train != "auto":
+        return st.train, f"{st.train}: as asked (--train {st.train})"
+    size = f"{_count(n_params)} parameters"
+    final = st.final_step()
+    if n_params > FULL_TRAIN_MAX_PARAMS:
+        return "lora", f"auto: lora — {size} > {_count(FULL_TRAIN_MAX_PARAMS)}"
+    if final is None:
+        return "lora", f"auto: lora — {st.method} does not say when its structure is final"
+    if final >= st.steps:
+        return "lora", f"auto: lora — no step after the structure is final (step {final} of {st.steps})"
+    return "full", (f"auto: full — {size} ≤ {_count(FULL_TRAIN_MAX_PARAMS)} and {st.steps - final} steps after the "
+                    "structure is final")
+
+
+def _count(n: int) -> str:
+    """134.5 M, 0.5 B, 12,345."""
+    if n >= 100_000_000:
+        return f"{n / 1e9:.4g} B" if n >= 1e9 or n % 100_000_000 == 0 else f"{n / 1e6:.1f} M"
+    return f"{n / 1e6:.1f} M" if n >= 1_000_000 else f"{n:,}"

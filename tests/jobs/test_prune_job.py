@@ -24,8 +24,9 @@ def _tiny_dir(tmp_path):
 
 def test_prune_job_records_metrics_and_artifacts(registry, tmp_path):
     model = _tiny_dir(tmp_path)
-    job = submit(registry, "prune", {"model": str(model), "ratio": "0.2", "kinds": "attention,mlp,hidden", "steps": "10",
-                                     "batch_size": "2", "seq_len": "32", "eval_tokens": "512", "device": "cpu"},
+    job = submit(registry, "prune", {"model": str(model), "ratio": "0.2", "method": "lhspg", "distill": "0",
+                                     "train": "lora", "kinds": "attention,mlp,hidden", "steps": "10", "batch_size": "2",
+                                     "seq_len": "32", "eval_tokens": "512", "device": "cpu"},
                  tmp_path / "runs")
     done = wait(registry, job.id, timeout_s=300)
     assert done.status == SUCCEEDED, (done.message, done.log_path.read_text()[-3000:])

@@ -1,8 +1,9 @@
 """``prune --train full`` (lorashear/prune/full.py): once the structure is final — after LHSPG's last period, after
 LoRAPrune's last mask update, from step 0 for a one-shot method — LoRA is merged and every parameter of the masked
 model trains, the removed units held at exactly zero, so that compress stays exact; checkpoints resume across the
-switch; the default stays LoRA; settings that would leave the full phase empty are refused in one line. On the tiny
-GQA LLaMA folder (conftest)."""
+switch; the default (``train="auto"``) trains in full on a small model with steps after the final structure, in LoRA
+otherwise (``train_mode``); settings that would leave an asked-for full phase empty are refused in one line. On the
+tiny GQA LLaMA folder (conftest)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from lorashear import LorashearError, load_pruned
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
+from lorashear.prune.settings import train_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +31,7 @@ MAGNITUDE = dict(method="magnitude", ratio=0.05, kinds=("attention", "mlp"), all
 # LoRAPrune: mask updates at steps 2 and 3 (the last), final from step 4; two cooldown steps train in full
 LORAPRUNE = dict(method="loraprune", ratio=0.05, kinds=("attention", "mlp"), allocation="uniform", steps=6, mask_every=2,
                  cooldown_steps=2)
-COMMON = dict(batch_size=2, seq_len=32, eval_tokens=512, measure_latency=False, checkpoint_every=4)
+COMMON = dict(batch_size=2, seq_len=32, eval_tokens=512, measure_latency=False, checkpoint_every=4, distill=0.0)
 CASES = {"lhspg": LHSPG, "magnitude": MAGNITUDE, "loraprune": LORAPRUNE}
 
 
@@ -77,13 +79,62 @@ def _ids(vocab, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------- default
-def test_default_is_lora_and_gives_the_same_run_as_train_lora(runs):
-    (a, ra), (b, rb) = runs["lhspg", "default"], runs["lhspg", "lora"]
-    assert ra["settings"]["train"] == "lora" and ra["train"] == "lora" and ra["full_from_step"] is None
+def test_default_on_a_small_model_is_full_and_gives_the_same_run_as_train_full(runs):
+    (a, ra), (b, rb) = runs["lhspg", "default"], runs["lhspg", "full"]
+    assert ra["settings"]["train"] == "auto" and ra["train_requested"] == "auto"
+    assert ra["train"] == "full" and ra["full_from_step"] == 8 and ra["train_reason"].startswith("auto: full — ")
     assert ra["history"] == rb["history"] and ra["events"] == rb["events"]
     wa, wb = load_file(str(a / "model/model.safetensors")), load_file(str(b / "model/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert [r["trained"] for r in ra["training"]] == ["lora"]
+    assert [r["trained"] for r in ra["training"]] == ["lora", "full"]
+
+
+def test_an_asked_for_mode_is_recorded_as_asked(runs):
+    rep = runs["lhspg", "lora"][1]
+    assert (rep["train"], rep["train_requested"], rep["full_from_step"]) == ("lora", "lora", None)
+    assert rep["train_reason"] == "lora: as asked (--train lora)"
+
+
+def test_the_bare_defaults_train_in_full_distilled_and_the_saved_model_is_the_masked_one(tiny_dir, tmp_path,
+                                                                                        monkeypatch):
+    """Every setting at its default (llm-pruner, MLP, distilled from the corrected teacher, auto training) on the tiny
+    model: the run trains every parameter from step 0 and the saved model computes what the masked model does."""
+    from lorashear.compress import verify_tolerance
+
+    monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
+    rep = prune(tiny_dir, tmp_path / "o", ratio=0.05, steps=4, batch_size=2, seq_len=32, eval_tokens=512,
+                measure_latency=False)
+    assert (rep["method"], rep["settings"]["kinds"], rep["settings"]["distill"]) == ("llm-pruner", ["mlp"], 1.0)
+    assert rep["teacher"]["kind"] == "finetuned"
+    assert (rep["train"], rep["train_requested"], rep["full_from_step"]) == ("full", "auto", 0)
+    masked, _ = _masked(tiny_dir, tmp_path / "o", 4)
+    small = load_pruned(tmp_path / "o" / "model")
+    ids = _ids(masked.config.vocab_size)
+    with torch.no_grad():
+        ref, out = masked(input_ids=ids).logits, small(input_ids=ids).logits
+    assert (out - ref).abs().max().item() <= verify_tolerance(ref)
+
+
+# ------------------------------------------------------------------------------------------------ train_mode
+def test_auto_trains_a_small_model_in_full_after_the_structure_is_final():
+    mode, why = train_mode(PruneSettings(steps=120), 134_515_008)
+    assert mode == "full"
+    assert why == "auto: full — 134.5 M parameters ≤ 0.5 B and 120 steps after the structure is final"
+
+
+def test_auto_trains_a_model_above_half_a_billion_with_lora():
+    mode, why = train_mode(PruneSettings(steps=120), 1_235_814_400)
+    assert mode == "lora" and why == "auto: lora — 1.236 B parameters > 0.5 B"
+
+
+def test_auto_trains_lora_when_no_step_follows_the_final_structure():
+    st = PruneSettings(method="lhspg", steps=10, warmup_steps=2, periods=2, period_steps=4)
+    assert train_mode(st, 1000) == ("lora", "auto: lora — no step after the structure is final (step 10 of 10)")
+
+
+@pytest.mark.parametrize("train, n_params", [("lora", 1000), ("full", 10**10)])
+def test_an_explicit_mode_is_taken_as_asked(train, n_params):
+    assert train_mode(PruneSettings(train=train), n_params)[0] == train
 
 
 # ---------------------------------------------------------------------------------------------- full phase
@@ -179,7 +230,7 @@ def test_full_phase_trains_through_the_distillation_loss(tiny_dir, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("settings, message", [
-    (dict(steps=10, warmup_steps=2, periods=2, period_steps=4), "leaves no step after it"),
+    (dict(method="lhspg", steps=10, warmup_steps=2, periods=2, period_steps=4), "leaves no step after it"),
     (dict(method="loraprune", steps=20, cooldown_steps=0), "leaves no step after it"),
     (dict(method="magnitude", steps=0), "--train full trains the pruned model after the one-shot plan: give --steps > 0"),
 ])
@@ -192,7 +243,8 @@ def test_an_empty_full_phase_is_refused(settings, message):
 def test_cli_refuses_an_empty_full_phase_in_one_line(tiny_dir, tmp_path, capsys):
     from lorashear.cli import main
 
-    args = ["prune", str(tiny_dir), "--out", str(tmp_path / "o"), "--ratio", "0.2", "--no-progress", "--steps", "10",
+    args = ["prune", str(tiny_dir), "--out", str(tmp_path / "o"), "--ratio", "0.2", "--no-progress", "--method", "lhspg",
+            "--steps", "10",
             "--warmup-steps", "2", "--periods", "2", "--period-steps", "4", "--train", "full"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -201,7 +253,7 @@ def test_cli_refuses_an_empty_full_phase_in_one_line(tiny_dir, tmp_path, capsys)
 
 
 def test_full_with_room_after_the_schedule_is_accepted():
-    st = PruneSettings(train="full", steps=11, warmup_steps=2, periods=2, period_steps=4)
+    st = PruneSettings(method="lhspg", train="full", steps=11, warmup_steps=2, periods=2, period_steps=4)
     assert st.final_step() == 10 and st.to_dict()["train"] == "full"
     assert PruneSettings(method="loraprune", steps=20, train="full").final_step() == 18  # cooldown 10% of the steps
 
@@ -211,8 +263,9 @@ def test_full_with_room_after_the_schedule_is_accepted():
 def test_two_processes_train_every_parameter_as_one(tiny_dir, tmp_path):
     """Under ``accelerate launch`` the merged model is prepared again after the switch: every parameter's gradient is
     all-reduced, so two processes × two micro-batches end where one process does."""
-    run = dict(ratio=0.25, kinds=("attention", "mlp", "hidden"), steps=8, warmup_steps=2, periods=2, period_steps=2,
-               batch_size=4, seq_len=32, eval_tokens=256, checkpoint_every=2, device="cpu", train="full")
+    run = dict(method="lhspg", ratio=0.25, kinds=("attention", "mlp", "hidden"), steps=8, warmup_steps=2, periods=2,
+               period_steps=2, batch_size=4, seq_len=32, eval_tokens=256, checkpoint_every=2, device="cpu", train="full",
+               distill=0.0)
     one = prune(tiny_dir, tmp_path / "one", measure_latency=False, **run)
     args = ["prune", str(tiny_dir), "--out", str(tmp_path / "two"), "--no-progress", "--no-latency"]
     for k, v in run.items():

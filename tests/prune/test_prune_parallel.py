@@ -18,9 +18,11 @@ from lorashear import LorashearError
 from lorashear.prune import prune
 
 ROOT = Path(__file__).resolve().parents[2]
-# warm-up 2, two periods of 2 steps, 2 steps after; a global batch of 4 rows = 2 processes × 2 micro-batches × 1
-RUN = dict(ratio=0.25, kinds=("attention", "mlp", "hidden"), steps=6, warmup_steps=2, periods=2, period_steps=2,
-           batch_size=4, seq_len=32, eval_tokens=256, measure_latency=False, checkpoint_every=2, device="cpu")
+# LHSPG in LoRA without distillation: warm-up 2, two periods of 2 steps, 2 steps after; a global batch of 4 rows =
+# 2 processes × 2 micro-batches × 1
+RUN = dict(method="lhspg", distill=0.0, train="lora", ratio=0.25, kinds=("attention", "mlp", "hidden"), steps=6,
+           warmup_steps=2, periods=2, period_steps=2, batch_size=4, seq_len=32, eval_tokens=256, measure_latency=False,
+           checkpoint_every=2, device="cpu")
 
 needs_accelerate = pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
 

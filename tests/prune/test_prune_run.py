@@ -16,8 +16,8 @@ from lorashear import LorashearError, load_pruned
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
 
-# a whole run in ~1 s on the tiny model: warm-up 2, two periods of 3 steps, 2 steps after
-FAST = dict(kinds=("attention", "mlp", "hidden"), steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
+# a whole run in ~1 s on the tiny model: LHSPG, warm-up 2, two periods of 3 steps, 2 steps after, in LoRA, no distillation
+FAST = dict(method="lhspg", distill=0.0, train="lora", kinds=("attention", "mlp", "hidden"), steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
             measure_latency=False, checkpoint_every=4)
 
 
@@ -90,8 +90,9 @@ def test_same_seed_gives_the_same_weights(tiny_dir, tmp_path):
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
     """kill -9 after the first checkpoint, then --resume: the same final weights as a run never interrupted."""
-    slow = dict(kinds=("attention", "mlp", "hidden"), steps=60, warmup_steps=4, periods=2, period_steps=8, batch_size=4,
-                seq_len=64, eval_tokens=512, checkpoint_every=5, threads=1)
+    slow = dict(method="lhspg", distill=0.0, train="lora", kinds=("attention", "mlp", "hidden"), steps=60,
+                warmup_steps=4, periods=2, period_steps=8, batch_size=4, seq_len=64, eval_tokens=512, checkpoint_every=5,
+                threads=1)
     full = _cli(*_cli_args(tiny_dir, tmp_path / "full", **slow))
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "lorashear", *map(str, _cli_args(tiny_dir, tmp_path / "cut", **slow))],
@@ -117,7 +118,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
     (["--ratio", "1.5"], "--ratio: must be in (0, 1), got 1.5"),
     (["--ratio", "0"], "--ratio: must be in (0, 1), got 0"),
     (["--kinds", "attention,heads"], "--kinds: unknown 'heads'"),
-    (["--steps", "0"], "--steps: 0 steps (no training) only for one-shot methods"),
+    (["--method", "lhspg", "--steps", "0"], "--steps: 0 steps (no training) only for one-shot methods"),
     (["--gamma", "0.2"], "--gamma: γ needs a knowledge report"),
 ])
 def test_bad_options_exit_2_with_one_line(tiny_dir, tmp_path, capsys, args, message):
@@ -192,12 +193,12 @@ def test_an_interrupted_run_is_recorded_and_resumes_to_the_same_end(finished, ti
 
 def test_settings_check_the_schedule_fits_the_steps():
     with pytest.raises(LorashearError, match="schedule needs"):
-        PruneSettings(steps=10, warmup_steps=5, periods=2, period_steps=5)
+        PruneSettings(method="lhspg", steps=10, warmup_steps=5, periods=2, period_steps=5)
 
 
 def test_default_lhspg_schedule_is_warmup_10_pruning_30_after_60_percent():
     """The defaults chosen in docs/lhspg.md ("Investigation"): a short pruning phase, most steps to recover."""
-    st = PruneSettings(steps=200)
+    st = PruneSettings(method="lhspg", steps=200)
     assert (st.warmup_steps, st.periods, st.period_steps) == (20, 4, 15)
     assert st.steps - st.warmup_steps - st.periods * st.period_steps == 120
 
@@ -211,7 +212,7 @@ def test_distilled_run_uses_the_cached_finetuned_teacher_and_resumes_to_the_same
     from lorashear.prune.run import finetune_dense
 
     monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
-    kw = dict(ratio=0.25, distill=1.0, **FAST)
+    kw = {**FAST, "ratio": 0.25, "distill": 1.0}
     full = prune(tiny_dir, tmp_path / "full", **kw)
     teacher = full["teacher"]
     assert teacher["kind"] == "finetuned" and not teacher["reused"] and full["settings"]["teacher"] == "finetuned"
@@ -240,7 +241,7 @@ def test_every_method_trains_through_the_distillation_loss(tiny_dir, tmp_path, m
              "lhspg": dict(warmup_steps=1, periods=2, period_steps=2)}.get(method, {})
     rep = prune(tiny_dir, tmp_path / method, method=method, kinds=("attention", "mlp"), ratio=0.05,
                 allocation="uniform", steps=6, batch_size=2, seq_len=32, eval_tokens=512, measure_latency=False,
-                checkpoint_every=100, distill=1.0, teacher="dense", pure_kd=True, **extra)
+                checkpoint_every=100, distill=1.0, teacher="dense", pure_kd=True, train="lora", **extra)
     assert rep["teacher"]["kind"] == "dense" and rep["teacher"]["eval"] == rep["eval_before"]
     first = rep["history"][0]["loss"]
     assert first < 0.5, first

@@ -20,7 +20,7 @@ from lorashear.settings import SettingsError
 from tiny_models import build
 
 FAST = dict(kinds=("attention", "mlp"), ratio=0.05, allocation="uniform", batch_size=2, seq_len=32, eval_tokens=512,
-            measure_latency=False, checkpoint_every=100, reconstruct_samples=4)
+            measure_latency=False, checkpoint_every=100, reconstruct_samples=4, distill=0.0, train="lora")
 
 
 def _calib(vocab: int, n: int = 8, seq: int = 24, seed: int = 0) -> torch.Tensor:
