@@ -27,7 +27,7 @@ KINDS = PLAN_KINDS  # the kinds a prune job accepts, query heads included (a mod
 
 def parse_inputs(values: dict[str, Any]) -> tuple[PlanSettings | None, dict[str, str]]:
     """Form values (the plan fields and the run's method) -> (settings, {}) or (None, {field: one-line message}),
-    through the same schema as the CLI and the prune job: the method's defaults (llm-pruner's layer range and
+    through the same schema as the CLI and the prune job: the method's defaults (llm-pruner's and loraprune's
     uniform allocation) are resolved exactly as the run resolves them."""
     try:
         return parse(PlanSettings, values), {}
@@ -146,7 +146,7 @@ def fidelity(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     target, so the run's total can differ from the preview's by that much (e.g. 19.75 % here vs 20.00 % in an
     LHSPG run at a 20 % target)."""
     inputs, plan = data.get("inputs") or {}, data["plan"]
-    method = inputs.get("method") or "lhspg"
+    method = inputs.get("method") or PlanSettings().method
     run_scores = RUN_SCORES.get(method, f"the {method} method's scores")
     preview_scores = plan.get("scores_from", "?")
     same_scores = method == "magnitude" and not inputs.get("knowledge") and not data.get("meta")

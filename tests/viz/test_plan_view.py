@@ -88,21 +88,35 @@ def test_prune_params_are_the_plan_settings(app_state):
 
 
 def test_preview_resolves_the_methods_defaults_as_the_run_does(app_state):
-    """llm-pruner with a blank layer range and allocation: the preview plans layers 0.125:0.9375 uniformly, as the run
-    does (the app used to drop the blank range and preview all layers globally)."""
+    """llm-pruner with a blank layer range and allocation: the preview plans every layer uniformly, as the run does
+    (the app used to drop the blank allocation and preview globally)."""
     from lorashear.jobs.kinds import PRUNE, validate
 
     mv = _mv(app_state)
     values = {**DEFAULT, "allocation": None, "method": "llm-pruner"}
     data, errors, _ = PV.compute(app_state, mv, values)
     assert not errors
-    assert data["inputs"]["layers"] == "0.125:0.9375" and data["inputs"]["allocation"] == "uniform"
-    assert data["plan"]["spec"]["layers"] == [1, 6] and data["plan"]["spec"]["allocation"] == "uniform"
+    assert data["inputs"]["layers"] is None and data["inputs"]["allocation"] == "uniform"
+    assert data["plan"]["spec"]["layers"] is None and data["plan"]["spec"]["allocation"] == "uniform"
     params = PV.prune_params(mv, data, {"method": "llm-pruner", "steps": "0"})
     settings = PRUNE.make_settings(validate(PRUNE, params))
-    assert (settings.layers, settings.allocation) == ("0.125:0.9375", "uniform")
+    assert (settings.layers, settings.allocation) == (None, "uniform")
     assert settings.plan_args() == {k: data["inputs"][k] if k != "kinds" else tuple(data["inputs"][k])
                                     for k in settings.plan_args()}
+
+
+def test_the_untouched_form_previews_the_default_run(app_state, model_dir):
+    """The Prune tab starts at the schema's defaults (llm-pruner, MLP channels, the method's allocation): its
+    preview is the plan of ``lorashear plan --ratio 0.2``."""
+    from lorashear.prune.preview import plan_model
+    from lorashear.prune.settings import PlanSettings
+
+    mv = _mv(app_state)
+    values = {**DEFAULT, "kinds": list(PV._DEFAULTS["kinds"]), "allocation": "method", "method": PV._DEFAULTS["method"]}
+    data, errors, _ = PV.compute(app_state, mv, values)
+    assert not errors and (values["method"], values["kinds"]) == ("llm-pruner", ["mlp"])
+    lib = plan_model(str(model_dir), **PlanSettings(ratio=0.2).plan_args())
+    assert data["plan"]["removal"] == lib.removal and data["plan"]["spec"]["allocation"] == "uniform"
 
 
 def test_hand_selection_is_checked_against_the_browsed_model(app_state):

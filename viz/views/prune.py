@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from lorashear.errors import LorashearError
-from lorashear.settings import SettingsError
+from lorashear.prune.settings import PlanSettings
+from lorashear.settings import SettingsError, options
 
 from .. import plan_preview as PP
 from ..components import LEGEND_MARGIN_R, LEGEND_RIGHT, card, kv_table, plot_template
@@ -29,6 +30,9 @@ PLAN_FIELDS = ("ratio", "kinds", "allocation", "layers", "align", "knowledge", "
 RUN_FIELDS = ("method", "steps", "batch_size", "seq_len", "eval_tokens", "device")
 RECOVER_FIELDS = ("pruned", "tokens", "round_steps", "instruct_steps", "eval_tokens")
 CHANNEL_BINS = 32
+
+# the form starts at the schema's defaults (the run's when a field is left as it is)
+_DEFAULTS = {name: default for name, (_, default) in options(PlanSettings).items()}
 _MAP_COLOURS = [[0.0, "#dfe6ee"], [0.5, "#dfe6ee"], [0.5, "#c0392b"], [1.0, "#c0392b"]]
 
 
@@ -79,7 +83,7 @@ def layout(state: AppState, mv: Any) -> html.Div:
                    html.Span([dcc.Input(id="plan-ratio-text", type="number", value=20, min=1, max=99, step=1,
                                         debounce=True, className="text ratio-box"), " %"], className="ratio-entry"),
                ], className="ratio-row"), "plan-err-ratio"),
-        _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=["attention", "mlp"],
+        _field("Group kinds", dcc.Checklist(id="plan-kinds", options=list(PP.KINDS), value=list(_DEFAULTS["kinds"]),
                                             inline=True, className="check"), "plan-err-kinds"),
         _field("Allocation", dcc.RadioItems(id="plan-allocation", value="method", inline=True, className="check",
                                             options=[{"label": "the method's", "value": "method"}, "global", "uniform"]),
@@ -100,8 +104,9 @@ def layout(state: AppState, mv: Any) -> html.Div:
     ]
     num = dict(type="text", debounce=False, className="text")
     run_controls = [
-        _field("Method", dcc.Dropdown(id="run-method", options=list(METHODS), value="lhspg", clearable=False), "run-err-method",
-               "LHSPG, or a baseline on the same groups and budget"),
+        _field("Method", dcc.Dropdown(id="run-method", options=list(METHODS), value=_DEFAULTS["method"], clearable=False),
+               "run-err-method", "llm-pruner (the default: measured best on SmolLM2-135M), lhspg (LoRAShear's own), "
+               "or another baseline on the same groups and budget"),
         _field("Optimizer steps", dcc.Input(id="run-steps", value="200", **num), "run-err-steps"),
         _field("Batch size", dcc.Input(id="run-batch_size", value="4", **num), "run-err-batch_size"),
         _field("Tokens per sequence", dcc.Input(id="run-seq_len", value="128", **num), "run-err-seq_len"),
@@ -230,7 +235,7 @@ def summary(data: dict) -> html.Div:
 
 def fidelity_table(data: dict) -> html.Div:
     """Next to the numbers: which of them the run reproduces exactly and which are an estimate (``PP.fidelity``)."""
-    method = (data.get("inputs") or {}).get("method") or "lhspg"
+    method = (data.get("inputs") or {}).get("method") or _DEFAULTS["method"]
     rows = PP.fidelity(data)
     exact = all(status == "exact" for _, status, _ in rows)
     name = {"lhspg": "LHSPG", "loraprune": "LoRAPrune", "llm-pruner": "LLM-Pruner", "flap": "FLAP"}.get(method, method)
