@@ -37,9 +37,10 @@ def _type(duo, css, value):
 @pytest.mark.slow  # ~1.5 min on 2 busy cores: a real prune job (dense and pruned evaluation) and a second trace
 def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     from lorashear.prune.preview import plan_model
+    from lorashear.prune.settings import PlanSettings
     from viz.views.compare import folder_layers
 
-    lib = plan_model(str(model_dir), ratio=0.2)  # what `lorashear plan demo --ratio 0.2` computes
+    lib = plan_model(str(model_dir), **PlanSettings(ratio=0.2).plan_args())  # `lorashear plan demo --ratio 0.2`
     dash_duo.start_server(create_app(app_state))
     open_tab(dash_duo, "Prune")
     want = f"{lib.params_total:,} → {lib.params_total - lib.params_removed:,}"
@@ -62,8 +63,13 @@ def test_plan_prune_compare_browse(dash_duo, app_state, model_dir):
     until(lambda: dash_duo.find_element("#plan-err-layers").text == "", msg="layer error cleared")
     dash_duo.wait_for_text_to_equal("#plan-params", want, timeout=60)
 
-    # prune with this plan: magnitude scores are the preview's scores, so the job's plan is the previewed plan
+    # prune with this plan: magnitude scores are the preview's scores, so the job's plan is the previewed plan (the
+    # method's allocation, global, re-plans the preview)
     dash_duo.select_dcc_dropdown("#run-method", value="magnitude")
+    lib = plan_model(str(model_dir), **PlanSettings(ratio=0.2, method="magnitude").plan_args())
+    dash_duo.wait_for_contains_text("#plan-fidelity", "this is the run's plan", timeout=60)
+    dash_duo.wait_for_text_to_equal("#plan-params", f"{lib.params_total:,} → {lib.params_total - lib.params_removed:,}",
+                                    timeout=60)
     for name, value in RUN.items():
         _type(dash_duo, f"#run-{name}", value)
     dash_duo.select_dcc_dropdown("#run-device", value="cpu")

@@ -25,8 +25,8 @@ def test_typed_target_and_enter_replans_without_leaving_the_box(dash_duo, app_st
     dash_duo.start_server(create_app(app_state))
     open_tab(dash_duo, "Prune")
     dash_duo.wait_for_contains_text("#plan-removed", "target 20%", timeout=60)
-    assert "estimate" in dash_duo.find_element("#plan-fidelity").text  # LHSPG: the per-layer choice is not exact
-    assert "LoRA saliency" in dash_duo.find_element("#plan-fidelity").text
+    assert "estimate" in dash_duo.find_element("#plan-fidelity").text  # llm-pruner: which units is not exact
+    assert "Taylor scores" in dash_duo.find_element("#plan-fidelity").text
     _shot(dash_duo, "ui-prune")
     box = dash_duo.find_element("#plan-ratio-text")
     box.send_keys(Keys.CONTROL, "a")

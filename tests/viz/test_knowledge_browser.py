@@ -36,6 +36,7 @@ def outlined(duo, graph_id):
 def test_knowledge_tab_is_this_models_and_a_click_selects_that_unit(dash_duo, app_state, model_dir):
     from lorashear.knowledge import analyze
     from lorashear.prune.preview import plan_model
+    from lorashear.prune.settings import PlanSettings
     from tests.tiny_models import build, traced
 
     job = submit(app_state.registry, "analyze", {"model": str(model_dir), "estimator": "magnitude"},
@@ -45,7 +46,7 @@ def test_knowledge_tab_is_this_models_and_a_click_selects_that_unit(dash_duo, ap
     _, _, groups = traced("llama-gqa")  # a newer report of another model, under the same path
     other = _record(app_state, analyze(build("llama-gqa"), None, estimator="magnitude", groups=groups,
                                        source=str(model_dir)), {"model": str(model_dir), "estimator": "magnitude"})
-    lib = plan_model(str(model_dir), ratio=0.2)  # the plan the Prune tab previews by default
+    lib = plan_model(str(model_dir), **PlanSettings(ratio=0.2).plan_args())  # the Prune tab's default preview
 
     dash_duo.start_server(create_app(app_state))
     open_tab(dash_duo, "Knowledge")
