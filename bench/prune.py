@@ -65,7 +65,10 @@ def quality(args) -> None:
                 for kinds in args.kinds:
                     with tempfile.TemporaryDirectory() as d:
                         t = time.time()
-                        rep = prune(args.model, Path(d) / "run", PruneSettings(ratio=ratio, kinds=tuple(kinds.split(",")), **base))
+                        # LHSPG with LoRA recovery and no distillation (what this table measures; not the defaults)
+                        rep = prune(args.model, Path(d) / "run", PruneSettings(ratio=ratio, kinds=tuple(kinds.split(",")),
+                                                                               method="lhspg", distill=0.0, train="lora",
+                                                                               **base))
                     rows.append({"budget": budget, "seed": seed, "method": "LHSPG", "ratio": ratio, "kinds": kinds,
                                  "eval": rep["eval_after"], "params": rep["params_after"],
                                  "achieved": rep["ratio_achieved"], "seconds": round(time.time() - t, 1)})

@@ -13,9 +13,13 @@ batch 4 × 128 tokens (200 × 4 × 128 = 102,400 training tokens by default), Lo
 projection, lr 2e-4, the demo training stream, the same seed's batches; every method at its own defaults
 otherwise (LLM-Pruner: element-wise first order, sum, uniform over layers 0.125:0.9375, 10 calibration windows;
 LoRAPrune: warm-up/cool-down 10 %, mask every 10 steps; FLAP: 128 calibration windows, bias compensation;
-``flap-0``: FLAP with ``--steps 0``, no training at all). Calibration tokens (one-shot methods) are extra and
-reported. Perplexity per source on the demo validation split under both protocols (``short``: 128-token windows,
-``long``: the model's context), mean ± std over seeds.
+``flap-0``: FLAP with ``--steps 0``, no training at all). Kinds attention + MLP, LoRA recovery without distillation
+and LLM-Pruner's layer range are pinned here (``TABLE_RECIPE``): they are what these tables (docs/baselines.md)
+measured, no longer ``lorashear prune``'s defaults (MLP channels only, distillation, full training for small models,
+every layer); ``--set kinds=mlp,distill=1.0,train=full,layers=null`` is that recipe as a variant. Calibration tokens
+(one-shot methods) are extra and reported.
+Perplexity per source on the demo validation split under both protocols (``short``: 128-token windows, ``long``:
+the model's context), mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ LABELS = {"dense": "dense", "dense+lora": "dense + same LoRA budget", "dense+ful
           "flap-0": "FLAP, no training", "magnitude": "magnitude + LoRA", "random": "random + LoRA"}
 DEFAULT_METHODS = ("lhspg", "llm-pruner", "loraprune", "flap", "flap-0", "magnitude", "random")
 DENSE = ("dense", "dense+lora", "dense+full")  # unpruned reference rows (ratio 0)
+# what the tables promise (the docstring, docs/baselines.md): attention + MLP, LoRA recovery, no distillation,
+# LLM-Pruner over the paper's layer range — pinned, since ``lorashear prune`` now defaults to MLP channels only,
+# distillation, full training for small models and every layer
+TABLE_RECIPE = {"kinds": ("attention", "mlp"), "distill": 0.0, "train": "lora"}
+LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
 
 
 def _one(spec: dict) -> dict:
@@ -72,7 +81,8 @@ def _one(spec: dict) -> dict:
             ev = finetune_dense(spec["model"], st, full=method == "dense+full")["eval_after"]
         info = {}
     else:
-        kw = dict(base, ratio=spec["ratio"], method="flap" if method == "flap-0" else method, **spec.get("set", {}))
+        kw = dict(base, **TABLE_RECIPE, **({"layers": LLM_PRUNER_LAYERS} if method == "llm-pruner" else {}))
+        kw.update(ratio=spec["ratio"], method="flap" if method == "flap-0" else method, **spec.get("set", {}))
         if method == "flap-0":
             kw["steps"] = 0
         with tempfile.TemporaryDirectory() as d:

@@ -2,7 +2,8 @@
 
     python bench/recovery.py [--model demo] [--ratios 0.2,0.5] [--seeds 0,1,2] [--tokens 102400] [--json OUT]
 
-For each ratio: one LHSPG model of the demo (``prune`` with its defaults, seed 0, 200 steps × 4 × 128). Then, per
+For each ratio: one LHSPG model of the demo (``prune --method lhspg`` over attention + MLP with LoRA and no
+distillation — LHSPG's defaults when this bench was written — seed 0, 200 steps × 4 × 128). Then, per
 seed and the same stage-1 token budget: recovery with the dynamic mixture, with the static uniform mixture, and no
 recovery — per-source perplexity (128-token windows, ``--eval-tokens`` per source of the demo validation split),
 the mean, and the worst-source deviation from dense (Δ NLL, nats). Last, one run with the instruction stage (seed 0)
@@ -79,7 +80,9 @@ def main() -> None:
             del small
             print(f"given ρ={ratio}: {pruned_dir}", flush=True)
         else:
-            pr = prune(a.model, work / f"pruned-{ratio}", PruneSettings(ratio=ratio, eval_tokens=a.eval_tokens, measure_latency=False))
+            pr = prune(a.model, work / f"pruned-{ratio}", PruneSettings(
+                ratio=ratio, method="lhspg", kinds=("attention", "mlp"), distill=0.0, train="lora",
+                eval_tokens=a.eval_tokens, measure_latency=False))
             print(f"LHSPG ρ={ratio}: {pr['params_after']:,} params, {time.time() - t:.0f} s", flush=True)
             pruned_dir, ev = work / f"pruned-{ratio}" / "model", pr["eval_after"]
         rows.append({"ratio": ratio, "variant": "no recovery", "seed": 0, "eval": ev})
