@@ -6,10 +6,10 @@ methods it applies to. The CLI flags, the job parameters and the form are genera
 Method defaults live on the fields (``method_defaults``), so the plan preview resolves them exactly as the run
 does (llm-pruner's uniform allocation, for instance). Torch-free: the CLI imports it for ``--help``.
 
-The defaults are the recipe with the lowest mean on a held-out source on SmolLM2-135M (docs/lhspg.md): llm-pruner
+The defaults are the recipe chosen on a held-out source on SmolLM2-135M (docs/lhspg.md; training mode not settled): llm-pruner
 (one-shot first-order Taylor) over MLP channels, uniform over all decoder layers, distillation from the corrected
-teacher, LoRA training. ``train="full"`` (or ``"auto"``: full up to 0.5 B parameters, :func:`train_mode`) was 18 %
-lower on the training sources there but 2.4 % higher on the held-out one. Every method gets the same recovery recipe
+teacher, LoRA training. ``train="full"`` (or ``"auto"``: full up to 0.5 B parameters, :func:`train_mode`) was 24 %
+lower on the training sources there, 0.6 % higher (within one std) on the held-out one. Every method gets the same recovery recipe
 by default, so a comparison isolates the choice of units; ``method="lhspg"`` is LoRAShear's own algorithm.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ class PruneSettings(PlanSettings):
                         "and train every parameter with AdamW at --lr, removed units held at zero (for small models); "
                         "auto: full for a model of at most 0.5 B parameters when steps follow the final structure, "
                         "else lora (the report says which and why). lora is the default: on SmolLM2-135M full training "
-                        "was 18 % lower on the training sources but 2.4 % higher on a held-out one (docs/lhspg.md)",
+                        "was 24 % lower on the training sources, 0.6 % higher (within one std) on a held-out one (docs/lhspg.md)",
                         type="choice", choices=TRAIN_MODES, label="Training after the structure is final")
     epsilon: float | None = option(None, "half-space projection threshold ε", type="float", min=0.0, max=1.0,
                                    open_max=True, methods=("lhspg",), method_defaults={"lhspg": 0.0}, none_text="0",
