@@ -71,10 +71,11 @@ def test_method_defaults_resolve_in_one_place():
 
 
 def test_the_bare_settings_are_the_measured_recipe():
-    """docs/lhspg.md on SmolLM2-135M: llm-pruner over MLP channels, uniform over all layers, distilled, LoRA training."""
+    """docs/lhspg.md on SmolLM2-135M: llm-pruner over MLP channels, uniform over all layers, distilled, training
+    every parameter on a small model (auto)."""
     st = PruneSettings()
     assert (st.method, st.kinds, st.layers, st.allocation) == ("llm-pruner", ("mlp",), None, "uniform")
-    assert (st.distill, st.teacher, st.train) == (1.0, "finetuned", "lora")
+    assert (st.distill, st.teacher, st.train) == (1.0, "finetuned", "auto")
 
 
 def test_distill_not_given_is_none_without_training():
@@ -155,5 +156,5 @@ def test_prune_help_shows_the_defaults(capsys, monkeypatch):
         elif lines and ln.startswith("    "):
             lines[key] += " " + ln.strip()
     assert lines["--method"].endswith("(default: llm-pruner)") and lines["--kinds"].endswith("(default: mlp)")
-    assert lines["--layers"].endswith("(default: all layers)") and lines["--train"].endswith("(default: lora)")
+    assert lines["--layers"].endswith("(default: all layers)") and lines["--train"].endswith("(default: auto)")
     assert lines["--distill"].endswith("(default: 1.0 (distil from the corrected teacher) when --steps > 0, else 0)")

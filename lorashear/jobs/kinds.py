@@ -204,7 +204,7 @@ ANALYZE = settings_kind(
 PRUNE = settings_kind(
     "prune", "Prune",
     "Structured pruning to a parameter ratio — by default LLM-Pruner's one-shot Taylor over MLP channels, then "
-    "LoRA training distilled from the corrected teacher; LHSPG (LoRAShear's own) or another "
+    "training distilled from the corrected teacher (every parameter up to 0.5 B, LoRA above); LHSPG (LoRAShear's own) or another "
     "baseline by method — then the smaller model (save_pruned), its plan and a run report with perplexity "
     "before/after.",
     PruneSettings, "lorashear.prune:prune", MODEL, resumable=True)

@@ -95,15 +95,18 @@ def test_an_asked_for_mode_is_recorded_as_asked(runs):
     assert rep["train_reason"] == "lora (--train lora)"
 
 
-def test_the_bare_defaults_train_lora_distilled_and_the_saved_model_reloads(tiny_dir, tmp_path, monkeypatch):
-    """Every setting at its default (llm-pruner, MLP, distilled from the corrected teacher, LoRA training) on the tiny
-    model: the report says so, and the saved (self-verified) model reloads at the reported size."""
+def test_the_bare_defaults_train_a_small_model_in_full_distilled_and_the_saved_model_reloads(tiny_dir, tmp_path,
+                                                                                             monkeypatch):
+    """Every setting at its default (llm-pruner, MLP, distilled from the corrected teacher, --train auto) on the tiny
+    model: every parameter trains from step 0 (the one-shot structure is final there), the report says so and why,
+    and the saved (self-verified) model reloads at the reported size."""
     monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
     rep = prune(tiny_dir, tmp_path / "o", ratio=0.05, steps=4, batch_size=2, seq_len=32, eval_tokens=512,
                 measure_latency=False)
     assert (rep["method"], rep["settings"]["kinds"], rep["settings"]["distill"]) == ("llm-pruner", ["mlp"], 1.0)
     assert rep["teacher"]["kind"] == "finetuned"
-    assert (rep["train"], rep["train_requested"], rep["full_from_step"]) == ("lora", "lora", None)
+    assert (rep["train"], rep["train_requested"], rep["full_from_step"]) == ("full", "auto", 0)
+    assert rep["train_reason"].startswith("auto: full — ")
     small = load_pruned(tmp_path / "o" / "model")
     assert sum(p.numel() for p in small.parameters()) == rep["params_after"]
 

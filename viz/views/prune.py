@@ -105,7 +105,8 @@ def layout(state: AppState, mv: Any) -> html.Div:
     num = dict(type="text", debounce=False, className="text")
     run_controls = [
         _field("Method", dcc.Dropdown(id="run-method", options=list(METHODS), value=_DEFAULTS["method"], clearable=False),
-               "run-err-method", "llm-pruner (the default: measured best on SmolLM2-135M), lhspg (LoRAShear's own), "
+               "run-err-method", "llm-pruner (the default: lowest on SmolLM2-135M's training sources, tied with lhspg held out), "
+               "lhspg (LoRAShear's own), "
                "or another baseline on the same groups and budget"),
         _field("Optimizer steps", dcc.Input(id="run-steps", value="200", **num), "run-err-steps"),
         _field("Batch size", dcc.Input(id="run-batch_size", value="4", **num), "run-err-batch_size"),
