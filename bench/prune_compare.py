@@ -195,16 +195,22 @@ def verdict(rows: list[dict]) -> str:
 
 
 def _settings(text: str | None) -> dict:
-    """``periods=2,distill=1.0,allocation=uniform`` -> {"periods": 2, "distill": 1.0, "allocation": "uniform"}."""
+    """``periods=2,distill=1.0,allocation=uniform`` -> {"periods": 2, "distill": 1.0, "allocation": "uniform"}; an item
+    without ``=`` continues the previous key's list: ``kinds=attention,mlp,train=full`` -> kinds ["attention", "mlp"]."""
     out: dict = {}
+    key = None
     for item in filter(None, (text or "").split(",")):
-        key, sep, raw = item.partition("=")
+        name, sep, raw = item.partition("=")
         if not sep:
-            sys.exit(f"--set wants KEY=VALUE, got {item!r}")
+            if key is None:
+                sys.exit(f"--set wants KEY=VALUE, got {item!r}")
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [item.strip()]
+            continue
+        key = name.strip()
         try:
-            out[key.strip()] = json.loads(raw)
+            out[key] = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
+            out[key] = raw.strip()
     return out
 
 
