@@ -11,8 +11,8 @@ Its output folder::
     OUT/checkpoints/    step-N/ folders, the newest two kept; ``resume=True`` continues from the newest
 
 With ``train="full"`` the run trains LoRA until the structure is final, then merges it and trains every parameter of
-the masked model (``full.py``); checkpoints after that switch hold every parameter and say so. ``train="auto"``
-resolves to full or lora once the model is loaded (``settings.train_mode``: full for at most 0.5 B
+the masked model (``full.py``); checkpoints after that switch hold every parameter and say so. ``train="auto"`` (the
+default) resolves to full or lora once the model is loaded (``settings.train_mode``: full for at most 0.5 B
 parameters when steps follow the final structure); the report records the mode, what was asked and why.
 
 With ``distill > 0`` every method trains on next-token loss + KL from a teacher (``lorashear.distill``; the

@@ -11,8 +11,8 @@ The defaults are the recipe chosen on a held-out source on SmolLM2-135M (docs/lh
 teacher, and ``train="auto"`` — every parameter trains once the structure is final on a model of at most 0.5 B
 parameters (:func:`train_mode`), LoRA above. Full training tied LoRA within one std on the held-out source and was
 24 % lower on the training sources; the rule written before the third seed's rows makes it the default on such a tie.
-Every method gets the same recovery recipe
-by default, so a comparison isolates the choice of units; ``method="lhspg"`` is LoRAShear's own algorithm.
+Every method gets the same recovery recipe by default, so a comparison isolates the choice of units;
+``method="lhspg"`` is LoRAShear's own algorithm.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``prune --train full`` (lorashear/prune/full.py): once the structure is final — after LHSPG's last period, after
 LoRAPrune's last mask update, from step 0 for a one-shot method — LoRA is merged and every parameter of the masked
 model trains, the removed units held at exactly zero, so that compress stays exact; checkpoints resume across the
-switch; ``train="auto"`` trains in full on a small model with steps after the final structure, in LoRA otherwise
-(``train_mode``); the default is LoRA; settings that would leave an asked-for full phase empty are refused in one line. On the
+switch; the default (``train="auto"``) trains in full on a small model with steps after the final structure, in LoRA
+otherwise (``train_mode``); settings that would leave an asked-for full phase empty are refused in one line. On the
 tiny GQA LLaMA folder (conftest)."""
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ def _run(tiny_dir, out, case: str, **kw):
 
 @pytest.fixture(scope="module")
 def runs(tiny_dir, tmp_path_factory):
-    """{(case, train): (folder, report)}; ``auto`` only for lhspg."""
+    """{(case, train): (folder, report)}; ``default`` is the run without ``train`` given (lhspg only)."""
     root = tmp_path_factory.mktemp("fulltrain")
     out = {}
     for case in CASES:
-        for train in ("auto", "lora", "full"):
-            if case != "lhspg" and train == "auto":
+        for train in ("default", "lora", "full"):
+            if case != "lhspg" and train == "default":
                 continue
-            kw = {"train": train}
+            kw = {} if train == "default" else {"train": train}
             folder = root / f"{case}-{train}"
             out[case, train] = (folder, _run(tiny_dir, folder, case, **kw))
     return out
@@ -79,8 +79,8 @@ def _ids(vocab, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------- default
-def test_auto_on_a_small_model_is_full_and_gives_the_same_run_as_train_full(runs):
-    (a, ra), (b, rb) = runs["lhspg", "auto"], runs["lhspg", "full"]
+def test_default_on_a_small_model_is_full_and_gives_the_same_run_as_train_full(runs):
+    (a, ra), (b, rb) = runs["lhspg", "default"], runs["lhspg", "full"]
     assert ra["settings"]["train"] == "auto" and ra["train_requested"] == "auto"
     assert ra["train"] == "full" and ra["full_from_step"] == 8 and ra["train_reason"].startswith("auto: full — ")
     assert ra["history"] == rb["history"] and ra["events"] == rb["events"]
@@ -99,7 +99,9 @@ def test_the_bare_defaults_train_a_small_model_in_full_distilled_and_the_saved_m
                                                                                              monkeypatch):
     """Every setting at its default (llm-pruner, MLP, distilled from the corrected teacher, --train auto) on the tiny
     model: every parameter trains from step 0 (the one-shot structure is final there), the report says so and why,
-    and the saved (self-verified) model reloads at the reported size."""
+    and the saved model reloads at the reported size and computes what the masked model does."""
+    from lorashear.compress import verify_tolerance
+
     monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
     rep = prune(tiny_dir, tmp_path / "o", ratio=0.05, steps=4, batch_size=2, seq_len=32, eval_tokens=512,
                 measure_latency=False)
@@ -107,8 +109,13 @@ def test_the_bare_defaults_train_a_small_model_in_full_distilled_and_the_saved_m
     assert rep["teacher"]["kind"] == "finetuned"
     assert (rep["train"], rep["train_requested"], rep["full_from_step"]) == ("full", "auto", 0)
     assert rep["train_reason"].startswith("auto: full — ")
+    masked, _ = _masked(tiny_dir, tmp_path / "o", 4)
     small = load_pruned(tmp_path / "o" / "model")
     assert sum(p.numel() for p in small.parameters()) == rep["params_after"]
+    ids = _ids(masked.config.vocab_size)
+    with torch.no_grad():
+        ref, out = masked(input_ids=ids).logits, small(input_ids=ids).logits
+    assert (out - ref).abs().max().item() <= verify_tolerance(ref)
 
 
 # ------------------------------------------------------------------------------------------------ train_mode
