@@ -46,6 +46,7 @@ DENSE = ("dense", "dense+lora", "dense+full")  # unpruned reference rows (ratio 
 # LLM-Pruner over the paper's layer range — pinned, since ``lorashear prune`` now defaults to MLP channels only,
 # distillation, full training for small models and every layer
 TABLE_RECIPE = {"kinds": ("attention", "mlp"), "distill": 0.0, "train": "lora"}
+BUDGET_KEYS = ("lr", "lr_schedule", "lora_r", "lora_alpha", "lora_targets")  # --set keys the dense rows take too
 LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
 
 
@@ -71,7 +72,8 @@ def _one(spec: dict) -> dict:
         from lorashear.loading import load_model
         from lorashear.prune.run import _data
 
-        st = PruneSettings(**base)
+        # a variant's training-budget settings (lr, its schedule, LoRA shape) apply to the dense references too
+        st = PruneSettings(**base, **{k: v for k, v in spec.get("set", {}).items() if k in BUDGET_KEYS})
         model, tok = load_model(spec["model"], device="cpu")
         params = count_parameters(model)
         if method == "dense":
@@ -92,6 +94,10 @@ def _one(spec: dict) -> dict:
                 "calibration_tokens": rep["calibration_tokens"], "tokens_trained": rep["tokens_trained"],
                 "scores_from": rep["scores_from"], "allocation": rep["settings"]["allocation"],
                 "layers": rep["settings"]["layers"]}
+        if (rep.get("teacher") or {}).get("eval"):  # the corrected teacher = dense + the same budget, this run's
+            tev = rep["teacher"]["eval"]
+            info["teacher"] = {"kind": rep["teacher"]["kind"], "mean_short": tev["mean_short"],
+                               "mean_long": tev["mean_long"]}
     ppl = {f"{r['source']}/{r['protocol']}": r["ppl"] for r in ev["perplexity"]}
     return {**spec, "ppl": ppl, "mean_short": ev["mean_short"], "mean_long": ev["mean_long"], "params": params,
             "seconds": round(time.time() - t, 1), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -130,7 +136,7 @@ def table(rows: list[dict]) -> str:
                                                        "seeds"]
         ref, ref_full = {}, {}
         for r in ok:
-            if r["method"] in ("dense+lora", "dense+full"):
+            if r["method"] in ("dense+lora", "dense+full") and not r.get("set"):  # the references at the defaults
                 (ref if r["method"] == "dense+lora" else ref_full).setdefault(r.get("holdout"), []).append(r["mean_short"])
         if ref_full:
             head.insert(head.index("seconds"), "× dense+full (short)")
@@ -268,12 +274,19 @@ def main() -> None:
         if args.holdout not in DEMO_SOURCES:
             sys.exit(f"--holdout: one of the demo sources {', '.join(DEMO_SOURCES)}")
         held = {"holdout": args.holdout, "variant": f"holdout {args.holdout}"}
+    # the dense references under a variant's budget settings (e.g. lr_schedule=cosine) are their own rows
+    budget_set = {k: v for k, v in settings.items() if k in BUDGET_KEYS}
+    dense_var = dict(held)
+    if budget_set:
+        dense_var.update(set=budget_set, variant=" ".join(
+            v for v in (",".join(f"{k}={v}" for k, v in budget_set.items()), held.get("variant", "")) if v))
     plan = []
     for seed in seeds:
         if not args.no_dense:
-            plan += [dict(common, method=m, ratio=0.0, seed=seed, **held) for m in ("dense", "dense+lora")]
+            plan += [dict(common, method=m, ratio=0.0, seed=seed, **dense_var)
+                     for m in ("dense", "dense+lora") if m != "dense" or not budget_set]
         if args.dense_full:
-            plan.append(dict(common, method="dense+full", ratio=0.0, seed=seed, **held))
+            plan.append(dict(common, method="dense+full", ratio=0.0, seed=seed, **dense_var))
         variant = " ".join(v for v in (args.label, held.get("variant", "")) if v)
         plan += [dict(common, method=m, ratio=ratio, seed=seed, **{**held, **({"variant": variant} if variant else {})},
                       **({"set": settings} if args.label else {}))

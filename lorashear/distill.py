@@ -116,13 +116,22 @@ class Budget:
     lora_alpha: float
     lora_targets: str
     seed: int
+    lr_schedule: str = "constant"  # runs.scheduled_lr over all the steps
 
     @classmethod
-    def of(cls, st: Any, steps: int | None = None) -> "Budget":
+    def of(cls, st: Any, steps: int | None = None, lr_schedule: str = "constant") -> "Budget":
         """The budget of a run's settings (``steps``: when the settings count tokens instead)."""
         return cls(steps=st.steps if steps is None else steps, batch_size=st.batch_size, seq_len=st.seq_len,
                    lr=float(st.lr), lora_r=st.lora_r, lora_alpha=float(st.lora_alpha), lora_targets=st.lora_targets,
-                   seed=st.seed)
+                   seed=st.seed, lr_schedule=lr_schedule)
+
+    def key(self) -> dict[str, Any]:
+        """The fields a teacher's cache key hashes: a constant schedule is left out, so the keys of teachers
+        cached before schedules existed still match."""
+        d = asdict(self)
+        if d["lr_schedule"] == "constant":
+            del d["lr_schedule"]
+        return d
 
 
 def train_lora(model: Any, packed: Any, budget: Budget, *, weights: Mapping[str, float] | None = None,
@@ -158,6 +167,7 @@ def _train(model: Any, params: list, packed: Any, budget: Budget, weights: Mappi
     for t in range(budget.steps):
         ids, _ = packed.sample(budget.batch_size, seed=runs.batch_seed(budget.seed, t), weights=weights)
         ids = ids.to(device)
+        runs.set_lr(opt, runs.scheduled_lr(budget.lr, budget.lr_schedule, t, 0, budget.steps))
         losses.append(runs.train_step(model, opt, {"input_ids": ids, "labels": ids}, t))
         progress((t + 1) / max(budget.steps, 1), f"step {t + 1}/{budget.steps} loss {losses[-1]:.3f}")
     return losses
@@ -193,7 +203,7 @@ def teacher_key(model: Any, packed: Any, budget: Budget, weights: Mapping[str, f
         h.update(f"{name}{tuple(blocks.shape)}".encode())
         h.update(_tensor_bytes(blocks))
     w = dict(weights) if weights is not None else dict(packed.weights)
-    h.update(json.dumps({"weights": w, "budget": asdict(budget), "format": TEACHER_FORMAT}, sort_keys=True).encode())
+    h.update(json.dumps({"weights": w, "budget": budget.key(), "format": TEACHER_FORMAT}, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -60,6 +60,24 @@ def batch_seed(seed: int, step: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- run folder
+def scheduled_lr(lr: float, schedule: str, step: int, start: int, end: int) -> float:
+    """The learning rate of step ``step`` (0-based) of a run whose decay spans steps ``start``..``end - 1``:
+    ``lr`` before ``start`` and for ``constant``; ``cosine``: ``lr · ½(1 + cos(π (step − start) / (end − start)))``
+    — ``lr`` at ``start``, a small positive value at the last step (transformers' cosine schedule without warm-up).
+    A pure function of the step, so a resumed run trains at the same rates without a scheduler's state."""
+    if schedule == "constant" or step < start or end <= start:
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step - start, end - start) / (end - start)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group of ``opt`` at ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 

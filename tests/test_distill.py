@@ -141,6 +141,24 @@ def test_teacher_key_follows_model_data_and_budget():
     assert teacher_key(m, other, BUDGET) != key
 
 
+def test_a_cosine_budget_is_another_teacher_and_a_constant_one_keeps_the_old_key():
+    """A teacher trained with a decaying lr is another teacher; a constant-lr budget hashes as before schedules
+    existed (no ``lr_schedule`` in the key), so the teachers already cached are still found."""
+    m = build("llama")
+    assert "lr_schedule" not in BUDGET.key() and BUDGET.key() == {k: v for k, v in BUDGET.__dict__.items()
+                                                                  if k != "lr_schedule"}
+    cosine = Budget(**{**BUDGET.__dict__, "lr_schedule": "cosine"})
+    assert cosine.key()["lr_schedule"] == "cosine"
+    assert teacher_key(m, _packed(), cosine) != teacher_key(m, _packed(), BUDGET)
+
+
+def test_a_cosine_budget_trains_differently_from_a_constant_one():
+    a, _ = train_full(build("llama"), _packed(), BUDGET)
+    b, _ = train_full(build("llama"), _packed(), Budget(**{**BUDGET.__dict__, "lr_schedule": "cosine"}))
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(a.state_dict()[w], b.state_dict()[w])
+
+
 def test_a_teacher_with_another_vocabulary_is_refused(tmp_path):
     folder = tmp_path / "t"
     build("llama").save_pretrained(folder)

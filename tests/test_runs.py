@@ -266,3 +266,21 @@ def test_batch_seed_is_written_once():
     for stage in ("prune/run.py", "recover/run.py"):
         text = (ROOT / "lorashear" / stage).read_text()
         assert re.search(r"seed=runs\.batch_seed\(", text), stage
+
+
+# ------------------------------------------------------------------------------------------- lr schedule
+def test_cosine_lr_is_the_base_before_and_at_the_start_and_half_at_the_middle():
+    from lorashear.runs import scheduled_lr
+
+    assert scheduled_lr(2e-4, "cosine", 3, 4, 12) == 2e-4  # before the decay
+    assert scheduled_lr(2e-4, "cosine", 4, 4, 12) == 2e-4  # its first step
+    assert scheduled_lr(2e-4, "cosine", 8, 4, 12) == pytest.approx(1e-4)
+    rates = [scheduled_lr(2e-4, "cosine", t, 4, 12) for t in range(4, 12)]
+    assert all(a > b for a, b in zip(rates, rates[1:])) and 0 < rates[-1] < 1e-5
+
+
+def test_an_unknown_lr_schedule_is_refused():
+    from lorashear.runs import scheduled_lr
+
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        scheduled_lr(1e-3, "step", 1, 0, 4)

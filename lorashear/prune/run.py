@@ -140,6 +140,7 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
     peft_model = add_lora(model, st.lora_r, st.lora_alpha, st.lora_targets, st.seed)
     opt = method.optimizer(peft_model, groups, spec, st, plan0)
     full_from = _full_from(st, opt, train)  # --train full: the step every parameter trains from (None: LoRA throughout)
+    decay_from = None if st.lr_schedule == "constant" else st.final_step()  # checked by the settings: steps follow it
     # what trains: the PEFT model under the pruning optimizer, after the switch the merged model under FullTraining
     student, active = peft_model, opt
     start, history = 0, {"steps": [], "events": []}
@@ -171,6 +172,8 @@ def _run(source: Any, out: Path, st: PruneSettings, resume: bool, progress: Prog
             student.train()
         ids, _ = packed.sample(st.batch_size, seed=runs.batch_seed(st.seed, t))  # the same global batch everywhere
         ids = ids.to(device)
+        if decay_from is not None:  # --lr-schedule: the decay spans the steps after the structure is final
+            runs.set_lr(active, runs.scheduled_lr(st.lr, st.lr_schedule, t, decay_from, st.steps))
         # the same step on every process: same gradients, same weights, same zero set
         loss_value = runs.train_step(trained, active, {"input_ids": ids, "labels": ids}, t, loss_fn=loss_fn, acc=acc,
                                      out=out)
@@ -252,9 +255,16 @@ def _training(st: PruneSettings, full_from: int | None) -> list[dict]:
     rows = [{"from_step": 0, "to_step": end, "trained": "lora", "what": lora}] if end > 0 else []
     if full_from is not None:
         rows.append({"from_step": full_from, "to_step": st.steps, "trained": FULL,
-                     "what": "every parameter of the masked model (LoRA merged), AdamW at the run's lr, removed units "
-                             "held at exactly 0"})
+                     "what": "every parameter of the masked model (LoRA merged), AdamW at the run's lr"
+                             + (f" ({st.lr_schedule} decay)" if st.lr_schedule != "constant" else "")
+                             + ", removed units held at exactly 0"})
     return rows
+
+
+def _budget(st: PruneSettings) -> Any:
+    """The dense same-budget fine-tune of a run (the corrected teacher, the dense references): its steps, data,
+    lr and schedule — a cosine run's references decay over all their steps (they have no structure to wait for)."""
+    return distill.Budget.of(st, lr_schedule=st.lr_schedule)
 
 
 def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device: Any, acc: Any,
@@ -270,8 +280,7 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
 
     def build() -> tuple[Any, dict]:
         progress(0.06, f"distillation teacher: {st.teacher}")
-        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st),
-                                     device=device, vocab=distill.output_size(model),
+        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=_budget(st), device=device, vocab=distill.output_size(model),
                                      dtype=next(model.parameters()).dtype,
                                      progress=lambda f, s: progress(0.06, s))
 
@@ -301,13 +310,13 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
     if full:
-        model, losses = distill.train_full(model, packed, distill.Budget.of(st),
+        model, losses = distill.train_full(model, packed, _budget(st),
                                            progress=lambda f, s: progress(0.1 + 0.8 * f, f"full fine-tune: {s}"))
         model.eval()
         after = _evaluate(model, tok, eval_sources, replace(st, measure_latency=False), progress, 0.92, "dense + full")
         return {"method": "dense+full", "settings": st.to_dict(), "eval_before": before, "eval_after": after,
                 "losses": losses, "tokens_trained": st.steps * st.batch_size * st.seq_len}
-    teacher, info = distill.corrected_teacher(model, packed, distill.Budget.of(st),
+    teacher, info = distill.corrected_teacher(model, packed, _budget(st),
                                               progress=lambda f, s: progress(0.1 + 0.8 * f, s))
     after = _teacher_eval(teacher, info, tok, eval_sources, st, progress, 0.92)
     return {"method": "dense+lora", "settings": st.to_dict(), "eval_before": before, "eval_after": after,

@@ -31,6 +31,7 @@ AGGREGATIONS = ("sum", "prod", "max", "last")
 # (``train_mode``: full for a model of at most FULL_TRAIN_MAX_PARAMS parameters when steps follow the final structure)
 TRAIN_MODES = ("auto", "lora", "full")
 FULL_TRAIN_MAX_PARAMS = 500_000_000
+LR_SCHEDULES = ("constant", "cosine")  # runs.scheduled_lr (torch-free here)
 RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)
 
 
@@ -125,6 +126,10 @@ class PruneSettings(PlanSettings):
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, label="Learning rate")
+    lr_schedule: str = option("constant", "constant: --lr at every step; cosine: --lr until the structure is final, then "
+                              "a cosine decay to 0 over the steps after it (the dense reference and the corrected teacher "
+                              "decay over all their steps)", type="choice", choices=LR_SCHEDULES,
+                              label="Learning-rate schedule")
     train: str = option("auto", "lora: LoRA adapters throughout; full: from the step the structure is final (after "
                         "LHSPG's last period, LoRAPrune's last mask update, step 0 for one-shot methods) merge LoRA "
                         "and train every parameter with AdamW at --lr, removed units held at zero (for small models); "
@@ -243,6 +248,11 @@ def _schedule(st: Any) -> dict[str, str]:
                              f"steps = {need} steps, more than {st.steps}"}
     if st.method == "loraprune" and st.warmup_steps + st.cooldown_steps >= st.steps:
         return {"steps": f"loraprune needs warmup-steps {st.warmup_steps} + cooldown-steps {st.cooldown_steps} < steps {st.steps}"}
+    if st.lr_schedule != "constant" and (st.final_step() is None or st.final_step() >= st.steps):
+        return {"lr_schedule": f"--lr-schedule {st.lr_schedule} decays the steps after the structure is final, and "
+                               + (f"{st.method} does not say when that is" if st.final_step() is None
+                                  else f"--steps {st.steps} leaves none after step {st.final_step()}")
+                               + ": give more --steps, or --lr-schedule constant"}
     if st.train == "full" and st.final_step() is None:
         return {"train": f"--train full: {st.method} does not say when its structure is final; use --train lora"}
     if st.train == "full" and st.final_step() >= st.steps:  # an empty full phase would silently train nothing
