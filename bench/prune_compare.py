@@ -283,8 +283,10 @@ def main() -> None:
     plan = []
     for seed in seeds:
         if not args.no_dense:
+            # (the LoRA reference = the corrected teacher keeps a constant lr: lr_schedule alone leaves it as it is)
             plan += [dict(common, method=m, ratio=0.0, seed=seed, **dense_var)
-                     for m in ("dense", "dense+lora") if m != "dense" or not budget_set]
+                     for m in ("dense", "dense+lora") if not budget_set
+                     or (m == "dense+lora" and set(budget_set) - {"lr_schedule"})]
         if args.dense_full:
             plan.append(dict(common, method="dense+full", ratio=0.0, seed=seed, **dense_var))
         variant = " ".join(v for v in (args.label, held.get("variant", "")) if v)

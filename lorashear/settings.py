@@ -115,6 +115,15 @@ def eval_options(help: str) -> tuple[Any, Any]:
 TEACHERS = ("finetuned", "dense")  # or a model folder / any source the loader takes
 
 
+LR_SCHEDULES = ("constant", "cosine")  # lorashear.runs.scheduled_lr
+
+
+def lr_schedule_option(what: str) -> Any:
+    """The ``lr_schedule`` field of a run that trains (prune, recover); ``what``: which steps a cosine decays."""
+    return option("constant", f"constant: --lr at every step; cosine: {what}", type="choice", choices=LR_SCHEDULES,
+                  label="Learning-rate schedule")
+
+
 def distill_options(distill_default: float | None = 0.0, none_text: str = "") -> tuple[Any, Any, Any, Any, Any]:
     """The ``distill``, ``teacher``, ``pure_kd``, ``kd_temperature`` and ``kd_top_k`` fields of a run that trains
     (prune, recover): one spelling of distillation for both (``lorashear.distill`` is the loss and the teacher).

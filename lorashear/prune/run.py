@@ -261,12 +261,6 @@ def _training(st: PruneSettings, full_from: int | None) -> list[dict]:
     return rows
 
 
-def _budget(st: PruneSettings) -> Any:
-    """The dense same-budget fine-tune of a run (the corrected teacher, the dense references): its steps, data,
-    lr and schedule — a cosine run's references decay over all their steps (they have no structure to wait for)."""
-    return distill.Budget.of(st, lr_schedule=st.lr_schedule)
-
-
 def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device: Any, acc: Any,
              progress: Progress) -> tuple[Any, dict]:
     """The distillation teacher (``lorashear.distill``). The student's base is the dense model pruned in place, so
@@ -280,7 +274,8 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
 
     def build() -> tuple[Any, dict]:
         progress(0.06, f"distillation teacher: {st.teacher}")
-        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=_budget(st), device=device, vocab=distill.output_size(model),
+        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st), device=device,
+                                     vocab=distill.output_size(model),
                                      dtype=next(model.parameters()).dtype,
                                      progress=lambda f, s: progress(0.06, s))
 
@@ -310,13 +305,13 @@ def finetune_dense(source: Any, settings: PruneSettings | None = None, *, progre
     packed, eval_sources = _data(st, tok, model)
     before = _evaluate(model, tok, eval_sources, st, progress, 0.05, "dense")
     if full:
-        model, losses = distill.train_full(model, packed, _budget(st),
+        model, losses = distill.train_full(model, packed, distill.Budget.of(st, lr_schedule=st.lr_schedule),
                                            progress=lambda f, s: progress(0.1 + 0.8 * f, f"full fine-tune: {s}"))
         model.eval()
         after = _evaluate(model, tok, eval_sources, replace(st, measure_latency=False), progress, 0.92, "dense + full")
         return {"method": "dense+full", "settings": st.to_dict(), "eval_before": before, "eval_after": after,
                 "losses": losses, "tokens_trained": st.steps * st.batch_size * st.seq_len}
-    teacher, info = distill.corrected_teacher(model, packed, _budget(st),
+    teacher, info = distill.corrected_teacher(model, packed, distill.Budget.of(st),
                                               progress=lambda f, s: progress(0.1 + 0.8 * f, s))
     after = _teacher_eval(teacher, info, tok, eval_sources, st, progress, 0.92)
     return {"method": "dense+lora", "settings": st.to_dict(), "eval_before": before, "eval_after": after,

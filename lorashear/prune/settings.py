@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..settings import device_option, distill_errors, distill_options, eval_options, SettingsError, check, fill_method_defaults, option, options, to_params
+from ..settings import (device_option, distill_errors, distill_options, eval_options, SettingsError, check,
+                        fill_method_defaults, lr_schedule_option, option, options, to_params)
 from .names import METHODS, ONE_SHOT, PLAN_KINDS
 
 ALLOCATIONS = ("global", "uniform")
@@ -31,7 +32,6 @@ AGGREGATIONS = ("sum", "prod", "max", "last")
 # (``train_mode``: full for a model of at most FULL_TRAIN_MAX_PARAMS parameters when steps follow the final structure)
 TRAIN_MODES = ("auto", "lora", "full")
 FULL_TRAIN_MAX_PARAMS = 500_000_000
-LR_SCHEDULES = ("constant", "cosine")  # runs.scheduled_lr (torch-free here)
 RECONSTRUCT_MODES = ("none", "bias", "block")  # prune/reconstruct.py MODES (torch-free here)
 
 
@@ -126,10 +126,10 @@ class PruneSettings(PlanSettings):
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear (every linear projection) or comma-separated module names", form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, label="Learning rate")
-    lr_schedule: str = option("constant", "constant: --lr at every step; cosine: --lr until the structure is final, then "
-                              "a cosine decay to 0 over the steps after it (the dense reference and the corrected teacher "
-                              "decay over all their steps)", type="choice", choices=LR_SCHEDULES,
-                              label="Learning-rate schedule")
+    lr_schedule: str = lr_schedule_option("--lr until the structure is final, then a cosine decay to 0 over the steps "
+                                          "after it. The corrected teacher (= the dense + same LoRA budget reference) "
+                                          "keeps a constant lr: decayed, it was worse on SmolLM2 (docs/lhspg.md); the "
+                                          "dense full-training reference decays like the run")
     train: str = option("auto", "lora: LoRA adapters throughout; full: from the step the structure is final (after "
                         "LHSPG's last period, LoRAPrune's last mask update, step 0 for one-shot methods) merge LoRA "
                         "and train every parameter with AdamW at --lr, removed units held at zero (for small models); "

@@ -199,6 +199,8 @@ def _run(pruned: Path, side: dict | None, dense_src: Any, out: Path, st: Recover
     trained = acc.prepare(peft_model)  # DDP under accelerate launch: trained gradients all-reduced
 
     def train_step(batch: dict, step: int, loss_fn: runs.LossFn = runs.causal_lm_loss) -> float:
+        # --lr-schedule decays over stage 1's steps (0 .. total_steps - 1); stage 2's steps come after, at --lr
+        runs.set_lr(opt, runs.scheduled_lr(st.lr, st.lr_schedule, step, 0, total_steps) if step < total_steps else st.lr)
         return runs.train_step(trained, opt, batch, step, loss_fn=loss_fn, acc=acc, out=out)
 
     names = list(train)

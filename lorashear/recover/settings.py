@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import device_option, distill_errors, distill_options, eval_options, check, option, to_params
+from ..settings import (device_option, distill_errors, distill_options, eval_options, check, lr_schedule_option, option,
+                        to_params)
 
 MIXTURES = ("dynamic", "static")
 TRAIN_MODES = ("lora", "full")
@@ -45,6 +46,8 @@ class RecoverSettings:
     lora_alpha: float = option(16.0, "LoRA alpha", type="float", min=0.0, open_min=True, form=False)
     lora_targets: str = option("all-linear", "all-linear or comma-separated module names", cli=False, form=False)
     lr: float = option(2e-4, "learning rate", type="float", min=0.0, open_min=True, form=False)
+    lr_schedule: str = lr_schedule_option("a cosine decay from --lr to 0 over the stage-1 token budget; stage 2 "
+                                          "trains at --lr, and the corrected teacher at a constant --lr")
     train: str = option("lora", "lora: LoRA adapters, merged at the end; full: every parameter of the pruned model "
                         "(AdamW, same schedule and lr; for small models)", type="choice", choices=TRAIN_MODES,
                         label="Training")

@@ -219,3 +219,18 @@ def test_full_training_changes_base_weights_reloads_and_resumes(pruned_demo, tmp
     _cut_and_resume(pruned_demo, tmp_path / "cut", **kw)
     resumed = _weights(tmp_path / "cut/model")
     assert all(torch.equal(after[k], resumed[k]) for k in after)
+
+
+def test_cosine_schedule_changes_stage_one_and_resumes_bit_exactly(pruned_demo, tmp_path):
+    """--lr-schedule cosine decays stage 1's lr: another model than the constant schedule's, and an interrupted
+    run resumes to the same weights (the rate is a function of the step, no scheduler state)."""
+    kw = {**SMALL, "tokens": 8 * 4 * 64, "round_steps": 4, "val_tokens": 512, "eval_tokens": 512, "lr": 1e-3,
+          "lr_schedule": "cosine"}
+    rep = recover(pruned_demo, tmp_path / "cos", **kw)
+    assert rep["settings"]["lr_schedule"] == "cosine"
+    recover(pruned_demo, tmp_path / "const", **{**kw, "lr_schedule": "constant"})
+    a, c = _weights(tmp_path / "cos/model"), _weights(tmp_path / "const/model")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    _cut_and_resume(pruned_demo, tmp_path / "cut", **kw)
+    b = _weights(tmp_path / "cut/model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
