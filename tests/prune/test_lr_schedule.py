@@ -72,3 +72,15 @@ def test_cosine_with_no_step_after_the_structure_is_refused():
 def test_constant_is_the_default_and_changes_nothing():
     assert PruneSettings().lr_schedule == "constant"
     assert [scheduled_lr(LR, "constant", t, 0, 5) for t in range(5)] == [LR] * 5
+
+
+def test_the_corrected_teacher_keeps_a_constant_lr(tiny_dir, tmp_path, monkeypatch):
+    """The teacher is the dense + same LoRA budget reference, trained at a constant lr whatever the student's
+    schedule: a cosine run finds the teacher a constant run trained (same cache key, reused)."""
+    monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
+    kw = {**MAGNITUDE, **COMMON, "distill": 1.0}
+    constant = prune(tiny_dir, tmp_path / "constant", **{**kw, "lr_schedule": "constant"})
+    cosine = prune(tiny_dir, tmp_path / "cosine", **kw)
+    assert not constant["teacher"]["reused"] and cosine["teacher"]["reused"]
+    assert cosine["teacher"]["key"] == constant["teacher"]["key"]
+    assert _lrs(cosine) != _lrs(constant)
