@@ -20,6 +20,7 @@ from lorashear import LorashearError, load_pruned
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
 from lorashear.prune.settings import train_mode
+from tests.prune.interrupt import same_saved_model, stop_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -206,19 +207,13 @@ def test_interrupted_full_run_resumes_to_the_same_end(tiny_dir, tmp_path, case, 
     kw = dict(train="full", steps=CASES[case]["steps"] + 2, checkpoint_every=2)
     whole = _run(tiny_dir, tmp_path / "whole", case, **kw)
 
-    def stop_at(fraction, stage):
-        if stage.startswith(f"step {stop}/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _run(tiny_dir, tmp_path / "cut", case, progress=stop_at, **kw)
+        _run(tiny_dir, tmp_path / "cut", case, progress=stop_at(stop), **kw)
     newest = max((tmp_path / "cut/checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     assert (json.loads((newest / "state.json").read_text()).get("train") == "full") == full_checkpoint
     resumed = _run(tiny_dir, tmp_path / "cut", case, resume=True, **kw)
     assert resumed["history"] == whole["history"] and resumed["events"] == whole["events"]
-    wa = load_file(str(tmp_path / "whole/model/model.safetensors"))
-    wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "whole", tmp_path / "cut")
 
 
 # ------------------------------------------------------------------------------------------- distillation

@@ -7,13 +7,11 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
 from lorashear import LorashearError
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
 from lorashear.runs import scheduled_lr
+from tests.prune.interrupt import same_saved_model, stop_at
 
 LR = 1e-3
 # LHSPG: warm-up 2, two periods of 3 steps: the structure is final at step 8, steps 8..11 decay
@@ -49,17 +47,10 @@ def test_interrupted_cosine_run_resumes_to_the_same_end(tiny_dir, tmp_path):
     kw = {**LHSPG, **COMMON, "train": "full", "checkpoint_every": 2}
     whole = prune(tiny_dir, tmp_path / "whole", **kw)
 
-    def stop_at(fraction, stage):
-        if stage.startswith("step 11/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_dir, tmp_path / "cut", progress=stop_at, **kw)
+        prune(tiny_dir, tmp_path / "cut", progress=stop_at(11), **kw)
     resumed = prune(tiny_dir, tmp_path / "cut", resume=True, **kw)
-    assert resumed["history"] == whole["history"]
-    wa = load_file(str(tmp_path / "whole/model/model.safetensors"))
-    wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed["history"] == whole["history"] and same_saved_model(tmp_path / "whole", tmp_path / "cut")
 
 
 def test_cosine_with_no_step_after_the_structure_is_refused():

@@ -15,6 +15,7 @@ import torch
 from lorashear import LorashearError, load_pruned
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
+from tests.prune.interrupt import stop_at
 
 # a whole run in ~1 s on the tiny model: LHSPG, warm-up 2, two periods of 3 steps, 2 steps after, in LoRA, no distillation
 FAST = dict(method="lhspg", distill=0.0, train="lora", kinds=("attention", "mlp", "hidden"), steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
@@ -173,12 +174,8 @@ def test_an_interrupted_run_is_recorded_and_resumes_to_the_same_end(finished, ti
     uninterrupted run ended, with the same history and weights."""
     out_full, full = finished
 
-    def stop_at_step_5(fraction, stage):
-        if stage.startswith("step 5/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_dir, tmp_path / "cut", ratio=0.25, progress=stop_at_step_5, **FAST)
+        prune(tiny_dir, tmp_path / "cut", ratio=0.25, progress=stop_at(5), **FAST)
     info = json.loads((tmp_path / "cut/run.json").read_text())
     assert info["status"] == "interrupted" and info["message"] == "KeyboardInterrupt"
     assert [p.name for p in (tmp_path / "cut/checkpoints").iterdir()] == ["step-4"]
@@ -221,12 +218,8 @@ def test_distilled_run_uses_the_cached_finetuned_teacher_and_resumes_to_the_same
     assert ref["teacher"]["key"] == teacher["key"] and ref["teacher"]["reused"]
     assert ref["eval_after"] == teacher["eval"] and len(ref["losses"]) == FAST["steps"]
 
-    def stop_at_step_5(fraction, stage):
-        if stage.startswith("step 5/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_dir, tmp_path / "cut", progress=stop_at_step_5, **kw)
+        prune(tiny_dir, tmp_path / "cut", progress=stop_at(5), **kw)
     resumed = prune(tiny_dir, tmp_path / "cut", resume=True, **kw)
     assert resumed["teacher"]["reused"] and resumed["history"] == full["history"]
     wa, wb = load_file(str(tmp_path / "full/model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
