@@ -59,7 +59,7 @@ def batch_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-# ----------------------------------------------------------------------------------------------- run folder
+# --------------------------------------------------------------------------------------------- learning rate
 def scheduled_lr(lr: float, schedule: str, step: int, start: int, end: int) -> float:
     """The learning rate of step ``step`` (0-based) of a run whose decay spans steps ``start``..``end - 1``:
     ``lr`` before ``start`` and for ``constant``; ``cosine``: ``lr · ½(1 + cos(π (step − start) / (end − start)))``
@@ -78,6 +78,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+# ----------------------------------------------------------------------------------------------- run folder
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 

@@ -274,8 +274,8 @@ def _teacher(st: PruneSettings, dense_copy: Any, packed: Any, model: Any, device
 
     def build() -> tuple[Any, dict]:
         progress(0.06, f"distillation teacher: {st.teacher}")
-        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st), device=device,
-                                     vocab=distill.output_size(model),
+        return distill.build_teacher(st.teacher, lambda: dense_copy, packed=packed, budget=distill.Budget.of(st),
+                                     device=device, vocab=distill.output_size(model),
                                      dtype=next(model.parameters()).dtype,
                                      progress=lambda f, s: progress(0.06, s))
 
