@@ -85,8 +85,7 @@ def test_default_on_a_small_model_is_full_and_gives_the_same_run_as_train_full(r
     assert ra["settings"]["train"] == "auto" and ra["train_requested"] == "auto"
     assert ra["train"] == "full" and ra["full_from_step"] == 8 and ra["train_reason"].startswith("auto: full — ")
     assert ra["history"] == rb["history"] and ra["events"] == rb["events"]
-    wa, wb = load_file(str(a / "model/model.safetensors")), load_file(str(b / "model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(a, b)
     assert [r["trained"] for r in ra["training"]] == ["lora", "full"]
 
 

@@ -15,7 +15,7 @@ import torch
 from lorashear import LorashearError, load_pruned
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
-from tests.prune.interrupt import stop_at
+from tests.prune.interrupt import same_saved_model, stop_at
 
 # a whole run in ~1 s on the tiny model: LHSPG, warm-up 2, two periods of 3 steps, 2 steps after, in LoRA, no distillation
 FAST = dict(method="lhspg", distill=0.0, train="lora", kinds=("attention", "mlp", "hidden"), steps=10, warmup_steps=2, periods=2, period_steps=3, batch_size=2, seq_len=32, eval_tokens=512,
@@ -83,10 +83,7 @@ def test_same_seed_gives_the_same_weights(tiny_dir, tmp_path):
     a = prune(tiny_dir, tmp_path / "a", **FAST)
     b = prune(tiny_dir, tmp_path / "b", **FAST)
     assert a["history"] == b["history"]
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(str(tmp_path / "a/model/model.safetensors")), load_file(str(tmp_path / "b/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "a", tmp_path / "b")
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
@@ -107,11 +104,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):
     assert not (tmp_path / "cut/model").exists()
     resumed = _cli(*_cli_args(tiny_dir, tmp_path / "cut", **slow), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    from safetensors.torch import load_file
-
-    wa = load_file(str(tmp_path / "full/model/model.safetensors"))
-    wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "full", tmp_path / "cut")
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -182,10 +175,7 @@ def test_an_interrupted_run_is_recorded_and_resumes_to_the_same_end(finished, ti
     resumed = prune(tiny_dir, tmp_path / "cut", ratio=0.25, resume=True, **FAST)
     assert resumed["history"] == full["history"] and resumed["events"] == full["events"]
     assert json.loads((tmp_path / "cut/plan.json").read_text()) == json.loads((out_full / "plan.json").read_text())
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(str(out_full / "model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(out_full, tmp_path / "cut")
 
 
 def test_settings_check_the_schedule_fits_the_steps():
@@ -204,8 +194,6 @@ def test_default_lhspg_schedule_is_warmup_10_pruning_30_after_60_percent():
 def test_distilled_run_uses_the_cached_finetuned_teacher_and_resumes_to_the_same_end(tiny_dir, tmp_path, monkeypatch):
     """The default teacher is the dense model after the same LoRA budget (``finetune_dense``'s model, trained once
     and cached); a run interrupted after step 5 resumes to the uninterrupted run's history and weights."""
-    from safetensors.torch import load_file
-
     from lorashear.prune.run import finetune_dense
 
     monkeypatch.setenv("LORASHEAR_CACHE", str(tmp_path / "cache"))
@@ -222,8 +210,7 @@ def test_distilled_run_uses_the_cached_finetuned_teacher_and_resumes_to_the_same
         prune(tiny_dir, tmp_path / "cut", progress=stop_at(5), **kw)
     resumed = prune(tiny_dir, tmp_path / "cut", resume=True, **kw)
     assert resumed["teacher"]["reused"] and resumed["history"] == full["history"]
-    wa, wb = load_file(str(tmp_path / "full/model/model.safetensors")), load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("method", ["lhspg", "llm-pruner", "loraprune", "flap", "magnitude", "random"])
