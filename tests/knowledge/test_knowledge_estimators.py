@@ -97,6 +97,14 @@ def test_full_taylor_first_order_and_aggregations_match_autograd(fresh_copy, kgr
     np.testing.assert_allclose(taylor(fresh_copy, [g], samples, variant="vector").units[g.id], np.sum(vec, 0), rtol=1e-4)
 
 
+def test_full_taylor_in_batches_equals_one_batch(fresh_copy, kgroups, ksamples):
+    """Chunks add up to the gradient of the mean over all windows: the scores do not depend on the batch size."""
+    samples = ksamples[0][:4, :32]
+    g = _group(kgroups, "model.layers.1.mlp:channels")
+    whole = taylor(fresh_copy, [g], samples).units[g.id]
+    np.testing.assert_allclose(taylor(fresh_copy, [g], samples, batch_size=1).units[g.id], whole, rtol=1e-5)
+
+
 def test_full_taylor_second_order_uses_the_diagonal_fisher(fresh_copy, kgroups, ksamples):
     samples = ksamples[0][:3, :32]
     g = _group(kgroups, "model.layers.4.mlp:channels")

@@ -109,6 +109,17 @@ def test_llm_pruner_defaults_only_when_unset():
     assert PruneSettings(method="loraprune").allocation == "uniform"
 
 
+def test_llm_pruner_scores_in_chunks_of_the_training_batch(tiny_dir, tmp_path, monkeypatch):
+    """Scoring memory is a training step's, however many calibration windows: no forward sees more rows."""
+    from lorashear.knowledge import calibration
+
+    rows = []
+    real = calibration.token_nll_sum
+    monkeypatch.setattr(calibration, "token_nll_sum", lambda model, ids: rows.append(ids.shape[0]) or real(model, ids))
+    prune(tiny_dir, tmp_path / "o", method="llm-pruner", **{**FAST, "steps": 0, "calib_samples": 5})
+    assert rows[:3] == [2, 2, 1]
+
+
 # ------------------------------------------------------------------------------- LLM-Pruner's formula
 @pytest.mark.parametrize("variant", ["first", "vector", "second"])
 def test_llm_pruner_scores_equal_direct_autograd(variant):
