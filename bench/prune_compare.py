@@ -14,9 +14,10 @@ projection, lr 2e-4, the demo training stream, the same seed's batches; every me
 otherwise (LLM-Pruner: element-wise first order, sum, uniform over layers 0.125:0.9375, 10 calibration windows;
 LoRAPrune: warm-up/cool-down 10 %, mask every 10 steps; FLAP: 128 calibration windows, bias compensation;
 ``flap-0``: FLAP with ``--steps 0``, no training at all). Kinds attention + MLP, LoRA recovery without distillation
-and LLM-Pruner's layer range are pinned here (``TABLE_RECIPE``): they are what these tables (docs/baselines.md)
-measured, no longer ``lorashear prune``'s defaults (MLP channels only, distillation, full training for small models,
-every layer); ``--set kinds=mlp,distill=1.0,train=full,layers=null`` is that recipe as a variant. Calibration tokens
+and LLM-Pruner's layer range and 10 windows are pinned here (``TABLE_RECIPE``, ``LLM_PRUNER_PAPER``): they are what
+these tables (docs/baselines.md) measured, no longer ``lorashear prune``'s defaults (MLP channels only, distillation,
+full training for small models, every layer, 64 windows); ``--set kinds=mlp,distill=1.0,train=full,layers=null,
+calib_samples=64`` is that recipe as a variant. Calibration tokens
 (one-shot methods) are extra and reported.
 Perplexity per source on the demo validation split under both protocols (``short``: 128-token windows, ``long``:
 the model's context), mean ± std over seeds.
@@ -43,11 +44,11 @@ LABELS = {"dense": "dense", "dense+lora": "dense + same LoRA budget", "dense+ful
 DEFAULT_METHODS = ("lhspg", "llm-pruner", "loraprune", "flap", "flap-0", "magnitude", "random")
 DENSE = ("dense", "dense+lora", "dense+full")  # unpruned reference rows (ratio 0)
 # what the tables promise (the docstring, docs/baselines.md): attention + MLP, LoRA recovery, no distillation,
-# LLM-Pruner over the paper's layer range — pinned, since ``lorashear prune`` now defaults to MLP channels only,
-# distillation, full training for small models and every layer
+# LLM-Pruner over the paper's layer range on the paper's 10 calibration windows — pinned, since ``lorashear prune``
+# now defaults to MLP channels only, distillation, full training for small models, every layer and 64 windows
 TABLE_RECIPE = {"kinds": ("attention", "mlp"), "distill": 0.0, "train": "lora"}
 BUDGET_KEYS = ("lr", "lr_schedule", "lora_r", "lora_alpha", "lora_targets")  # --set keys the dense rows take too
-LLM_PRUNER_LAYERS = "0.125:0.9375"  # the paper's layers 4–29 of 32, as fractions
+LLM_PRUNER_PAPER = {"layers": "0.125:0.9375", "calib_samples": 10}  # the paper's layers 4–29 of 32 (fractions), 10 windows
 
 
 def _one(spec: dict) -> dict:
@@ -83,7 +84,7 @@ def _one(spec: dict) -> dict:
             ev = finetune_dense(spec["model"], st, full=method == "dense+full")["eval_after"]
         info = {}
     else:
-        kw = dict(base, **TABLE_RECIPE, **({"layers": LLM_PRUNER_LAYERS} if method == "llm-pruner" else {}))
+        kw = dict(base, **TABLE_RECIPE, **(LLM_PRUNER_PAPER if method == "llm-pruner" else {}))
         kw.update(ratio=spec["ratio"], method="flap" if method == "flap-0" else method, **spec.get("set", {}))
         if method == "flap-0":
             kw["steps"] = 0

@@ -65,7 +65,7 @@ def test_blank_form_values_take_the_default():
 
 def test_method_defaults_resolve_in_one_place():
     st = PruneSettings(method="llm-pruner")
-    assert (st.layers, st.allocation, st.calib_samples, st.taylor_variant) == (None, "uniform", 10, "first")
+    assert (st.layers, st.allocation, st.calib_samples, st.taylor_variant) == (None, "uniform", 64, "first")
     assert PlanSettings(method="llm-pruner").plan_args()["allocation"] == "uniform"
     assert PruneSettings(method="llm-pruner", layers="0:2", allocation="global").layers == "0:2"
 

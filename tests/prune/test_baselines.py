@@ -102,7 +102,7 @@ def test_flap_without_training(tiny_dir, tmp_path):
 def test_llm_pruner_defaults_only_when_unset():
     st = PruneSettings(method="llm-pruner")
     assert (st.allocation, st.layers, st.calib_samples, st.taylor_variant, st.aggregate) == \
-        ("uniform", None, 10, "first", "sum")
+        ("uniform", None, 64, "first", "sum")
     st = PruneSettings(method="llm-pruner", allocation="global", layers="0:2")
     assert (st.allocation, st.layers) == ("global", "0:2")
     assert PruneSettings(method="lhspg").allocation == "global"
