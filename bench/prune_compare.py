@@ -17,8 +17,7 @@ LoRAPrune: warm-up/cool-down 10 %, mask every 10 steps; FLAP: 128 calibration wi
 and LLM-Pruner's layer range and 10 windows are pinned here (``TABLE_RECIPE``, ``LLM_PRUNER_PAPER``): they are what
 these tables (docs/baselines.md) measured, no longer ``lorashear prune``'s defaults (MLP channels only, distillation,
 full training for small models, every layer, 64 windows); ``--set kinds=mlp,distill=1.0,train=full,layers=null,
-calib_samples=64`` is that recipe as a variant. Calibration tokens
-(one-shot methods) are extra and reported.
+calib_samples=64`` is that recipe as a variant. Calibration tokens (one-shot methods) are extra and reported.
 Perplexity per source on the demo validation split under both protocols (``short``: 128-token windows, ``long``:
 the model's context), mean ± std over seeds.
 """
