@@ -12,10 +12,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from lorashear import LorashearError, load_pruned
+from lorashear import load_pruned
 from lorashear.prune import PlanSpec, prune
 from lorashear.prune.methods import METHODS, REGISTRY, LoRAPrune
 from lorashear.prune.run import PruneSettings
+from tests.prune.interrupt import same_saved_model
 from tiny_models import build, traced
 
 # attention + MLP only at ρ = 0.05 (the tiny model is mostly embedding): uniform allocation keeps it stock-loadable;
@@ -229,15 +230,12 @@ def test_loraprune_state_dict_resumes_exactly():
 # ------------------------------------------------------------------------------------ determinism
 @pytest.mark.parametrize("method", ["random", "loraprune"])
 def test_same_seed_same_result(tiny_dir, tmp_path, method):
-    from safetensors.torch import load_file
-
     kw = {**FAST, **EXTRA.get(method, {})}
     a = prune(tiny_dir, tmp_path / "a", method=method, **kw)
     b = prune(tiny_dir, tmp_path / "b", method=method, **kw)
     assert a["history"] == b["history"]
     assert json.loads((tmp_path / "a/plan.json").read_text())["removal"] == json.loads((tmp_path / "b/plan.json").read_text())["removal"]
-    wa, wb = load_file(str(tmp_path / "a/model/model.safetensors")), load_file(str(tmp_path / "b/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "a", tmp_path / "b")
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -284,8 +282,6 @@ def test_job_form_checks_steps_zero_per_method(tiny_dir):
 def test_resume_after_interruption_reproduces_the_run(tiny_dir, tmp_path, method):
     """Stopped after the step-4 checkpoint, then resumed: the same weights as the run never interrupted (the
     one-shot scores, plan and FLAP's compensation are recomputed identically; the schedule state is restored)."""
-    from safetensors.torch import load_file
-
     kw = {**FAST, **EXTRA.get(method, {}), "steps": 8, "checkpoint_every": 2}
     prune(tiny_dir, tmp_path / "full", method=method, **kw)
 
@@ -300,9 +296,7 @@ def test_resume_after_interruption_reproduces_the_run(tiny_dir, tmp_path, method
         prune(tiny_dir, tmp_path / "cut", method=method, progress=stop, **kw)
     assert json.loads((tmp_path / "cut/run.json").read_text())["status"] == "failed"
     prune(tiny_dir, tmp_path / "cut", method=method, resume=True, **kw)
-    wa = load_file(str(tmp_path / "full/model/model.safetensors"))
-    wb = load_file(str(tmp_path / "cut/model/model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_saved_model(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from lorashear import LorashearError
 from lorashear.prune import prune
 from lorashear.prune.run import PruneSettings
