@@ -53,6 +53,50 @@ def calibration_data(
     return samples, info
 
 
+@torch.no_grad()
+def self_generated(model: Any, tokenizer: Any, *, n_samples: int = 16, seq_len: int = 128, seed: int = 0,
+                   batch_size: int | None = None) -> tuple[torch.Tensor, dict]:
+    """``[n_samples, seq_len]`` windows sampled from ``model`` itself ("self-calibration", Williams et al., NAACL 2025,
+    arXiv 2410.17170): each window starts at the tokenizer's BOS (EOS when it has none) and continues by ancestral
+    sampling at temperature 1 (no top-k/top-p), EOS suppressed until the window is full.
+
+    Why: windows cut from the training sources rank units by what matters *on those sources*, so a unit that only
+    serves another domain (code, for a model calibrated on prose) looks free. The model's own samples follow its
+    pre-training distribution, domains it was never given here included. Seeded by ``seed`` without touching the
+    global RNG; generated in chunks of ``batch_size`` rows."""
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise LorashearError(f"number of calibration samples must be >= 1, got {n_samples!r}")
+    if seq_len < MIN_TOKENS:
+        raise LorashearError(f"calibration windows need at least {MIN_TOKENS} tokens, got {seq_len}")
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise LorashearError("self-generated calibration needs a BOS or EOS token to start from; the tokenizer has neither")
+    from transformers import GenerationConfig
+
+    new = seq_len - 1
+    cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+                           pad_token_id=start, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+    dev = _device(model)
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for b in batches(torch.full((n_samples, 1), start, dtype=torch.long), batch_size):
+                out = model.generate(input_ids=b.to(dev), attention_mask=torch.ones_like(b, device=dev),
+                                     generation_config=cfg)
+                parts.append(out[:, :seq_len].cpu())
+    finally:
+        model.train(was_training)
+    samples = torch.cat(parts)
+    if samples.shape[1] != seq_len:  # generation stopped early: the windows would not be the length asked for
+        raise LorashearError(f"the model generated {samples.shape[1]} of {seq_len} tokens per calibration window")
+    info = {"specs": ["self"], "generated": {"start_token": int(start), "temperature": 1.0, "sampling": "ancestral"},
+            "n_samples": int(samples.shape[0]), "seq_len": int(seq_len), "seed": int(seed), "tokens": int(samples.numel())}
+    return samples, info
+
+
 def check_samples(samples: torch.Tensor) -> None:
     """Calibration input must be a non-empty ``[n, seq_len]`` LongTensor with ``seq_len >= 2``."""
     if not isinstance(samples, torch.Tensor) or samples.dim() != 2 or samples.dtype not in (torch.long, torch.int32, torch.int64):

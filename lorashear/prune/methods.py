@@ -8,8 +8,8 @@ the dense model before LoRA is added. What each does, and where it follows the p
 * ``lhspg`` — LoRAShear's LHSPG (``lhspg.py``): saliency EMA during warm-up, progressive periods.
 * ``llm-pruner`` — one-shot; Taylor importance (``knowledge.estimators.taylor``: element-wise first order,
   second order with the diagonal Fisher, or vector-wise; aggregated sum / prod / max / last) on
-  ``calib_samples`` calibration windows (default 64; the paper's 10 is ``calib_samples=10``), scored in chunks of
-  ``batch_size``; defaults to ``uniform`` allocation over every layer (the paper's layers 4–29 of 32 are
+  ``calib_samples`` calibration windows (default 64; the paper's 10 is ``calib_samples=10``) cut from the training
+  data, or sampled from the dense model itself with ``calib_data="self"``, scored in chunks of ``batch_size``; defaults to ``uniform`` allocation over every layer (the paper's layers 4–29 of 32 are
   ``layers="0.125:0.9375"``); then the run's recovery. The default method.
 * ``loraprune`` — iterative; the LoRA-gradient criterion ``|Ĝ ⊙ W'|`` with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)``,
   normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule;
@@ -242,8 +242,11 @@ def _reconstructing(setup: Callable[..., tuple[Plan, dict]]) -> Callable[..., tu
 
 # ---------------------------------------------------------------------------------- one-shot scoring
 def _calibration(model: nn.Module, tok: Any, st: Any) -> tuple[torch.Tensor, dict]:
-    from ..knowledge.calibration import calibration_data
+    from ..knowledge.calibration import calibration_data, self_generated
 
+    if st.calib_data == "self":
+        return self_generated(model, tok, n_samples=st.calib_samples, seq_len=st.seq_len, seed=st.seed,
+                              batch_size=16)  # no-grad sampling with a KV cache: 16 rows bound its memory
     return calibration_data(tok, list(st.data), n_samples=st.calib_samples, seq_len=st.seq_len, seed=st.seed,
                             model=model, split="train")
 

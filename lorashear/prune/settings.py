@@ -30,6 +30,7 @@ GAMMA_LEVELS = ("unit", "layer", "group")
 SALIENCIES = ("lora-taylor", "magnitude")
 TAYLOR_VARIANTS = ("first", "second", "vector")
 AGGREGATIONS = ("sum", "prod", "max", "last")
+CALIB_DATA = ("train", "self")  # knowledge/calibration.py: calibration_data / self_generated
 # recover.settings.TRAIN_MODES has lora and full only; prune adds auto, resolved once the model is loaded
 # (``train_mode``: full for a model of at most FULL_TRAIN_MAX_PARAMS parameters when steps follow the final structure)
 TRAIN_MODES = ("auto", "lora", "full")
@@ -160,6 +161,12 @@ class PruneSettings(PlanSettings):
     calib_samples: int | None = option(None, "calibration windows of --seq-len tokens", type="int", min=1,
                                        methods=("llm-pruner", "flap"), method_defaults={"llm-pruner": 64, "flap": 128},
                                        none_text="llm-pruner 64, flap 128", form=False)
+    calib_data: str | None = option(None, "where the calibration windows come from: train (cut from --data) or self "
+                                    "(sampled from the dense model itself, which ranks units for every domain the "
+                                    "model knows, not only the training sources)", type="choice",
+                                    choices=CALIB_DATA, methods=("llm-pruner", "flap"),
+                                    method_defaults={"llm-pruner": "train", "flap": "train"}, none_text="train",
+                                    form=False)
     mask_every: int | None = option(None, "steps between mask updates", type="int", min=1, methods=("loraprune",),
                                     method_defaults={"loraprune": 10}, none_text="10", form=False)
     cooldown_steps: int | None = option(None, "steps after the last mask update", type="int", min=0,

@@ -121,6 +121,23 @@ def test_llm_pruner_scores_in_chunks_of_the_training_batch(tiny_dir, tmp_path, m
     assert rows[:3] == [2, 2, 1]
 
 
+def test_llm_pruner_scores_the_models_own_samples_with_calib_data_self(tiny_dir, tmp_path, monkeypatch):
+    """``calib_data="self"``: the windows scored are exactly ``self_generated``'s from the dense model, not the data's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorashear.knowledge import calibration
+
+    seen = []
+    real = calibration.token_nll_sum
+    monkeypatch.setattr(calibration, "token_nll_sum", lambda model, ids: seen.append(ids.clone()) or real(model, ids))
+    rep = prune(tiny_dir, tmp_path / "o", method="llm-pruner", **{**FAST, "steps": 0, "calib_samples": 4,
+                                                                   "calib_data": "self"})
+    want, _ = calibration.self_generated(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                                         AutoTokenizer.from_pretrained(tiny_dir), n_samples=4, seq_len=32, seed=0)
+    assert torch.equal(torch.cat(seen[:2]), want)
+    assert rep["method_info"]["calibration"]["specs"] == ["self"]
+
+
 # ------------------------------------------------------------------------------- LLM-Pruner's formula
 @pytest.mark.parametrize("variant", ["first", "vector", "second"])
 def test_llm_pruner_scores_equal_direct_autograd(variant):
