@@ -5,6 +5,7 @@
                                   [--eval-tokens 16384] [--threads N] [--json OUT]
                                   [--set periods=2,distill=1.0 --label NAME]  # a variant of every pruned row
                                   [--holdout SOURCE]  # train on the other demo sources; SOURCE is evaluated only
+                                  [--self-data]  # one more training source: text sampled from the dense model
                                   [--dense-full]  # also the dense model with full-parameter training, same budget
 
 Every row is one ``lorashear.prune.prune`` run (or ``finetune_dense`` for the dense references) in a fresh
@@ -65,6 +66,8 @@ def _one(spec: dict) -> dict:
 
         base["data"] = tuple(f"{s}={DEMO_CORPUS_DIR / s / 'train.jsonl.gz'}" for s in DEMO_SOURCES
                              if s != spec["holdout"])
+    if spec.get("self_data"):  # text sampled from the dense model: one more training source of every trained row
+        base["data"] = tuple(base.get("data", ("demo",))) + ("self",)
     t = time.time()
     method = spec["method"]
     if method in DENSE:
@@ -242,6 +245,8 @@ def main() -> None:
     ap.add_argument("--label", default="", help="the variant's name in the table and the JSON rows")
     ap.add_argument("--holdout", default=None, metavar="SOURCE", help="train every row on the other demo sources; "
                     "SOURCE is only evaluated (a recipe that only adapts to its training domain shows there)")
+    ap.add_argument("--self-data", action="store_true", help="add text sampled from the dense model (--data self) "
+                    "as one more training source of every trained row, the dense references included")
     ap.add_argument("--table", default=None, metavar="A.json,B.json", help="only print the table of these row files")
     args = ap.parse_args()
     if args.table:
@@ -274,6 +279,9 @@ def main() -> None:
         if args.holdout not in DEMO_SOURCES:
             sys.exit(f"--holdout: one of the demo sources {', '.join(DEMO_SOURCES)}")
         held = {"holdout": args.holdout, "variant": f"holdout {args.holdout}"}
+    if args.self_data:
+        common["self_data"] = True
+        held["variant"] = " ".join(v for v in (held.get("variant", ""), "self data") if v)
     # the dense references under a variant's budget settings (e.g. lr_schedule=cosine) are their own rows
     budget_set = {k: v for k, v in settings.items() if k in BUDGET_KEYS}
     dense_var = dict(held)

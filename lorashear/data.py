@@ -465,6 +465,9 @@ class PackedMixture:
         return torch.stack(rows), srcs
 
 
+SELF_DATA = "self"  # a --data spec of lorashear prune: text sampled from the dense model (prune/run.py _data)
+
+
 def parse_data_spec(spec: str) -> tuple[str, str, float]:
     """Parse a command-line data spec ``[NAME=]PATH[@WEIGHT]`` into (name, path, weight).
 
@@ -494,6 +497,8 @@ def check_data_spec(spec: str) -> None:
         if spec.partition(":")[2]:
             _check_split(spec.partition(":")[2])
         return
+    if spec == SELF_DATA:
+        return
     _, path, _ = parse_data_spec(spec)
     if Path(path).expanduser().exists():
         return
@@ -510,6 +515,8 @@ def load_sources(specs: Sequence[str], *, field: str = "text", split: str | None
     """
     out: dict[str, list[str]] = {}
     for spec in specs:
+        if spec == SELF_DATA:  # needs the model: the run that takes it (prune) draws it before calling here
+            raise LorashearError(f"data {SELF_DATA!r} (text sampled from the model) is taken by lorashear prune only")
         if spec == "demo" or spec.startswith("demo:"):
             chosen = spec.partition(":")[2] or split or "validation"
             for name, texts in demo_corpus(chosen).items():

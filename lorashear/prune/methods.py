@@ -191,10 +191,7 @@ def prepare_method(method: Method, model: nn.Module, st: Any, tok: Any) -> dict[
     rec: dict[str, Any] = {"mode": mode, "ridge": st.reconstruct_ridge}
     if mode == "bias":
         rec["biases"] = _bias_fields(model, st)
-    from ..knowledge.calibration import calibration_data
-
-    ids, info = calibration_data(tok, list(st.data), n_samples=st.reconstruct_samples, seq_len=st.seq_len, seed=st.seed,
-                                 model=model, split="train")
+    ids, info = _windows(model, tok, st, st.reconstruct_samples, "train")
     rec["calibration"] = info
     dense = copy.deepcopy(model).eval().requires_grad_(False)
     _REFERENCES[model] = Reference(dense, ids, mode, float(st.reconstruct_ridge), rec)
@@ -242,13 +239,21 @@ def _reconstructing(setup: Callable[..., tuple[Plan, dict]]) -> Callable[..., tu
 
 # ---------------------------------------------------------------------------------- one-shot scoring
 def _calibration(model: nn.Module, tok: Any, st: Any) -> tuple[torch.Tensor, dict]:
+    return _windows(model, tok, st, st.calib_samples, st.calib_data)
+
+
+def _windows(model: nn.Module, tok: Any, st: Any, n: int, where: str) -> tuple[torch.Tensor, dict]:
+    """``n`` calibration windows of ``st.seq_len`` tokens: ``self`` sampled from the (dense) model, ``train`` cut
+    from the training files — ``--data self`` among them is left out, and with no file left the windows are the
+    model's samples, as the training text is."""
+    from ..data import SELF_DATA
     from ..knowledge.calibration import calibration_data, self_generated
 
-    if st.calib_data == "self":
-        return self_generated(model, tok, n_samples=st.calib_samples, seq_len=st.seq_len, seed=st.seed,
+    files = [d for d in st.data if d != SELF_DATA]
+    if where == "self" or not files:
+        return self_generated(model, tok, n_samples=n, seq_len=st.seq_len, seed=st.seed,
                               batch_size=16)  # no-grad sampling with a KV cache: 16 rows bound its memory
-    return calibration_data(tok, list(st.data), n_samples=st.calib_samples, seq_len=st.seq_len, seed=st.seed,
-                            model=model, split="train")
+    return calibration_data(tok, files, n_samples=n, seq_len=st.seq_len, seed=st.seed, model=model, split="train")
 
 
 def _plan(model, groups, spec, scores, source) -> Plan:

@@ -333,16 +333,39 @@ def _data(st: PruneSettings, tok: Any, model: Any) -> tuple[Any, dict[str, list[
     """Training blocks and evaluation texts. Only what the run can read is tokenized: per source, a seeded
     random subset of documents holding the tokens of every step's batch (a source may be drawn for all of
     them), and the prefix of each evaluation source that ``eval_tokens`` scores."""
-    from ..data import Mixture, load_sources, texts_for_tokens
+    from ..data import SELF_DATA, Mixture, load_sources, texts_for_tokens
 
     need = st.steps * st.batch_size * st.seq_len + st.seq_len
+    files = [d for d in st.data if d != SELF_DATA]
     train = {name: texts_for_tokens(texts, tok, need, seed=st.seed + i)
-             for i, (name, texts) in enumerate(load_sources(list(st.data), split="train").items())}
+             for i, (name, texts) in enumerate((load_sources(files, split="train") if files else {}).items())}
+    if SELF_DATA in st.data:
+        train[SELF_DATA] = _self_texts(model, tok, need, st)
     packed = Mixture(train, name="training data").pack(tok, st.seq_len, model=model)
     evals = load_sources(list(st.eval_data), split="validation")
     if st.eval_tokens:
         evals = {name: texts_for_tokens(texts, tok, st.eval_tokens) for name, texts in evals.items()}
     return packed, evals
+
+
+def _self_texts(model: Any, tok: Any, n_tokens: int, st: PruneSettings) -> list[str]:
+    """``--data self``: ``n_tokens`` of text sampled from the dense model itself (ancestral, T = 1; the windows of
+    ``knowledge.calibration.self_generated``, decoded), a training source as any other.
+
+    Why: trained only on the user's sources, a pruned model is pulled toward them and what its removed units served
+    elsewhere is not repaired; the model's own text carries every domain it knew, and with distillation the student
+    is taught the teacher's distribution there. Kin to self-data distillation (Thangarasa et al., 2024, arXiv
+    2410.09982: the unpruned model rewrites the fine-tuning answers against forgetting); here its free samples. Seeded
+    apart from the calibration windows (which come from ``st.seed``)."""
+    from ..knowledge.calibration import self_generated
+
+    n = -(-n_tokens // st.seq_len)
+    ids, _ = self_generated(model, tok, n_samples=n, seq_len=st.seq_len + 1, seed=SELF_DATA_SEED + st.seed,
+                            batch_size=64)
+    return tok.batch_decode(ids[:, 1:], skip_special_tokens=True)
+
+
+SELF_DATA_SEED = 1_000_003  # offset of --data self's sampling seed from --seed
 
 
 def _protected(st: PruneSettings, model: Any, groups: list) -> dict[str, list[int]]:

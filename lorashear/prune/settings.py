@@ -191,7 +191,8 @@ class PruneSettings(PlanSettings):
     # not given: 1.0 when the run trains (resolved in _cross_prune, before the teacher is)
     distill, teacher, pure_kd, kd_temperature, kd_top_k = distill_options(
         None, "1.0 (distil from the corrected teacher) when --steps > 0, else 0")  # docs/lhspg.md "Distillation"
-    data: tuple[str, ...] = option(("demo",), "training text: demo (train split) or [NAME=]PATH", type="list",
+    data: tuple[str, ...] = option(("demo",), "training text: demo (train split), [NAME=]PATH, or self (text "
+                                   "sampled from the dense model, a source beside the others)", type="list",
                                    repeat=True, label="Training data")
     eval_data: tuple[str, ...] = option(("demo",), "evaluation text (default: demo, validation split)", type="list",
                                         repeat=True, form=False)
