@@ -9,7 +9,8 @@ the dense model before LoRA is added. What each does, and where it follows the p
 * ``llm-pruner`` — one-shot; Taylor importance (``knowledge.estimators.taylor``: element-wise first order,
   second order with the diagonal Fisher, or vector-wise; aggregated sum / prod / max / last) on
   ``calib_samples`` calibration windows (default 64; the paper's 10 is ``calib_samples=10``) cut from the training
-  data, or sampled from the dense model itself with ``calib_data="self"``, scored in chunks of ``batch_size``; defaults to ``uniform`` allocation over every layer (the paper's layers 4–29 of 32 are
+  data, or sampled from the dense model itself with ``calib_data="self"``, scored in chunks of ``batch_size``;
+  defaults to ``uniform`` allocation over every layer (the paper's layers 4–29 of 32 are
   ``layers="0.125:0.9375"``); then the run's recovery. The default method.
 * ``loraprune`` — iterative; the LoRA-gradient criterion ``|Ĝ ⊙ W'|`` with ``Ĝ = s·(∇B·A + B·∇A − ∇B·∇A)``,
   normalised per module, summed per unit, EMA 0.9; masks every ``mask_every`` steps on a cubic schedule;

@@ -348,6 +348,9 @@ def _data(st: PruneSettings, tok: Any, model: Any) -> tuple[Any, dict[str, list[
     return packed, evals
 
 
+SELF_DATA_SEED = 1_000_003  # offset of --data self's sampling seed from --seed
+
+
 def _self_texts(model: Any, tok: Any, n_tokens: int, st: PruneSettings) -> list[str]:
     """``--data self``: ``n_tokens`` of text sampled from the dense model itself (ancestral, T = 1; the windows of
     ``knowledge.calibration.self_generated``, decoded), a training source as any other.
@@ -363,9 +366,6 @@ def _self_texts(model: Any, tok: Any, n_tokens: int, st: PruneSettings) -> list[
     ids, _ = self_generated(model, tok, n_samples=n, seq_len=st.seq_len + 1, seed=SELF_DATA_SEED + st.seed,
                             batch_size=64)
     return tok.batch_decode(ids[:, 1:], skip_special_tokens=True)
-
-
-SELF_DATA_SEED = 1_000_003  # offset of --data self's sampling seed from --seed
 
 
 def _protected(st: PruneSettings, model: Any, groups: list) -> dict[str, list[int]]:

@@ -162,8 +162,8 @@ class PruneSettings(PlanSettings):
                                        methods=("llm-pruner", "flap"), method_defaults={"llm-pruner": 64, "flap": 128},
                                        none_text="llm-pruner 64, flap 128", form=False)
     calib_data: str | None = option(None, "where the calibration windows come from: train (cut from --data) or self "
-                                    "(sampled from the dense model itself, which ranks units for every domain the "
-                                    "model knows, not only the training sources)", type="choice",
+                                    "(sampled from the dense model itself, for a user without data; on SmolLM2-135M "
+                                    "it was worse than train, also held out: docs/lhspg.md)", type="choice",
                                     choices=CALIB_DATA, methods=("llm-pruner", "flap"),
                                     method_defaults={"llm-pruner": "train", "flap": "train"}, none_text="train",
                                     form=False)
