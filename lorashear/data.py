@@ -468,6 +468,11 @@ class PackedMixture:
 SELF_DATA = "self"  # a --data spec of lorashear prune: text sampled from the dense model (prune/run.py _data)
 
 
+def file_specs(specs: Sequence[str]) -> list[str]:
+    """The data specs that ``load_sources`` reads: every one but ``SELF_DATA``, which the model generates."""
+    return [s for s in specs if s != SELF_DATA]
+
+
 def parse_data_spec(spec: str) -> tuple[str, str, float]:
     """Parse a command-line data spec ``[NAME=]PATH[@WEIGHT]`` into (name, path, weight).
 

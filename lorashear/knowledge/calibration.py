@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import calibration_samples, load_sources
+from ..data import SELF_DATA, calibration_samples, load_sources
 from ..errors import LorashearError
 
 MIN_TOKENS = 2
@@ -93,7 +93,7 @@ def self_generated(model: Any, tokenizer: Any, *, n_samples: int = 16, seq_len: 
     samples = torch.cat(parts)
     if samples.shape[1] != seq_len:  # generation stopped early: the windows would not be the length asked for
         raise LorashearError(f"the model generated {samples.shape[1]} of {seq_len} tokens per calibration window")
-    info = {"specs": ["self"], "generated": {"start_token": int(start), "temperature": 1.0, "sampling": "ancestral"},
+    info = {"specs": [SELF_DATA], "generated": {"start_token": int(start), "temperature": 1.0, "sampling": "ancestral"},
             "n_samples": int(samples.shape[0]), "seq_len": int(seq_len), "seed": int(seed), "tokens": int(samples.numel())}
     return samples, info
 

@@ -247,10 +247,10 @@ def _windows(model: nn.Module, tok: Any, st: Any, n: int, where: str) -> tuple[t
     """``n`` calibration windows of ``st.seq_len`` tokens: ``self`` sampled from the (dense) model, ``train`` cut
     from the training files — ``--data self`` among them is left out, and with no file left the windows are the
     model's samples, as the training text is."""
-    from ..data import SELF_DATA
+    from ..data import file_specs
     from ..knowledge.calibration import calibration_data, self_generated
 
-    files = [d for d in st.data if d != SELF_DATA]
+    files = file_specs(st.data)
     if where == "self" or not files:
         return self_generated(model, tok, n_samples=n, seq_len=st.seq_len, seed=st.seed,
                               batch_size=16)  # no-grad sampling with a KV cache: 16 rows bound its memory

@@ -333,10 +333,10 @@ def _data(st: PruneSettings, tok: Any, model: Any) -> tuple[Any, dict[str, list[
     """Training blocks and evaluation texts. Only what the run can read is tokenized: per source, a seeded
     random subset of documents holding the tokens of every step's batch (a source may be drawn for all of
     them), and the prefix of each evaluation source that ``eval_tokens`` scores."""
-    from ..data import SELF_DATA, Mixture, load_sources, texts_for_tokens
+    from ..data import SELF_DATA, Mixture, file_specs, load_sources, texts_for_tokens
 
     need = st.steps * st.batch_size * st.seq_len + st.seq_len
-    files = [d for d in st.data if d != SELF_DATA]
+    files = file_specs(st.data)
     train = {name: texts_for_tokens(texts, tok, need, seed=st.seed + i)
              for i, (name, texts) in enumerate((load_sources(files, split="train") if files else {}).items())}
     if SELF_DATA in st.data:
